@@ -1,0 +1,35 @@
+# The two commands a newcomer runs: `make demo` and `make test`.
+# Both create .venv with the project's own install; nothing else is needed
+# beyond Python, pip and make.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: demo test docs bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# The stamp files re-run the install whenever the dependency lists change.
+$(VENV)/.installed-all: setup.cfg pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[all]"
+	touch $@
+
+$(VENV)/.installed-dev: setup.cfg pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@ $(VENV)/.installed-all
+
+demo: $(VENV)/.installed-all
+	$(PY) examples/demo_text.py
+
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-dev
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -1,0 +1,129 @@
+"""Device and precision resolution.
+
+The estimators take ``device`` and ``precision`` as plain strings so that they
+can be searched and pickled; this module turns them into ``torch.device`` and
+autocast settings at the moment a computation starts.
+"""
+
+import contextlib
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_device(device="auto"):
+    """Return the ``torch.device`` that ``device`` names.
+
+    Parameters
+    ----------
+    device : str or torch.device, default="auto"
+        ``"auto"`` picks CUDA, then Apple MPS, then the CPU. Any string that
+        ``torch.device`` accepts (``"cpu"``, ``"cuda"``, ``"cuda:1"``) is used
+        as given.
+
+    Returns
+    -------
+    torch.device
+
+    Examples
+    --------
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if isinstance(device, torch.device):
+        return device
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device={device!r} is not a device torch knows; use 'auto', 'cpu', "
+            "'cuda', 'cuda:<index>' or 'mps'."
+        ) from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} was asked for but CUDA is not available on this "
+            "machine; use device='auto' or device='cpu'."
+        )
+    return resolved
+
+
+def resolve_precision(precision, device):
+    """Return the autocast dtype for ``precision`` on ``device`` (None = fp32).
+
+    ``"auto"`` means bf16 on CUDA devices that support it (fp16 on older
+    ones) and fp32 everywhere else, where reduced precision is slower or
+    less accurate.
+
+    Examples
+    --------
+    >>> import torch
+    >>> resolve_precision("auto", torch.device("cpu")) is None
+    True
+    >>> resolve_precision("bf16", torch.device("cpu"))
+    torch.bfloat16
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"precision={precision!r} is not supported; use one of {PRECISIONS}."
+        )
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def autocast(device, dtype):
+    """An autocast context for ``dtype`` on ``device``, or a no-op for fp32."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_device(batch, device):
+    """Move a model input (a tensor or a dict of tensors) to ``device``.
+
+    Pinned CPU tensors are copied asynchronously (``non_blocking``).
+    """
+    non_blocking = device.type == "cuda"
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    raise TypeError(f"cannot move a {type(batch).__name__} to a device")
+
+
+@contextlib.contextmanager
+def seeded(random_state):
+    """Run a block with torch's global RNG seeded, restoring it afterwards.
+
+    ``random_state=None`` leaves the RNG alone. The global state is forked and
+    restored so that fitting an estimator never changes the caller's RNG.
+    """
+    if random_state is None:
+        yield
+        return
+    seed = _seed_from(random_state)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def _seed_from(random_state):
+    from sklearn.utils import check_random_state
+
+    if isinstance(random_state, (int,)) and not isinstance(random_state, bool):
+        return int(random_state)
+    return int(check_random_state(random_state).randint(0, 2**31 - 1))

@@ -1,0 +1,121 @@
+"""``"hf:<model id or local directory>"`` text encoders: AutoModel and its
+tokenizer, with mean (default), CLS or max pooling over tokens."""
+
+import json
+import os
+
+import torch
+from torch import nn
+
+from .base import Backbone
+from .weights import is_weights_path, load_into, load_state_dict_file, weights_unavailable
+
+TOKEN_POOLINGS = ("avg", "mean", "cls", "max")
+
+
+def _import_transformers():
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ImportError(
+            "Hugging Face backbones need the 'transformers' package: "
+            "pip install \"sktransfer[text]\""
+        ) from exc
+    return transformers
+
+
+def pool_tokens(hidden, mask, pooling):
+    """Pool token states ``(B, T, D)`` into ``(B, D)`` over real (unmasked) tokens.
+
+    Examples
+    --------
+    >>> import torch
+    >>> h = torch.tensor([[[1.0], [3.0], [100.0]]])
+    >>> pool_tokens(h, torch.tensor([[1, 1, 0]]), "avg")
+    tensor([[2.]])
+    """
+    if pooling == "cls":
+        return hidden[:, 0]
+    if mask is None:
+        mask = torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device)
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    if pooling == "max":
+        return hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).amax(1)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+class TextEncoder(nn.Module):
+    """A Hugging Face encoder whose forward pools token states into ``(B, D)``."""
+
+    def __init__(self, model, pooling="avg"):
+        super().__init__()
+        if pooling not in TOKEN_POOLINGS:
+            raise ValueError(f"pooling for text must be one of {TOKEN_POOLINGS}, got {pooling!r}")
+        self.model = model
+        self.pooling = pooling
+
+    def forward(self, inputs):
+        out = self.model(**inputs)
+        return pool_tokens(out.last_hidden_state, inputs.get("attention_mask"), self.pooling)
+
+
+class Tokenize:
+    """Tokenize a batch of strings, padded to the longest, truncated to ``max_length``."""
+
+    def __init__(self, tokenizer, max_length):
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+
+    def __call__(self, texts):
+        return dict(self.tokenizer(list(texts), padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt"))
+
+    def config(self):
+        return (type(self.tokenizer).__name__, self.tokenizer.name_or_path, self.max_length)
+
+
+def load(name, weights="DEFAULT", *, pooling="avg", **_):
+    """Load an encoder and its tokenizer from a hub id or a local directory."""
+    transformers = _import_transformers()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name)
+        config = transformers.AutoConfig.from_pretrained(name)
+        if weights == "DEFAULT":
+            model = transformers.AutoModel.from_pretrained(name)
+            weights_id = f"hf:{os.path.abspath(name) if os.path.isdir(name) else name}"
+        elif weights is None or is_weights_path(weights):
+            model = transformers.AutoModel.from_config(config)
+            weights_id = "random"
+            if weights is not None:
+                load_into(model, load_state_dict_file(weights), weights)
+                weights_id = f"file:{os.path.abspath(weights)}"
+        else:
+            raise ValueError(f"weights must be 'DEFAULT', None or a path; got {weights!r}")
+    except OSError as exc:
+        if os.path.isdir(name) or (weights is not None and weights != "DEFAULT"):
+            raise
+        from .timm import _hub_cache_location
+
+        raise weights_unavailable(f"hf:{name}", _hub_cache_location(name), exc) from exc
+    model.eval()
+    encoder = TextEncoder(model, "avg" if pooling == "mean" else pooling)
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)
+    return Backbone(encoder, Tokenize(tokenizer, _max_length(name, tokenizer, config)), "text",
+                    f"hf:{name}", weights_id, out_dim=hidden)
+
+
+def _max_length(name, tokenizer, config):
+    """The sequence length the model was trained for.
+
+    A sentence-transformers directory records it in ``sentence_bert_config.json``;
+    otherwise the tokenizer's limit, capped by the position embeddings.
+    """
+    st_config = os.path.join(name, "sentence_bert_config.json")
+    if os.path.isfile(st_config):
+        with open(st_config) as fh:
+            length = json.load(fh).get("max_seq_length")
+        if length:
+            return int(length)
+    limits = [tokenizer.model_max_length, getattr(config, "max_position_embeddings", None)]
+    limits = [x for x in limits if isinstance(x, int) and 0 < x < 100_000]
+    return min(limits) if limits else 512

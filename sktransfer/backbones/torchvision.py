@@ -1,0 +1,66 @@
+"""``"torchvision:<name>"`` backbones: weights enums, the torch hub cache,
+local weight files, and preprocessing from ``weights.transforms()``."""
+
+import os
+
+import torch
+
+from .base import Backbone, replace_last_linear
+from .preprocess import ImagePreprocess
+from .weights import is_weights_path, load_into, load_state_dict_file, weights_unavailable
+
+
+def load(name, weights="DEFAULT", *, image_size=None, **_):
+    """Build a torchvision classification model as an embedding backbone.
+
+    ``weights`` is ``"DEFAULT"``, a member name of the model's weights enum
+    (e.g. ``"IMAGENET1K_V2"``), ``None`` or a path to a state dict file.
+    """
+    import torchvision
+
+    try:
+        builder = torchvision.models.get_model_builder(name)
+    except ValueError:
+        known = ", ".join(sorted(torchvision.models.list_models(torchvision.models)))
+        raise ValueError(
+            f"torchvision has no classification model {name!r}; known models: {known}"
+        ) from None
+    enum = torchvision.models.get_model_weights(name)
+    chosen = None
+    if isinstance(weights, str) and not is_weights_path(weights):
+        try:
+            chosen = enum[weights]
+        except KeyError:
+            raise ValueError(
+                f"{name!r} has no weights {weights!r}; use one of "
+                f"{['DEFAULT', *enum.__members__]}, None, or a path to a weight file"
+            ) from None
+        cache = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(chosen.url))
+        try:
+            model = builder(weights=chosen, progress=False)
+        except OSError as exc:  # URLError is an OSError
+            raise weights_unavailable(f"torchvision:{name} ({chosen})", cache, exc) from exc
+        weights_id = str(chosen)
+    elif weights is None:
+        model = builder(weights=None)
+        weights_id = "random"
+    elif is_weights_path(weights):
+        model = builder(weights=None)
+        weights_id = f"file:{os.path.abspath(weights)}"
+    else:
+        raise ValueError(f"weights must be 'DEFAULT', a tag, None or a path; got {weights!r}")
+
+    head, out_dim = replace_last_linear(model)
+    if is_weights_path(weights):
+        # A file saved from the full classifier and one saved from this
+        # headless backbone both load: the old head is not part of the embedding.
+        load_into(model, load_state_dict_file(weights), weights, drop_prefixes=(head + ".",))
+    model.eval()
+    preset = (chosen or enum.DEFAULT).transforms()
+    crop, resize = preset.crop_size[0], preset.resize_size[0]
+    if image_size is not None:
+        resize, crop = round(image_size * resize / crop), int(image_size)
+    preprocess = ImagePreprocess(resize, crop, preset.mean, preset.std,
+                                 interpolation=preset.interpolation.value)
+    return Backbone(model, preprocess, "image", f"torchvision:{name}", weights_id,
+                    out_dim=out_dim, input_channels=3)
