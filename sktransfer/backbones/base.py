@@ -7,6 +7,7 @@ import io
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 MODALITIES = ("image", "text", "tensor")
 
@@ -46,6 +47,7 @@ class Backbone:
     Examples
     --------
     >>> from torch import nn
+from torch.nn.parameter import is_lazy
     >>> from sktransfer.backbones import load_backbone
     >>> bb = load_backbone(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
     >>> bb.modality, bb.layer_names
@@ -63,9 +65,14 @@ class Backbone:
         self.weights_id = weights_id
         self.out_dim = out_dim
         self.input_channels = input_channels
-        self.param_groups = (
-            param_groups if param_groups is not None else ordered_param_groups(module)
-        )
+        self._param_groups = param_groups
+
+    @property
+    def param_groups(self):
+        # Computed on access: lazy modules only know their sizes after a forward.
+        if self._param_groups is not None:
+            return self._param_groups
+        return ordered_param_groups(self.module)
 
     @property
     def layer_names(self):
@@ -118,11 +125,15 @@ def ordered_param_groups(module, max_share=0.3):
     Examples
     --------
     >>> from torch import nn
+from torch.nn.parameter import is_lazy
     >>> net = nn.Sequential(nn.Linear(2, 4), nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1)))
     >>> [name for name, _ in ordered_param_groups(net)]
     ['0', '1']
     """
-    total = sum(p.numel() for p in module.parameters()) or 1
+    def numel(params):
+        return sum(0 if is_lazy(p) else p.numel() for p in params)
+
+    total = numel(module.parameters()) or 1
 
     def has_params(mod):
         return any(True for _ in mod.parameters())
@@ -143,7 +154,7 @@ def ordered_param_groups(module, max_share=0.3):
             if not has_params(child):
                 continue
             full = f"{prefix}{name}"
-            size = sum(p.numel() for p in child.parameters())
+            size = numel(child.parameters())
             if size > max_share * total and is_block_container(child):
                 visit(full + ".", child)
             else:
