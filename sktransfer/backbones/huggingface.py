@@ -1,6 +1,7 @@
 """``"hf:<model id or local directory>"`` text encoders: AutoModel and its
 tokenizer, with mean (default), CLS or max pooling over tokens."""
 
+import contextlib
 import json
 import os
 
@@ -74,9 +75,27 @@ class Tokenize:
         return (type(self.tokenizer).__name__, self.tokenizer.name_or_path, self.max_length)
 
 
+@contextlib.contextmanager
+def _quiet_loading(transformers):
+    """Hide transformers' per-load progress bar (a search loads many clones)."""
+    logging = transformers.utils.logging
+    was_enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            logging.enable_progress_bar()
+
+
 def load(name, weights="DEFAULT", *, pooling="avg", **_):
     """Load an encoder and its tokenizer from a hub id or a local directory."""
     transformers = _import_transformers()
+    with _quiet_loading(transformers):
+        return _load(transformers, name, weights, pooling)
+
+
+def _load(transformers, name, weights, pooling):
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(name)
         config = transformers.AutoConfig.from_pretrained(name)
