@@ -7,8 +7,9 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
 from ._device import autocast, resolve_device, resolve_precision, seeded, to_device
-from .backbones import load_backbone
+from ._weights_cache import load_backbone_cached
 from .backbones.huggingface import pool_tokens
+from .cache import FeatureCache, output_key
 from .inputs import Collate, as_samples
 
 POOLINGS = ("avg", "max", "cls")
@@ -59,6 +60,13 @@ class PretrainedFeatureTransformer(ClassNamePrefixFeaturesOutMixin, TransformerM
         Seeds the random initialization (``weights=None``, lazy modules).
     verbose : bool, default=False
         Show a progress bar over batches.
+    cache : str, os.PathLike, joblib.Memory or None, default=None
+        Where to keep embeddings between calls: a directory or a
+        ``joblib.Memory``. Each sample is stored under a digest of its content
+        together with everything that changes its embedding (backbone, weights
+        by content, layers, pooling, preprocessing, precision), so a search
+        over the model after this step embeds each distinct sample once, and
+        any change that alters the output is a miss, never a stale hit.
 
     Attributes
     ----------
@@ -86,7 +94,7 @@ class PretrainedFeatureTransformer(ClassNamePrefixFeaturesOutMixin, TransformerM
 
     def __init__(self, backbone="torchvision:resnet18", weights="DEFAULT", layers=None,
                  pooling="avg", batch_size=32, device="auto", precision="auto", num_workers=0,
-                 image_size=None, random_state=None, verbose=False):
+                 image_size=None, random_state=None, verbose=False, cache=None):
         self.backbone = backbone
         self.weights = weights
         self.layers = layers
@@ -98,6 +106,7 @@ class PretrainedFeatureTransformer(ClassNamePrefixFeaturesOutMixin, TransformerM
         self.image_size = image_size
         self.random_state = random_state
         self.verbose = verbose
+        self.cache = cache
 
     def fit(self, X, y=None):
         """Load the backbone and check ``X``; the network is not trained.
@@ -114,8 +123,10 @@ class PretrainedFeatureTransformer(ClassNamePrefixFeaturesOutMixin, TransformerM
         """
         self._check_params()
         with seeded(self.random_state):
-            backbone = load_backbone(self.backbone, self.weights, pooling=self.pooling,
-                                     image_size=self.image_size)
+            # Read from disk once per process, a private copy per fit.
+            backbone = load_backbone_cached(self.backbone, self.weights, pooling=self.pooling,
+                                            image_size=self.image_size,
+                                            random_state=self.random_state)
             self.backbone_ = backbone
             samples = self._samples(X, reset=True)
             missing = [n for n in (self.layers or ())
@@ -145,7 +156,13 @@ class PretrainedFeatureTransformer(ClassNamePrefixFeaturesOutMixin, TransformerM
         ndarray of shape (n_samples, n_features_out_), float32
         """
         check_is_fitted(self, "backbone_")
-        return self._embed(self._samples(X, reset=False))
+        samples = self._samples(X, reset=False)
+        if self.cache is None:
+            return self._embed(samples)
+        precision = resolve_precision(self.precision, resolve_device(self.device))
+        key = output_key(self.backbone_, layers=self.layers, pooling=self.pooling,
+                         precision=precision)
+        return FeatureCache(self.cache).embed(samples, key, self._embed)
 
     @property
     def _n_features_out(self):
@@ -171,6 +188,8 @@ class PretrainedFeatureTransformer(ClassNamePrefixFeaturesOutMixin, TransformerM
                 raise ValueError(f"{name} must be a positive integer; got {value!r}")
         if not isinstance(self.num_workers, (int, np.integer)) or self.num_workers < 0:
             raise ValueError(f"num_workers must be an integer >= 0; got {self.num_workers!r}")
+        if self.cache is not None:
+            FeatureCache(self.cache)  # raises for what cannot be a cache
 
     def _samples(self, X, reset):
         backbone = self.backbone_

@@ -1,0 +1,206 @@
+"""In-process cache of loaded backbones, and the digest of a module's weights.
+
+``GridSearchCV`` clones and refits an estimator once per candidate and fold.
+Without this cache every clone would read the same weights file again and
+rebuild the same network; here a backbone is loaded once per process and each
+fit gets its own deep copy, so no two estimators ever share a module that one
+of them might move to a device or train.
+
+:func:`weights_digest` is the identity of a module's weights by content. The
+feature cache keys embeddings on it, so the same weights under another name
+hit and changed weights (fine-tuned, another seed, a rewritten file) miss.
+"""
+
+import collections
+import hashlib
+import os
+import threading
+import weakref
+
+import numpy as np
+import torch
+
+from ._device import seeded
+from .backbones import load_backbone
+
+#: Backbones kept per process; a search over a few backbones fits, and an
+#: old one is dropped before memory fills with networks nobody uses.
+MAX_ENTRIES = 4
+
+_LOCK = threading.RLock()
+_BACKBONES = collections.OrderedDict()
+# module -> (fingerprint, digest); weak, so a dropped estimator frees its module.
+_DIGESTS = weakref.WeakKeyDictionary()
+
+
+def load_backbone_cached(spec, weights="DEFAULT", *, pooling="avg", image_size=None,
+                         random_state=None):
+    """:func:`~sktransfer.backbones.load_backbone`, read from disk once per process.
+
+    Parameters
+    ----------
+    spec, weights, pooling, image_size
+        As for :func:`~sktransfer.backbones.load_backbone`.
+    random_state : int, RandomState or None, default=None
+        The seed of a random initialization (``weights=None``): an integer
+        seeds it and names it in the cache; otherwise nothing is cached and
+        the backbone is drawn from torch's RNG as the caller left it (call
+        this inside :func:`~sktransfer._device.seeded`, as
+        ``PretrainedFeatureTransformer.fit`` does).
+
+    Returns
+    -------
+    Backbone
+        A private copy: changing its module never changes another caller's.
+
+    Notes
+    -----
+    Only string specs are cached (a module or fitted estimator given by the
+    user is already in memory). Pretrained tags are keyed by name, local
+    weight files by path, size, modification time and inode, so a file
+    rewritten in place is read again. A random initialization is cached only
+    under an integer ``random_state``: without one, every fit is meant to
+    start from new random weights.
+
+    Examples
+    --------
+    >>> a = load_backbone_cached("torchvision:resnet18", weights=None, image_size=32,
+    ...                          random_state=0)
+    >>> b = load_backbone_cached("torchvision:resnet18", weights=None, image_size=32,
+    ...                          random_state=0)
+    >>> a.module is b.module, weights_digest(a.module) == weights_digest(b.module)
+    (False, True)
+    """
+    key = _cache_key(spec, weights, pooling, image_size, random_state)
+    if key is None:
+        # Not cacheable: loaded as usual, under whatever seeding the caller set.
+        return load_backbone(spec, weights, pooling=pooling, image_size=image_size)
+    with _LOCK:
+        template = _BACKBONES.get(key)
+        if template is not None:
+            _BACKBONES.move_to_end(key)
+    if template is None:
+        # Loaded outside the lock so that other threads are not held up by a
+        # slow read; two threads missing together both load, and one wins.
+        # An integer seed names the random weights in the key, so they are
+        # drawn from exactly that seed, as a caller's own seeding would.
+        with seeded(random_state if weights is None else None):
+            template = load_backbone(spec, weights, pooling=pooling, image_size=image_size)
+        weights_digest(template.module)
+        with _LOCK:
+            _BACKBONES[key] = template
+            _BACKBONES.move_to_end(key)
+            while len(_BACKBONES) > MAX_ENTRIES:
+                _BACKBONES.popitem(last=False)
+    backbone = template.copy()
+    # A deep copy holds the same values, so it inherits the template's digest
+    # instead of hashing every tensor again.
+    _remember(backbone.module, weights_digest(template.module))
+    return backbone
+
+
+def clear():
+    """Forget every cached backbone (they are reloaded on next use)."""
+    with _LOCK:
+        _BACKBONES.clear()
+
+
+def weights_digest(module):
+    """A hex digest of a module's parameters and buffers, by value.
+
+    Computed once per module and remembered while its tensors are untouched:
+    any in-place change (an optimizer step, ``load_state_dict``) bumps the
+    tensors' version counters and the digest is computed anew.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Linear(2, 1)
+    >>> before = weights_digest(net)
+    >>> with torch.no_grad():
+    ...     _ = net.bias.add_(1.0)
+    >>> weights_digest(net) == before
+    False
+    """
+    fingerprint = _fingerprint(module)
+    with _LOCK:
+        known = _DIGESTS.get(module)
+    if known is not None and fingerprint is not None and known[0] == fingerprint:
+        return known[1]
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        if isinstance(tensor, torch.nn.parameter.UninitializedTensorMixin):
+            digest.update(b"\0uninitialized")
+            continue
+        digest.update(f"\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(_tensor_bytes(tensor))
+    value = digest.hexdigest()
+    if fingerprint is not None:
+        with _LOCK:
+            _DIGESTS[module] = (fingerprint, value)
+    return value
+
+
+def _remember(module, digest):
+    fingerprint = _fingerprint(module)
+    if fingerprint is not None:
+        with _LOCK:
+            _DIGESTS[module] = (fingerprint, digest)
+
+
+def _fingerprint(module):
+    """Where each tensor lives and how often it was changed in place.
+
+    ``None`` when a tensor has no storage to point at (lazy parameters):
+    such a module is hashed on every call instead of trusted.
+    """
+    try:
+        return tuple((name, t.device.type, t.data_ptr(), t._version)
+                     for name, t in module.state_dict(keep_vars=True).items())
+    except (RuntimeError, ValueError, AttributeError):
+        return None
+
+
+def _tensor_bytes(tensor):
+    tensor = tensor.detach()
+    if tensor.is_sparse or tensor.is_quantized:
+        tensor = tensor.to_dense() if tensor.is_sparse else tensor.dequantize()
+    flat = tensor.cpu().contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return b""
+    return memoryview(np.ascontiguousarray(flat.view(torch.uint8).numpy()))
+
+
+def _cache_key(spec, weights, pooling, image_size, random_state):
+    """What identifies a loaded backbone, or None where it must not be cached."""
+    if not isinstance(spec, str):
+        return None
+    if weights is None:
+        if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)):
+            return None
+        origin = ("random", int(random_state))
+    elif isinstance(weights, (str, os.PathLike)) and os.path.isfile(weights):
+        origin = ("file", *_file_identity(weights))
+    elif isinstance(weights, str):
+        origin = ("tag", weights)
+    else:
+        return None
+    source, _, name = spec.partition(":")
+    local = _tree_identity(name) if source == "hf" and os.path.isdir(name) else ()
+    return spec, local, origin, pooling, image_size
+
+
+def _file_identity(path):
+    stat = os.stat(path)
+    return (os.path.abspath(os.fspath(path)), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+def _tree_identity(directory):
+    """Every file below a local model directory, so that replacing one is seen."""
+    found = []
+    for root, _, files in os.walk(directory):
+        for fname in sorted(files):
+            found.append(_file_identity(os.path.join(root, fname)))
+    return tuple(sorted(found))
