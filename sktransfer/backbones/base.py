@@ -47,7 +47,6 @@ class Backbone:
     Examples
     --------
     >>> from torch import nn
-from torch.nn.parameter import is_lazy
     >>> from sktransfer.backbones import load_backbone
     >>> bb = load_backbone(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
     >>> bb.modality, bb.layer_names
@@ -125,7 +124,6 @@ def ordered_param_groups(module, max_share=0.3):
     Examples
     --------
     >>> from torch import nn
-from torch.nn.parameter import is_lazy
     >>> net = nn.Sequential(nn.Linear(2, 4), nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1)))
     >>> [name for name, _ in ordered_param_groups(net)]
     ['0', '1']
