@@ -1,0 +1,267 @@
+"""The training and inference loops under the fine-tuners.
+
+Training runs in :class:`FineTuningNet`, a small skorch ``NeuralNet``
+subclass: skorch supplies the epoch loop, validation, history, callbacks
+and early stopping; the subclass adds what fine-tuning needs (per-group
+optimizer settings, the L2-SP penalty, autocast and batch augmentation on the
+device). Prediction runs in :func:`predict_batches`, a plain inference loop.
+"""
+
+import math
+
+import numpy as np
+import torch
+from skorch import NeuralNet
+from skorch.callbacks import Callback, EpochTimer, PassthroughScoring, PrintLog
+from skorch.dataset import unpack_data
+from tqdm.auto import tqdm
+
+from ._device import autocast, resolve_device, to_device
+from .inputs import Collate
+
+
+class FineTuningNet(NeuralNet):
+    """skorch ``NeuralNet`` training a ``BackboneWithHead``.
+
+    The data set yields ``(preprocessed batch, target)`` pairs (the
+    DataLoader's ``collate_fn`` runs the backbone's preprocessing), so the
+    network takes the batch as one argument even when it is a dict of
+    tensors (tokenized text).
+
+    Parameters
+    ----------
+    module, criterion
+        As for ``NeuralNet``; given initialized.
+    optimizer_groups : callable
+        ``optimizer_groups(module_)`` gives the optimizer's parameter groups.
+    penalty : torch.nn.Module, optional
+        Called as ``penalty(module_)`` and added to the training loss (not
+        to the validation loss, which stays comparable across settings).
+    augment : callable, optional
+        Applied to the input batch on the device in training steps only.
+    amp_dtype : torch.dtype, optional
+        Autocast dtype for forward passes; float16 also scales the loss.
+    score : {"accuracy", "r2"} or None
+        The validation score recorded each epoch (``valid_acc`` or
+        ``valid_r2``), computed from the validation pass's own outputs.
+    **kwargs
+        Everything else ``NeuralNet`` takes.
+    """
+
+    def __init__(self, module, criterion, *, optimizer_groups, penalty=None, augment=None,
+                 amp_dtype=None, score=None, **kwargs):
+        # Set before NeuralNet.__init__: afterwards skorch only accepts torch
+        # modules as attributes inside its initialize methods.
+        self.optimizer_groups = optimizer_groups
+        self.penalty = penalty
+        self.augment = augment
+        self.amp_dtype = amp_dtype
+        self.score = score
+        super().__init__(module, criterion, **kwargs)
+
+    @property
+    def _default_callbacks(self):
+        # The validation score goes before PrintLog so that the epoch table shows it.
+        return [
+            ("epoch_timer", EpochTimer()),
+            ("train_loss", PassthroughScoring(name="train_loss", on_train=True)),
+            ("valid_loss", PassthroughScoring(name="valid_loss")),
+            ("valid_score", ValidScore(self.score)),
+            ("print_log", PrintLog()),
+        ]
+
+    def initialize_module(self):
+        super().initialize_module()
+        if self.penalty is not None:
+            # Registered as a module of the net, so its reference buffers
+            # follow the network to the training device.
+            self.penalty_ = self.penalty
+        return self
+
+    def initialize_optimizer(self, triggered_directly=None):
+        kwargs = self.get_params_for("optimizer")
+        kwargs.setdefault("lr", self.lr)
+        self.optimizer_ = self.optimizer(self.optimizer_groups(self.module_), **kwargs)
+        return self
+
+    def on_train_begin(self, net, X=None, y=None, **kwargs):
+        device = torch.device(self.device)
+        for name in self._modules + self._criteria:
+            getattr(self, name + "_").to(device)
+        # Without a scaler, small float16 gradients would underflow to zero.
+        use_scaler = self.amp_dtype == torch.float16 and device.type != "cpu"
+        self.grad_scaler_ = torch.amp.GradScaler(device.type) if use_scaler else None
+
+    def batches_per_epoch(self, n_samples):
+        """Optimizer steps one epoch over ``n_samples`` training samples takes."""
+        if self.get_params_for("iterator_train").get("drop_last", False):
+            return n_samples // self.batch_size
+        return math.ceil(n_samples / self.batch_size)
+
+    def infer(self, x, **fit_params):
+        device = torch.device(self.device)
+        x = to_device(x, device)
+        if self.augment is not None and self.module_.training:
+            x = self.augment(x)
+        with autocast(device, self.amp_dtype):
+            return self.module_(x)
+
+    def get_loss(self, y_pred, y_true, X=None, training=False):
+        y_true = to_device(y_true, torch.device(self.device))
+        # Losses are computed in float32 even when the forward pass autocasts.
+        loss = self.criterion_(y_pred.float(), y_true)
+        if training and self.penalty is not None:
+            loss = loss + self.penalty_(self.module_)
+        return loss
+
+    def train_step_single(self, batch, **fit_params):
+        self._set_training(True)
+        Xi, yi = unpack_data(batch)
+        y_pred = self.infer(Xi, **fit_params)
+        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        scaler = self.grad_scaler_
+        if scaler is None:
+            loss.backward()
+        else:
+            scaler.scale(loss).backward()
+            # Callbacks such as gradient clipping must see the true gradients.
+            scaler.unscale_(self.optimizer_)
+        return {"loss": loss, "y_pred": y_pred}
+
+    def _step_optimizer(self, step_fn):
+        scaler = self.grad_scaler_
+        if scaler is None:
+            return super()._step_optimizer(step_fn)
+        step_fn()
+        scaler.step(self.optimizer_)
+        scaler.update()
+        return None
+
+
+class ValidScore(Callback):
+    """Record ``valid_acc`` or ``valid_r2`` from the validation pass's outputs.
+
+    The sums are kept on the device and read once per epoch, so scoring adds
+    no forward pass and no synchronization per batch. ``valid_r2`` is the
+    coefficient of determination averaged over outputs, as
+    :func:`sklearn.metrics.r2_score` computes it.
+
+    Parameters
+    ----------
+    score : {"accuracy", "r2"} or None
+        None records nothing.
+    """
+
+    def __init__(self, score=None):
+        self.score = score
+
+    def on_epoch_begin(self, net, **kwargs):
+        self.sums_ = None
+
+    def on_batch_end(self, net, batch=None, training=False, y_pred=None, **kwargs):
+        if training or self.score is None:
+            return
+        y_true = batch[1].to(y_pred.device)
+        y_pred = y_pred.detach().double()
+        if self.score == "accuracy":
+            sums = torch.stack([(y_pred.argmax(1) == y_true).sum().double(),
+                                torch.tensor(float(len(y_true)), device=y_pred.device,
+                                             dtype=torch.float64)])
+        else:
+            y_true = y_true.double()
+            sums = torch.stack([((y_true - y_pred) ** 2).sum(0), y_true.sum(0),
+                                (y_true ** 2).sum(0),
+                                torch.full_like(y_true[0], float(len(y_true)))])
+        self.sums_ = sums if self.sums_ is None else self.sums_ + sums
+
+    def on_epoch_end(self, net, dataset_valid=None, **kwargs):
+        if self.score is None or self.sums_ is None:
+            return
+        sums = self.sums_.cpu().numpy()
+        if self.score == "accuracy":
+            net.history.record("valid_acc", float(sums[0] / sums[1]))
+            return
+        sse, total, squares, count = sums
+        sst = squares - total ** 2 / count
+        # A constant target is predicted perfectly or not at all (sklearn's convention).
+        r2 = np.where(sst > 0, 1 - sse / np.where(sst > 0, sst, 1), np.where(sse > 0, 0.0, 1.0))
+        net.history.record("valid_r2", float(r2.mean()))
+
+
+class Rows(torch.utils.data.Dataset):
+    """Some rows of a :class:`~sktransfer.inputs.Samples`, without copying it.
+
+    ``__getitems__`` maps a whole batch of indices at once, so the
+    DataLoader still fetches (and slices arrays) one batch at a time.
+    """
+
+    def __init__(self, samples, indices):
+        self.samples = samples
+        self.indices = np.asarray(indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.__getitems__([i])
+
+    def __getitems__(self, indices):
+        return self.samples.__getitems__(self.indices[np.asarray(indices)])
+
+
+def predict_batches(module, samples, preprocess, *, batch_size, device="auto", amp_dtype=None,
+                    num_workers=0, output=None, verbose=False):
+    """Run ``module`` over ``samples`` a batch at a time, in inference mode.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Put in evaluation mode; moved to ``device`` for the call and back to
+        the CPU afterwards, so fitted models hold no accelerator memory.
+    samples : Samples
+        Raw samples, fetched a batch at a time.
+    preprocess : callable
+        The backbone's batch preprocessing.
+    batch_size : int
+    device : str or torch.device, default="auto"
+    amp_dtype : torch.dtype, optional
+        Autocast dtype.
+    num_workers : int, default=0
+        DataLoader worker processes.
+    output : callable, optional
+        Applied to each batch's output on the device (e.g. softmax).
+    verbose : bool, default=False
+        Show a progress bar.
+
+    Returns
+    -------
+    ndarray of shape (n_samples, n_outputs), float32
+    """
+    device = resolve_device(device)
+    order = np.arange(len(samples))
+    if samples.kind == "text":
+        # Sorting by length keeps the padding of each batch short.
+        order = np.argsort([-len(s) for s in samples.data], kind="stable")
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    loader = torch.utils.data.DataLoader(
+        samples, batch_sampler=batches, collate_fn=Collate(preprocess),
+        num_workers=num_workers, pin_memory=device.type == "cuda")
+    module.to(device).eval()
+    out = None
+    try:
+        with torch.inference_mode(), autocast(device, amp_dtype):
+            for idx, inputs in zip(batches, tqdm(loader, disable=not verbose,
+                                                 desc="predicting", unit="batch")):
+                result = module(to_device(inputs, device))
+                if output is not None:
+                    result = output(result)
+                result = result.reshape(len(idx), -1).float().cpu().numpy()
+                if out is None:
+                    out = np.empty((len(samples), result.shape[1]), dtype=np.float32)
+                out[idx] = result
+    finally:
+        if device.type != "cpu":
+            module.to("cpu")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return out

@@ -1,0 +1,781 @@
+"""FineTunedClassifier and FineTunedRegressor: parameter transfer on skorch.
+
+A pretrained backbone gets a new head and is trained on the target task,
+with the controls that make transfer work on little data: freezing,
+head-first training, discriminative learning rates, L2-SP, early stopping
+and light augmentation. skorch runs the training loop underneath
+(:mod:`sktransfer._net`); this module turns the estimator's parameters into
+that loop's parts and keeps the scikit-learn contract.
+"""
+
+import copy
+import io
+import numbers
+from functools import partial
+
+import numpy as np
+import torch
+from skorch.callbacks import EarlyStopping, ProgressBar
+from skorch.helper import predefined_split
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.model_selection import train_test_split
+from sklearn.utils import TransformerTags, compute_class_weight
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
+
+from ._device import _seed_from, resolve_device, resolve_precision, seeded
+from ._net import FineTuningNet, Rows, predict_batches
+from .augment import FlipAndResizedCrop
+from .backbones import load_backbone
+from .freezing import FreezeSchedule, check_freeze, n_frozen_groups, unfreeze_all
+from .heads import BackboneWithHead, check_head, make_head
+from .inputs import Collate, Samples, as_samples
+from .optimization import LRSchedule, check_schedule, param_groups, resolve_optimizer
+from .regularizers import L2SP
+
+_PARAMS_DOC = """
+    backbone : str, nn.Module, callable or fitted estimator, default="torchvision:resnet18"
+        ``"torchvision:<name>"``, ``"timm:<name>"``, ``"hf:<model id or local
+        directory>"``, an ``nn.Module`` (its forward output is the embedding),
+        a zero-argument callable returning one, or a fitted sktransfer
+        estimator, whose (fine-tuned) backbone is the starting point.
+    weights : "DEFAULT", str, None or path, default="DEFAULT"
+        ``"DEFAULT"`` loads the source's pretrained weights (for a module or a
+        fitted estimator: the weights it has); a torchvision tag such as
+        ``"IMAGENET1K_V2"``; ``None`` for random initialization (training from
+        scratch); or a path to a local ``.pt``/``.pth``/``.safetensors`` file.
+    head : tuple of int, optional
+        ``None``: one linear layer on the embedding. A tuple of hidden sizes,
+        such as ``(256,)``: an MLP with ReLU activations.
+    dropout : float, default=0.0
+        Dropout probability before each linear layer of the head.
+    freeze : {"none", "backbone"} or int, default="none"
+        ``"none"``: the whole network trains. ``"backbone"``: only the head
+        trains (a linear probe with the default head). An int N: the first N
+        parameter groups of the backbone (``backbone_.param_groups``, input
+        first) stay frozen. Frozen BatchNorm layers stay in evaluation mode, so
+        their running statistics do not drift either.
+    freeze_epochs : int, default=0
+        Train the head alone (whole backbone frozen) for this many epochs
+        first, then apply ``freeze`` (LP-FT, fastai's ``fine_tune``). Has no
+        further effect with ``freeze="backbone"``.
+    lr : float, default=1e-3
+        Learning rate of the head (the peak rate under ``"onecycle"``).
+    backbone_lr_mult : float, default=1.0
+        Discriminative learning rates: backbone group ``i`` (0-based, input
+        first) of ``G`` trains at ``lr * backbone_lr_mult ** (G - i)``. A value
+        such as 0.5 gives the last backbone group half the head's rate and
+        earlier groups geometrically smaller ones.
+    weight_decay : float, default=0.01
+        Weight decay of weight matrices and kernels; biases and normalization
+        parameters are never decayed.
+    optimizer : {"adamw", "adam", "sgd"} or torch.optim.Optimizer class, default="adamw"
+        ``"sgd"`` uses Nesterov momentum 0.9. A class is called as
+        ``optimizer(param_groups, lr=lr)``.
+    schedule : {"onecycle", "cosine"} or None, default="onecycle"
+        Learning-rate schedule stepped every batch, spanning the epochs of one
+        ``fit`` (or ``partial_fit``) call: ``"onecycle"`` warms up over the
+        first 25% of steps then anneals; ``"cosine"`` decays from ``lr``
+        towards zero; ``None`` keeps the rates constant.
+    l2sp : float, default=0.0
+        Strength alpha of the L2-SP penalty added to the training loss:
+        ``alpha/2 * sum ||w - w_pretrained||^2`` over the backbone's
+        (transferred) parameters plus ``alpha/2 * sum ||w||^2`` over the head's
+        (see :class:`~sktransfer.regularizers.L2SP`). It keeps the weights
+        near the pretrained ones; consider ``weight_decay=0`` with it, since
+        weight decay pulls towards zero instead.
+    max_epochs : int, default=10
+        Epochs of ``fit``.
+    batch_size : int, default=32
+        Samples per training and prediction batch.
+    early_stopping : int, optional
+        Patience: hold out ``validation_fraction`` of the training data, stop
+        when the validation loss has not improved for this many epochs, and
+        restore the weights of the best epoch. ``None`` or ``False``: train on
+        all data for ``max_epochs`` epochs.
+    validation_fraction : float, default=0.1
+        Share of the data held out when ``early_stopping`` is set (stratified
+        by class for classifiers when possible).
+    augment : bool, default=False
+        Light augmentation of training batches for image backbones: random
+        horizontal flip and random resized crop (area 60-100%), applied to the
+        preprocessed batch on the training device.
+    device : str, default="auto"
+        ``"auto"`` uses CUDA, then Apple MPS, then the CPU; or any torch device
+        string. Fitted weights are kept on the CPU between calls.
+    precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
+        Autocast dtype (automatic mixed precision); ``"auto"`` is bf16 (fp16
+        with loss scaling on GPUs without bf16) on CUDA and fp32 elsewhere.
+    num_workers : int, default=0
+        DataLoader worker processes that decode and preprocess batches.
+    image_size : int, optional
+        Crop side fed to an image backbone instead of its weights' own.
+    random_state : int, RandomState or None, default=None
+        Seeds initialization, shuffling, dropout, augmentation and the
+        validation split: on the CPU, the same seed and data give the same
+        model.
+    verbose : int, default=0
+        0: silent; 1: a table of losses and scores after every epoch; 2: also
+        a progress bar over batches.
+    callbacks : list of skorch callbacks, optional
+        Extra skorch callbacks (instances or ``(name, callback)`` pairs), for
+        example ``skorch.callbacks.GradientNormClipping``. They are copied at
+        the start of each ``fit``.
+    keep_optimizer : bool, default=False
+        Keep the optimizer's state (such as Adam's moment estimates) in
+        pickles, so that ``partial_fit`` after loading continues exactly. Off by
+        default: the state is twice the size of the model."""
+
+_ATTRIBUTES_DOC = """
+    backbone_ : Backbone
+        The fine-tuned backbone (network, preprocessing and layer groups);
+        pass the fitted estimator as ``backbone=`` to another estimator to
+        start from it.
+    head_ : torch.nn.Module
+        The trained head.
+    history_ : skorch.History
+        Per epoch: ``train_loss`` (including the L2-SP penalty), and with
+        early stopping ``valid_loss`` and the validation score, ``dur``, and
+        per batch the losses and the head's learning rate ``event_lr``.
+    n_features_out_ : int
+        Width of the embeddings :meth:`transform` returns.
+    n_features_in_ : int
+        Columns seen in ``fit`` (tensor backbones only).
+    feature_names_in_ : ndarray of str
+        Column names seen in ``fit`` (tensor backbones given a DataFrame)."""
+
+
+class _FineTuned(BaseEstimator):
+    """What the classifier and the regressor share: everything but the target."""
+
+    _score_name = None  # "accuracy" or "r2": the validation score recorded per epoch
+
+    def __init__(self, backbone="torchvision:resnet18", weights="DEFAULT", head=None, dropout=0.0,
+                 freeze="none", freeze_epochs=0, lr=1e-3, backbone_lr_mult=1.0,
+                 weight_decay=0.01, optimizer="adamw", schedule="onecycle", l2sp=0.0,
+                 max_epochs=10, batch_size=32, early_stopping=None, validation_fraction=0.1,
+                 augment=False, device="auto", precision="auto", num_workers=0, image_size=None,
+                 random_state=None, verbose=0, callbacks=None, keep_optimizer=False):
+        self.backbone = backbone
+        self.weights = weights
+        self.head = head
+        self.dropout = dropout
+        self.freeze = freeze
+        self.freeze_epochs = freeze_epochs
+        self.lr = lr
+        self.backbone_lr_mult = backbone_lr_mult
+        self.weight_decay = weight_decay
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.l2sp = l2sp
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.augment = augment
+        self.device = device
+        self.precision = precision
+        self.num_workers = num_workers
+        self.image_size = image_size
+        self.random_state = random_state
+        self.verbose = verbose
+        self.callbacks = callbacks
+        self.keep_optimizer = keep_optimizer
+
+    # -- public API ------------------------------------------------------
+
+    def fit(self, X, y):
+        """Load the backbone, put a new head on it and train for ``max_epochs``.
+
+        Parameters
+        ----------
+        X : array-like, list of paths, PIL images or strings
+            Samples of the kind the backbone takes.
+        y : array-like
+            Targets.
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        target = self._check_y(y, reset=True)
+        with seeded(self.random_state):
+            samples = self._start(X, target)
+            train, valid = self._split(samples)
+            self._train(train, valid, self.max_epochs)
+        return self
+
+    def _partial_fit(self, X, y):
+        first = not self.__sklearn_is_fitted__()
+        if first:
+            self._check_params()
+        target = self._check_y(y, reset=first)
+        if first:
+            with seeded(self.random_state):
+                samples = self._start(X, target)
+                self._train(samples, None, 1)
+            return self
+        samples = self._samples(X, reset=False, target=target)
+        # A different seed per call: the same seed would repeat the same
+        # shuffling and dropout masks every epoch.
+        seed = None if self.random_state is None else (
+            _seed_from(self.random_state) + len(self.history_)) % (2**31 - 1)
+        with seeded(seed):
+            self._train(samples, None, 1)
+        return self
+
+    def fit_transform(self, X, y):
+        """Fit, then embed ``X`` with the fine-tuned backbone.
+
+        Parameters
+        ----------
+        X : array-like, list of paths, PIL images or strings
+        y : array-like
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features_out_), float32
+        """
+        return self.fit(X, y).transform(X)
+
+    def transform(self, X):
+        """Embed ``X`` with the fine-tuned backbone.
+
+        Parameters
+        ----------
+        X : array-like, list of paths, PIL images or strings
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features_out_), float32
+        """
+        check_is_fitted(self)
+        samples = self._samples(X, reset=False)
+        return self._predict(self.backbone_.module, samples)
+
+    def __sklearn_is_fitted__(self):
+        return hasattr(self, "head_")
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        # transform() gives the fine-tuned embeddings, as float32.
+        tags.transformer_tags = TransformerTags(preserves_dtype=["float32"])
+        return tags
+
+    # -- pickling --------------------------------------------------------
+    # The skorch net is rebuilt when needed; pickles hold the weights (as
+    # CPU tensors, so they load without CUDA), the history and, only when
+    # keep_optimizer is set, the optimizer's state.
+
+    def __getstate__(self):
+        # A copy: BaseEstimator may hand back the live __dict__.
+        state = dict(super().__getstate__())
+        net = state.pop("net_", None)
+        if net is not None and self.keep_optimizer:
+            state["_optimizer_state"] = _to_bytes(net.optimizer_.state_dict())
+        elif not self.keep_optimizer:
+            state.pop("_optimizer_state", None)
+        for name in ("head_", "l2sp_"):
+            if state.get(name) is not None:
+                state[name] = _to_bytes(state[name])
+        return state
+
+    def __setstate__(self, state):
+        for name in ("head_", "l2sp_", "_optimizer_state"):
+            if isinstance(state.get(name), bytes):
+                state[name] = _from_bytes(state[name])
+        super().__setstate__(state)
+
+    # -- parameters and data ---------------------------------------------
+
+    def _check_params(self):
+        check_head(self.head, self.dropout)
+        check_freeze(self.freeze)
+        _check_number("freeze_epochs", self.freeze_epochs, integer=True, minimum=0)
+        _check_number("lr", self.lr, minimum=0, strict=True)
+        _check_number("backbone_lr_mult", self.backbone_lr_mult, minimum=0, strict=True)
+        _check_number("weight_decay", self.weight_decay, minimum=0)
+        _check_number("l2sp", self.l2sp, minimum=0)
+        _check_number("max_epochs", self.max_epochs, integer=True, minimum=1)
+        _check_number("batch_size", self.batch_size, integer=True, minimum=1)
+        _check_number("num_workers", self.num_workers, integer=True, minimum=0)
+        _check_number("verbose", int(self.verbose) if isinstance(self.verbose, bool)
+                      else self.verbose, integer=True, minimum=0)
+        if self.image_size is not None:
+            _check_number("image_size", self.image_size, integer=True, minimum=1)
+        resolve_optimizer(self.optimizer)
+        check_schedule(self.schedule)
+        if self.early_stopping not in (None, False):
+            _check_number("early_stopping", self.early_stopping, integer=True, minimum=1,
+                          hint="a patience in epochs, or None to train without holding "
+                               "data out")
+            if not (isinstance(self.validation_fraction, numbers.Real)
+                    and 0 < self.validation_fraction < 1):
+                raise ValueError(f"validation_fraction must be in (0, 1); got "
+                                 f"{self.validation_fraction!r}")
+        if not isinstance(self.augment, (bool, np.bool_)):
+            raise ValueError(f"augment must be True or False; got {self.augment!r}")
+        if self.callbacks is not None and not isinstance(self.callbacks, (list, tuple)):
+            raise ValueError(f"callbacks must be a list of skorch callbacks; got "
+                             f"{type(self.callbacks).__name__}")
+        device = resolve_device(self.device)
+        resolve_precision(self.precision, device)
+
+    def _samples(self, X, reset, target=None):
+        backbone = self.backbone_
+        if backbone.modality == "tensor":
+            X = validate_data(self, X, reset=reset, allow_nd=True,
+                              dtype=[np.float32, np.float64])
+        samples = as_samples(X, backbone.modality, channels=backbone.input_channels or 3)
+        if target is None:
+            return samples
+        if len(samples) != len(target):
+            raise ValueError(f"X and y have different lengths: X has {len(samples)} samples, "
+                             f"y has {len(target)}.")
+        return Samples(samples.data, samples.kind, target)
+
+    def _split(self, samples):
+        """Training and validation rows (validation only with early stopping)."""
+        if self.early_stopping in (None, False):
+            return samples, None
+        n = len(samples)
+        n_valid = max(1, int(round(self.validation_fraction * n)))
+        if n - n_valid < 1:
+            raise ValueError(f"early_stopping holds out validation_fraction="
+                             f"{self.validation_fraction} of the data, which leaves no "
+                             f"training sample out of {n}; give more samples or set "
+                             "early_stopping=None.")
+        stratify = self._stratify(samples.y, n_valid)
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())  # drawn from the seeded RNG
+        train_idx, valid_idx = train_test_split(np.arange(n), test_size=n_valid,
+                                                random_state=seed, stratify=stratify)
+        return Rows(samples, np.sort(train_idx)), Rows(samples, np.sort(valid_idx))
+
+    def _stratify(self, target, n_valid):
+        return None
+
+    # -- building and training -------------------------------------------
+
+    def _start(self, X, target):
+        """Load the backbone and build the head, the penalty and the skorch net."""
+        for name in ("net_", "_optimizer_state"):
+            self.__dict__.pop(name, None)
+        backbone = load_backbone(self.backbone, self.weights, image_size=self.image_size)
+        if self.augment and backbone.modality != "image":
+            raise ValueError(f"augment=True applies to image backbones; {backbone.spec} "
+                             f"takes {backbone.modality} input. Use augment=False.")
+        n_frozen_groups(self.freeze, backbone.param_groups)
+        self.backbone_ = backbone
+        samples = self._samples(X, reset=True, target=target)
+        self.n_features_out_ = self._embedding_width(samples)
+        self.head_ = make_head(self.n_features_out_, self._n_outputs(), self.head, self.dropout)
+        self.l2sp_ = L2SP(self.l2sp, backbone.module) if self.l2sp > 0 else None
+        return samples
+
+    def _embedding_width(self, samples):
+        if self.backbone_.out_dim is not None:
+            return int(self.backbone_.out_dim)
+        # One forward pass over two samples tells the width, and initializes
+        # lazy layers (under the fit's seed) before the optimizer sees them.
+        module = self.backbone_.module
+        n = min(2, len(samples))
+        inputs, _ = Collate(self.backbone_.preprocess)(samples.__getitems__(np.arange(n)))
+        was_training = module.training
+        module.eval()
+        with torch.no_grad():
+            width = module(inputs).reshape(n, -1).shape[1]
+        module.train(was_training)
+        return int(width)
+
+    def _model(self):
+        return BackboneWithHead(self.backbone_.module, self.head_)
+
+    def _build_net(self):
+        backbone = self.backbone_
+        device = resolve_device(self.device)
+        optimizer, optimizer_kwargs = resolve_optimizer(self.optimizer)
+        groups = partial(param_groups, backbone_groups=backbone.param_groups, lr=self.lr,
+                         backbone_lr_mult=self.backbone_lr_mult,
+                         weight_decay=self.weight_decay)
+        collate = Collate(backbone.preprocess)
+        loader = {"collate_fn": collate, "num_workers": self.num_workers,
+                  "pin_memory": device.type == "cuda",
+                  "persistent_workers": self.num_workers > 0}
+        callbacks = [
+            ("freeze", FreezeSchedule(backbone.param_groups,
+                                      n_frozen_groups(self.freeze, backbone.param_groups),
+                                      self.freeze_epochs)),
+            ("lr_schedule", LRSchedule(self.schedule)),
+        ]
+        if self.early_stopping not in (None, False):
+            callbacks.append(("early_stopping", EarlyStopping(
+                monitor="valid_loss", patience=int(self.early_stopping), load_best=True)))
+        if self.verbose >= 2:
+            callbacks.append(("progress_bar", ProgressBar()))
+        callbacks += copy.deepcopy(list(self.callbacks or []))
+        net = FineTuningNet(
+            self._model(), self._criterion(),
+            optimizer_groups=groups, penalty=self.l2sp_,
+            augment=FlipAndResizedCrop() if self.augment else None,
+            amp_dtype=resolve_precision(self.precision, device), score=self._score_name,
+            optimizer=optimizer, lr=self.lr, max_epochs=self.max_epochs,
+            batch_size=self.batch_size, train_split=None, callbacks=callbacks,
+            verbose=int(self.verbose), device=str(device),
+            iterator_train__shuffle=True,
+            **{f"iterator_train__{k}": v for k, v in loader.items()},
+            **{f"iterator_valid__{k}": v for k, v in loader.items()},
+            **{f"optimizer__{k}": v for k, v in optimizer_kwargs.items()},
+        )
+        net.initialize()
+        if getattr(self, "history_", None) is not None:
+            net.history_ = self.history_
+        if getattr(self, "_optimizer_state", None) is not None:
+            net.optimizer_.load_state_dict(self.__dict__.pop("_optimizer_state"))
+        self.net_ = net
+        self.history_ = net.history_
+        return net
+
+    def _train(self, train, valid, epochs):
+        net = getattr(self, "net_", None)
+        if net is None:
+            net = self._build_net()
+        net.max_epochs = epochs
+        # BatchNorm fails on a training batch of one sample: drop such a last batch.
+        net.iterator_train__drop_last = bool(len(train) % self.batch_size == 1
+                                             and len(train) > self.batch_size)
+        net.train_split = predefined_split(valid) if valid is not None else None
+        try:
+            net.partial_fit(train)
+        finally:
+            # The net keeps no reference to the data, and the fitted weights
+            # leave the accelerator.
+            net.train_split = None
+            model = net.module_
+            unfreeze_all(model)
+            model.eval()
+            if torch.device(net.device).type != "cpu":
+                model.to("cpu")
+                if self.l2sp_ is not None:
+                    self.l2sp_.to("cpu")
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+
+    def _predict(self, module, samples, output=None):
+        device = resolve_device(self.device)
+        return predict_batches(module, samples, self.backbone_.preprocess,
+                               batch_size=self.batch_size, device=device,
+                               amp_dtype=resolve_precision(self.precision, device),
+                               num_workers=self.num_workers, output=output,
+                               verbose=self.verbose >= 2)
+
+
+class FineTunedClassifier(ClassifierMixin, _FineTuned):
+    __doc__ = f"""Fine-tune a pretrained backbone with a new classification head.
+
+    Parameter transfer: the backbone's pretrained weights are the starting
+    point, a new head maps its embedding to the classes, and the network is
+    trained with cross-entropy. Labels may be strings or any integers, binary
+    or multiclass.
+
+    Parameters
+    ----------{_PARAMS_DOC}
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes in the loss: ``{{label: weight}}``, or
+        ``"balanced"`` for weights inversely proportional to class frequencies.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The labels, in the order of :meth:`predict_proba`'s columns.{_ATTRIBUTES_DOC}
+
+    See Also
+    --------
+    FineTunedRegressor : the same for regression targets.
+    PretrainedFeatureTransformer : a frozen backbone as a feature extractor.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from sktransfer import FineTunedClassifier
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.rand(40, 4).astype(np.float32)
+    >>> y = np.where(X[:, 0] > 0.5, "big", "small")
+    >>> clf = FineTunedClassifier(nn.Sequential(nn.Linear(4, 16), nn.ReLU()), lr=0.05,
+    ...                           max_epochs=20, random_state=0).fit(X, y)
+    >>> clf.classes_
+    array(['big', 'small'], dtype='<U5')
+    >>> clf.predict_proba(X[:2]).shape
+    (2, 2)
+    >>> clf.score(X, y) > 0.8
+    True
+    """
+
+    _score_name = "accuracy"
+
+    def __init__(self, backbone="torchvision:resnet18", weights="DEFAULT", head=None, dropout=0.0,
+                 freeze="none", freeze_epochs=0, lr=1e-3, backbone_lr_mult=1.0,
+                 weight_decay=0.01, optimizer="adamw", schedule="onecycle", l2sp=0.0,
+                 max_epochs=10, batch_size=32, early_stopping=None, validation_fraction=0.1,
+                 augment=False, class_weight=None, device="auto", precision="auto",
+                 num_workers=0, image_size=None, random_state=None, verbose=0, callbacks=None,
+                 keep_optimizer=False):
+        super().__init__(
+            backbone=backbone, weights=weights, head=head, dropout=dropout, freeze=freeze,
+            freeze_epochs=freeze_epochs, lr=lr, backbone_lr_mult=backbone_lr_mult,
+            weight_decay=weight_decay, optimizer=optimizer, schedule=schedule, l2sp=l2sp,
+            max_epochs=max_epochs, batch_size=batch_size, early_stopping=early_stopping,
+            validation_fraction=validation_fraction, augment=augment, device=device,
+            precision=precision, num_workers=num_workers, image_size=image_size,
+            random_state=random_state, verbose=verbose, callbacks=callbacks,
+            keep_optimizer=keep_optimizer)
+        self.class_weight = class_weight
+
+    def partial_fit(self, X, y, classes=None):
+        """Train one more epoch over ``(X, y)``; the first call also builds the model.
+
+        Training continues from the current weights and optimizer state (and
+        the epoch count of ``freeze_epochs``); ``early_stopping`` does not
+        apply, every sample given trains. Hyperparameters set after the first
+        fit take effect at the next :meth:`fit`.
+
+        Parameters
+        ----------
+        X : array-like, list of paths, PIL images or strings
+        y : array-like of shape (n_samples,)
+        classes : array-like, optional
+            All the labels, needed on the first call when this batch does not
+            hold every class.
+
+        Returns
+        -------
+        self
+        """
+        if classes is not None and not self.__sklearn_is_fitted__():
+            self._all_classes = np.unique(np.asarray(classes))
+        try:
+            return self._partial_fit(X, y)
+        finally:
+            self.__dict__.pop("_all_classes", None)
+
+    def predict_proba(self, X):
+        """Class probabilities, columns in the order of ``classes_``.
+
+        Parameters
+        ----------
+        X : array-like, list of paths, PIL images or strings
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes), float32
+        """
+        check_is_fitted(self)
+        samples = self._samples(X, reset=False)
+        return self._predict(self._model(), samples, output=lambda out: out.float().softmax(1))
+
+    def predict(self, X):
+        """Predicted labels.
+
+        Parameters
+        ----------
+        X : array-like, list of paths, PIL images or strings
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        proba = self.predict_proba(X)
+        return self.classes_[proba.argmax(axis=1)]
+
+    def _check_y(self, y, reset):
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the "
+                             "target y is None.")
+        y = check_array(y, ensure_2d=False, dtype=None, input_name="y")
+        y = column_or_1d(y, warn=True)
+        check_classification_targets(y)
+        if reset:
+            classes = getattr(self, "_all_classes", None)
+            classes = np.unique(y) if classes is None else classes
+            if len(classes) < 2:
+                raise ValueError(f"y has only one class ({classes[0]!r}); a classifier needs "
+                                 "samples of at least 2 classes.")
+            unknown = np.setdiff1d(y, classes)
+            if unknown.size:
+                raise ValueError(f"y has labels {unknown.tolist()} that are not in classes")
+            self.classes_ = classes
+            self._class_weights = self._weights_of_classes(y)
+        else:
+            unknown = np.setdiff1d(y, self.classes_)
+            if unknown.size:
+                raise ValueError(f"y has labels {unknown.tolist()} that were not seen in the "
+                                 f"first fit; the classes are {self.classes_.tolist()}")
+        return np.searchsorted(self.classes_, y).astype(np.int64)
+
+    def _weights_of_classes(self, y):
+        if self.class_weight is None:
+            return None
+        if not (self.class_weight == "balanced" or isinstance(self.class_weight, dict)):
+            raise ValueError(f"class_weight must be None, 'balanced' or a dict of "
+                             f"{{label: weight}}; got {self.class_weight!r}")
+        full = np.ones(len(self.classes_))
+        if isinstance(self.class_weight, dict):
+            unknown = [label for label in self.class_weight if label not in set(self.classes_)]
+            if unknown:
+                raise ValueError(f"class_weight names labels {unknown} that are not classes; "
+                                 f"the classes are {self.classes_.tolist()}")
+            for label, weight in self.class_weight.items():
+                full[np.searchsorted(self.classes_, label)] = weight
+        else:
+            present = np.unique(y)
+            full[np.searchsorted(self.classes_, present)] = compute_class_weight(
+                "balanced", classes=present, y=y)
+        return full.astype(np.float32)
+
+    def _n_outputs(self):
+        return len(self.classes_)
+
+    def _criterion(self):
+        weights = getattr(self, "_class_weights", None)
+        return torch.nn.CrossEntropyLoss(
+            weight=None if weights is None else torch.from_numpy(weights))
+
+    def _stratify(self, target, n_valid):
+        counts = np.bincount(target)
+        counts = counts[counts > 0]
+        if counts.min() >= 2 and n_valid >= len(counts) and len(target) - n_valid >= len(counts):
+            return np.asarray(target)
+        return None
+
+
+class FineTunedRegressor(RegressorMixin, _FineTuned):
+    __doc__ = f"""Fine-tune a pretrained backbone with a new regression head.
+
+    Parameter transfer with a mean squared error loss. ``y`` may be 1-D or
+    2-D (several targets); targets are standardized for training (so the
+    learning rate does not depend on their scale) and predictions are mapped
+    back, so losses in ``history_`` are on the standardized scale.
+
+    Parameters
+    ----------{_PARAMS_DOC}
+
+    Attributes
+    ----------
+    n_outputs_ : int
+        Number of targets.{_ATTRIBUTES_DOC}
+
+    See Also
+    --------
+    FineTunedClassifier : the same for class labels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from sktransfer import FineTunedRegressor
+    >>> rng = np.random.RandomState(0)
+    >>> X = rng.rand(64, 3).astype(np.float32)
+    >>> y = 100 * X[:, 0] + 50
+    >>> reg = FineTunedRegressor(nn.Sequential(nn.Linear(3, 16), nn.ReLU()), lr=0.05,
+    ...                          max_epochs=30, random_state=0).fit(X, y)
+    >>> reg.predict(X[:3]).shape
+    (3,)
+    >>> reg.score(X, y) > 0.8
+    True
+    """
+
+    _score_name = "r2"
+
+    def partial_fit(self, X, y):
+        """Train one more epoch over ``(X, y)``; the first call also builds the model.
+
+        Training continues from the current weights and optimizer state;
+        ``early_stopping`` does not apply, every sample given trains. The
+        target scaling is set by the first call.
+
+        Parameters
+        ----------
+        X : array-like, list of paths, PIL images or strings
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+
+        Returns
+        -------
+        self
+        """
+        return self._partial_fit(X, y)
+
+    def predict(self, X):
+        """Predicted targets, shaped like the ``y`` given to ``fit``.
+
+        Parameters
+        ----------
+        X : array-like, list of paths, PIL images or strings
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) or (n_samples, n_outputs), float64
+        """
+        check_is_fitted(self)
+        samples = self._samples(X, reset=False)
+        scaled = self._predict(self._model(), samples).astype(np.float64)
+        pred = scaled * self._y_scale + self._y_mean
+        return pred.ravel() if self._y_1d else pred
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
+
+    def _check_y(self, y, reset):
+        if y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the "
+                             "target y is None.")
+        y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
+        if y.ndim not in (1, 2) or (y.ndim == 2 and y.shape[1] == 0):
+            raise ValueError(f"y must have shape (n_samples,) or (n_samples, n_outputs); got "
+                             f"{y.shape}")
+        y2d = y.reshape(len(y), -1)
+        if reset:
+            self._y_1d = y.ndim == 1
+            self.n_outputs_ = y2d.shape[1]
+            self._y_mean = y2d.mean(axis=0)
+            std = y2d.std(axis=0)
+            self._y_scale = np.where(std > 0, std, 1.0)
+        elif y2d.shape[1] != self.n_outputs_:
+            raise ValueError(f"y has {y2d.shape[1]} targets, but the model was fitted with "
+                             f"{self.n_outputs_}")
+        scaled = ((y2d - self._y_mean) / self._y_scale).astype(np.float32)
+        return scaled
+
+    def _n_outputs(self):
+        return self.n_outputs_
+
+    def _criterion(self):
+        return torch.nn.MSELoss()
+
+
+def _check_number(name, value, *, integer=False, minimum=None, strict=False, hint=None):
+    kind = numbers.Integral if integer else numbers.Real
+    ok = isinstance(value, kind) and not isinstance(value, (bool, np.bool_))
+    ok = ok and np.isfinite(value)
+    if ok and minimum is not None:
+        ok = value > minimum if strict else value >= minimum
+    if not ok:
+        what = "an integer" if integer else "a number"
+        bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum}"
+        raise ValueError(f"{name} must be {what}{bound}" + (f" ({hint})" if hint else "")
+                         + f"; got {value!r}")
+
+
+def _to_bytes(obj):
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _from_bytes(data):
+    # The bytes were written by _to_bytes inside a pickle the user chose to
+    # load, so they are as trusted as that pickle.
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)

@@ -1,0 +1,165 @@
+"""Which backbone parameters train: the ``freeze`` modes and head-first training.
+
+A backbone's parameter groups are ordered from input to output
+(:attr:`Backbone.param_groups <sktransfer.backbones.base.Backbone>`), so
+freezing "the first N groups" keeps the generic early layers as they were
+pretrained while the task-specific later layers adapt.
+
+Frozen parameters get ``requires_grad=False``: autograd then computes no
+gradient for them, and the optimizers skip parameters without a gradient, so
+neither the update nor weight decay moves them. Frozen BatchNorm layers are
+also kept in evaluation mode (see :class:`~sktransfer.heads.BackboneWithHead`)
+so that their running statistics do not drift either.
+"""
+
+import numbers
+
+from skorch.callbacks import Callback
+from torch import nn
+
+FREEZE_MODES = ("none", "backbone")
+
+
+def check_freeze(freeze):
+    """Raise a ValueError unless ``freeze`` is a mode or a count >= 0.
+
+    The count is checked against a backbone by :func:`n_frozen_groups`.
+    """
+    if isinstance(freeze, numbers.Integral) and not isinstance(freeze, bool):
+        if freeze < 0:
+            raise ValueError(f"freeze must be >= 0 parameter groups; got {freeze}")
+    elif not (isinstance(freeze, str) and freeze in FREEZE_MODES):
+        raise ValueError(f"freeze must be 'none', 'backbone' or a number of parameter groups "
+                         f"to freeze; got {freeze!r}")
+
+
+def n_frozen_groups(freeze, param_groups):
+    """How many of ``param_groups`` (input first) ``freeze`` keeps frozen.
+
+    Parameters
+    ----------
+    freeze : {"none", "backbone"} or int
+        ``"none"``: everything trains. ``"backbone"``: only the head trains
+        (a linear probe when the head is linear). An int N: the first N
+        parameter groups stay frozen.
+    param_groups : list of (str, list of str)
+        The backbone's groups, ordered input -> output.
+
+    Raises
+    ------
+    ValueError
+        For an unknown mode, a negative N, or N larger than the number of
+        groups (the groups are named in the message).
+
+    Examples
+    --------
+    >>> groups = [("conv1", ["conv1.weight"]), ("fc", ["fc.weight", "fc.bias"])]
+    >>> n_frozen_groups("backbone", groups), n_frozen_groups(1, groups)
+    (2, 1)
+    """
+    check_freeze(freeze)
+    if freeze == "none":
+        return 0
+    if freeze == "backbone":
+        return len(param_groups)
+    if freeze > len(param_groups):
+        names = [name or "<root>" for name, _ in param_groups]
+        raise ValueError(
+            f"freeze={freeze} is larger than the number of parameter groups of the "
+            f"backbone ({len(param_groups)}: {names}); use at most {len(param_groups)}, "
+            "or freeze='backbone' to freeze all of it."
+        )
+    return int(freeze)
+
+
+def freeze_groups(model, param_groups, n_frozen):
+    """Freeze the first ``n_frozen`` backbone groups of ``model``; unfreeze the rest.
+
+    Parameters
+    ----------
+    model : BackboneWithHead
+        The network; its head always trains.
+    param_groups : list of (str, list of str)
+        The backbone's groups, ordered input -> output, with parameter names
+        relative to ``model.backbone``.
+    n_frozen : int
+        Number of leading groups to freeze. When it equals the number of
+        groups, every backbone parameter is frozen, grouped or not.
+
+    Examples
+    --------
+    >>> from sktransfer.heads import BackboneWithHead
+    >>> body = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 4))
+    >>> model = BackboneWithHead(body, nn.Linear(4, 1))
+    >>> groups = [("0", ["0.weight", "0.bias"]), ("1", ["1.weight", "1.bias"]),
+    ...           ("2", ["2.weight", "2.bias"])]
+    >>> freeze_groups(model, groups, 2)
+    >>> [p.requires_grad for p in body.parameters()]
+    [False, False, False, False, True, True]
+    >>> model.train().backbone[1].training
+    False
+    """
+    everything = n_frozen > 0 and n_frozen >= len(param_groups)
+    frozen = {name for _, names in param_groups[:n_frozen] for name in names}
+    for name, param in model.backbone.named_parameters():
+        param.requires_grad_(not (everything or name in frozen))
+    for param in model.head.parameters():
+        param.requires_grad_(True)
+    frozen_modules = [name for name, _ in param_groups[:n_frozen] if name]
+    model.frozen_norms = [
+        module for name, module in model.backbone.named_modules()
+        if _is_frozen_norm(name, module, frozen_modules, everything)
+    ]
+    model.train(model.training)
+
+
+def _is_frozen_norm(name, module, frozen_modules, everything):
+    if not (isinstance(module, nn.modules.batchnorm._NormBase)
+            and module.track_running_stats):
+        return False
+    if everything:
+        return True
+    own = list(module.parameters(recurse=False))
+    if own:
+        return not any(p.requires_grad for p in own)
+    # A norm layer without affine parameters follows the group it sits in.
+    return any(name == group or name.startswith(group + ".") for group in frozen_modules)
+
+
+def unfreeze_all(module):
+    """Make every parameter of ``module`` trainable again (after training ends)."""
+    for param in module.parameters():
+        param.requires_grad_(True)
+
+
+class FreezeSchedule(Callback):
+    """skorch callback applying ``freeze``, after ``freeze_epochs`` head-only epochs.
+
+    For the first ``freeze_epochs`` epochs (counted over the estimator's whole
+    history, so ``partial_fit`` continues the count) the whole backbone is
+    frozen and only the head trains; from then on the first ``n_frozen``
+    groups stay frozen. This is the LP-FT recipe (fastai's ``fine_tune``): a
+    trained head first, so the random head's large early gradients do not
+    distort the pretrained features.
+
+    Parameters
+    ----------
+    param_groups : list of (str, list of str)
+        The backbone's groups, ordered input -> output.
+    n_frozen : int
+        Groups frozen after the head-only phase.
+    freeze_epochs : int, default=0
+        Length of the head-only phase.
+    """
+
+    def __init__(self, param_groups, n_frozen, freeze_epochs=0):
+        self.param_groups = param_groups
+        self.n_frozen = n_frozen
+        self.freeze_epochs = freeze_epochs
+
+    def on_epoch_begin(self, net, **kwargs):
+        # The net has already opened this epoch in its history.
+        done = len(net.history) - 1
+        head_only = done < self.freeze_epochs
+        n_frozen = len(self.param_groups) if head_only else self.n_frozen
+        freeze_groups(net.module_, self.param_groups, n_frozen)

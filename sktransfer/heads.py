@@ -1,0 +1,118 @@
+"""The new layers put on a backbone, and the network they form together.
+
+A fine-tuned model is a pretrained backbone (its forward gives an embedding
+``(B, D)``) followed by a freshly initialized head that maps the embedding to
+the target task's outputs.
+"""
+
+import numbers
+
+from torch import nn
+
+
+def check_head(head, dropout):
+    """Validate the ``head`` and ``dropout`` parameters of a fine-tuner.
+
+    Raises
+    ------
+    ValueError
+        When ``head`` is not None or a sequence of positive integers, or
+        ``dropout`` is not a probability in ``[0, 1)``.
+    """
+    if head is not None:
+        if isinstance(head, (str, bytes)) or not hasattr(head, "__iter__"):
+            raise ValueError(f"head must be None (one linear layer) or a tuple of hidden "
+                             f"layer sizes such as (256,); got {head!r}")
+        sizes = list(head)
+        if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1
+               for s in sizes):
+            raise ValueError(f"head sizes must be positive integers; got {head!r}")
+    if (isinstance(dropout, bool) or not isinstance(dropout, numbers.Real)
+            or not 0 <= dropout < 1):
+        raise ValueError(f"dropout must be a probability in [0, 1); got {dropout!r}")
+
+
+def make_head(in_features, n_outputs, hidden=None, dropout=0.0):
+    """Build a head mapping ``in_features`` embeddings to ``n_outputs`` values.
+
+    Parameters
+    ----------
+    in_features : int
+        Width of the backbone's embedding.
+    n_outputs : int
+        Classes (logits) or regression targets.
+    hidden : sequence of int, optional
+        ``None`` gives one linear layer (a linear probe when the backbone is
+        frozen). A sequence such as ``(256, 64)`` gives an MLP with those
+        hidden widths and ReLU activations.
+    dropout : float, default=0.0
+        Dropout probability applied before every linear layer of the head.
+
+    Returns
+    -------
+    torch.nn.Sequential
+
+    Examples
+    --------
+    >>> make_head(512, 10)
+    Sequential(
+      (0): Flatten(start_dim=1, end_dim=-1)
+      (1): Linear(in_features=512, out_features=10, bias=True)
+    )
+    >>> [type(m).__name__ for m in make_head(512, 3, hidden=(64,), dropout=0.2)]
+    ['Flatten', 'Dropout', 'Linear', 'ReLU', 'Dropout', 'Linear']
+    """
+    # Flatten first: a user's module may return (B, C, 1, 1) or similar.
+    layers = [nn.Flatten()]
+    width = int(in_features)
+    for size in hidden or ():
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        layers += [nn.Linear(width, int(size)), nn.ReLU()]
+        width = int(size)
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(width, int(n_outputs)))
+    return nn.Sequential(*layers)
+
+
+class BackboneWithHead(nn.Module):
+    """``head(backbone(x))``: the network that is trained end to end.
+
+    The backbone and head are registered as they are (not copied), so the
+    estimator's ``backbone_`` and ``head_`` always hold the trained weights.
+
+    Normalization layers listed in ``frozen_norms`` stay in evaluation mode
+    even while the network trains: a frozen BatchNorm layer keeps using the
+    running statistics it was pretrained with instead of drifting towards
+    the target data's batch statistics.
+
+    Parameters
+    ----------
+    backbone : torch.nn.Module
+        Its forward takes the preprocessed batch and returns ``(B, D)``.
+    head : torch.nn.Module
+        Maps ``(B, D)`` to the outputs.
+
+    Examples
+    --------
+    >>> import torch
+    >>> net = BackboneWithHead(nn.Linear(4, 8), make_head(8, 3))
+    >>> net(torch.zeros(2, 4)).shape
+    torch.Size([2, 3])
+    """
+
+    def __init__(self, backbone, head):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.frozen_norms = []
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+    def train(self, mode=True):
+        super().train(mode)
+        for norm in self.frozen_norms:
+            norm.eval()
+        return self
