@@ -6,7 +6,9 @@ Pretrained PyTorch backbones (torchvision, timm, Hugging Face, or your own
 
 from .backbones import load_backbone
 from .features import PretrainedFeatureTransformer
+from .finetune import FineTunedClassifier, FineTunedRegressor
 
 __version__ = "0.1.0"
 
-__all__ = ["PretrainedFeatureTransformer", "load_backbone", "__version__"]
+__all__ = ["FineTunedClassifier", "FineTunedRegressor", "PretrainedFeatureTransformer",
+           "load_backbone", "__version__"]
