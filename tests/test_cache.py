@@ -382,3 +382,14 @@ def test_weights_digest_follows_training_steps():
     net(torch.ones(4, 3)).sum().backward()
     opt.step()
     assert _weights_cache.weights_digest(net) != digest
+
+
+@pytest.mark.gpu
+def test_gpu_memory_is_released_between_fits_of_a_search(tmp_path, digits):
+    X, y = digits[0][:40], digits[1][:40]
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
+    pipe = make_pipeline(resnet(device="cuda", cache=tmp_path), SVC())
+    GridSearchCV(pipe, {"svc__C": [1, 10]}, cv=2).fit(X, y)
+    # Nothing of the networks stays on the GPU once the search is done.
+    assert torch.cuda.memory_allocated() == before
