@@ -23,7 +23,7 @@ $(VENV)/.installed-dev: setup.cfg pyproject.toml | $(PY)
 	touch $@ $(VENV)/.installed-all
 
 demo: $(VENV)/.installed-all
-	$(PY) examples/demo_text.py
+	$(PY) examples/demo.py
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest $(PYTEST_ARGS)
