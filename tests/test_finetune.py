@@ -1,0 +1,283 @@
+import copy
+import pickle
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from skorch.callbacks import Callback
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+from torch import nn
+
+from conftest import tiny_mlp
+from sktransfer import (FineTunedClassifier, FineTunedRegressor, PretrainedFeatureTransformer,
+                        load_backbone)
+from sktransfer._device import seeded
+
+FAST = dict(lr=0.1, max_epochs=6, batch_size=16, random_state=0)
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU())
+
+
+@pytest.fixture(scope="module")
+def flat_digits(digits):
+    """Digits as 64 features in [0, 1], 400 samples."""
+    images, labels = digits
+    return (images[:400].reshape(400, -1) / 255.0).astype(np.float32), labels[:400]
+
+
+# A factory (not a module instance) is the parameter: joblib.hash, which the
+# checks use to prove parameters are untouched, hashes tensors by address.
+@parametrize_with_checks([FineTunedClassifier(tiny_mlp, **FAST),
+                          FineTunedRegressor(tiny_mlp, **FAST)])
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def test_init_does_no_work():
+    clf = FineTunedClassifier("torchvision:does_not_exist", freeze="sideways", lr=-1)
+    assert clone(clf).get_params()["freeze"] == "sideways"
+    with pytest.raises(NotFittedError):
+        clf.predict(np.zeros((1, 8, 8), np.uint8))
+
+
+@pytest.mark.parametrize("labels", [np.array(["cat", "dog", "emu"]), np.array([-7, 3, 1000])])
+def test_labels_come_back_and_proba_columns_follow_classes(flat_digits, labels):
+    X, digit = flat_digits
+    keep = digit < 3
+    X, y = X[keep], labels[digit[keep]]
+    clf = FineTunedClassifier(mlp, lr=0.01, max_epochs=8, random_state=0).fit(X, y)
+    assert list(clf.classes_) == sorted(labels.tolist())
+    pred = clf.predict(X)
+    assert pred.dtype == y.dtype and set(pred) <= set(labels)
+    proba = clf.predict_proba(X)
+    assert proba.shape == (len(X), 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(clf.classes_[proba.argmax(axis=1)], pred)
+    assert clf.score(X, y) > 0.9
+
+
+def test_binary_classification(flat_digits):
+    X, digit = flat_digits
+    y = np.where(digit % 2 == 0, "even", "odd")
+    clf = FineTunedClassifier(mlp, lr=0.01, max_epochs=10, random_state=0).fit(X, y)
+    assert clf.predict_proba(X).shape == (len(X), 2)
+    assert clf.score(X, y) > 0.85
+
+
+@pytest.mark.parametrize("two_d", [False, True])
+def test_regressor_takes_1d_and_2d_targets(flat_digits, two_d):
+    X, _ = flat_digits
+    # Ink in the top and bottom halves, on scales far from the head's initial
+    # outputs: the targets are standardized for training, so this is learnable.
+    y = 1000.0 + 500.0 * X[:, :32].mean(axis=1)
+    if two_d:
+        y = np.c_[y, -0.01 * X[:, 32:].mean(axis=1)]
+    reg = FineTunedRegressor(mlp, lr=0.01, max_epochs=10, random_state=0).fit(X, y)
+    pred = reg.predict(X)
+    assert pred.shape == y.shape and pred.dtype == np.float64
+    assert reg.score(X, y) > 0.8
+    assert reg.n_outputs_ == (2 if two_d else 1)
+
+
+def test_transform_and_chaining_carry_the_finetuned_backbone(flat_digits):
+    X, y = flat_digits
+    source = FineTunedClassifier(mlp, lr=0.01, max_epochs=3, random_state=0).fit(X, y)
+    embeddings = source.transform(X)
+    assert embeddings.shape == (len(X), 16) and embeddings.dtype == np.float32
+    assert source.n_features_out_ == 16
+    # the fine-tuned weights, not the starting ones
+    assert not np.allclose(embeddings, PretrainedFeatureTransformer(mlp).fit(X).transform(X))
+    np.testing.assert_array_equal(PretrainedFeatureTransformer(source).fit(X).transform(X),
+                                  embeddings)
+
+    before = copy.deepcopy(source.backbone_.module.state_dict())
+    target = FineTunedClassifier(source, freeze="backbone", max_epochs=2, random_state=0)
+    target.fit(X, y % 2)
+    np.testing.assert_array_equal(target.transform(X), embeddings)
+    # the source estimator itself is untouched by the target's training
+    for key, value in source.backbone_.module.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+
+
+def test_partial_fit_continues_training(flat_digits):
+    X, y = flat_digits
+    clf = FineTunedClassifier(mlp, lr=0.01, random_state=0)
+    clf.partial_fit(X[:50], y[:50], classes=np.arange(10))
+    assert list(clf.classes_) == list(range(10)) and len(clf.history_) == 1
+    first = clf.predict_proba(X)
+    for _ in range(3):
+        clf.partial_fit(X, y)
+    assert len(clf.history_) == 4
+    assert clf.history_[-1, "train_loss"] < clf.history_[0, "train_loss"]
+    assert not np.allclose(clf.predict_proba(X), first)
+    with pytest.raises(ValueError, match="not seen in the first fit"):
+        FineTunedClassifier(mlp, max_epochs=1).fit(X[y < 5], y[y < 5]).partial_fit(X, y)
+
+
+class _Snapshots(Callback):
+    """Keeps the network's weights after every epoch."""
+
+    def on_train_begin(self, net, **kwargs):
+        self.states = []
+
+    def on_epoch_end(self, net, **kwargs):
+        self.states.append(copy.deepcopy(net.module_.state_dict()))
+
+
+def test_early_stopping_restores_the_best_epoch_and_history_has_scores(flat_digits):
+    X, y = flat_digits
+    snapshots = _Snapshots()
+    # A high, constant learning rate: the validation loss soon stops improving.
+    clf = FineTunedClassifier(mlp, lr=0.05, schedule=None, max_epochs=40, early_stopping=3,
+                              validation_fraction=0.25, callbacks=[snapshots],
+                              random_state=0).fit(X, y)
+    history = clf.history_
+    assert len(history) < 40
+    valid_loss = history[:, "valid_loss"]
+    assert all(0 <= acc <= 1 for acc in history[:, "valid_acc"])
+    assert "train_loss" in history[-1] and "dur" in history[-1]
+    # 100 of the 400 samples are held out
+    assert (history[0, "train_batch_count"], history[0, "valid_batch_count"]) == (10, 4)
+    # The callback given was copied: the one passed stays as it was.
+    assert not hasattr(snapshots, "states")
+    best = int(np.argmin(valid_loss))
+    assert best < len(history) - 1
+    kept = dict(clf.net_.callbacks_)["_Snapshots"].states[best]
+    for key, value in clf._model().state_dict().items():
+        torch.testing.assert_close(value, kept[key], rtol=0, atol=0)
+
+
+def test_same_seed_same_predictions(flat_digits):
+    X, y = flat_digits
+    params = dict(head=(32,), dropout=0.3, lr=0.01, max_epochs=3, early_stopping=5,
+                  random_state=42)
+    a = FineTunedClassifier(mlp, **params).fit(X, y).predict_proba(X)
+    b = FineTunedClassifier(mlp, **params).fit(X, y).predict_proba(X)
+    np.testing.assert_array_equal(a, b)
+    c = FineTunedClassifier(mlp, **{**params, "random_state": 7}).fit(X, y).predict_proba(X)
+    assert not np.array_equal(a, c)
+
+
+def test_joblib_round_trip_and_optimizer_state(flat_digits, tmp_path):
+    X, y = flat_digits
+    clf = FineTunedClassifier(mlp, lr=0.01, max_epochs=2, random_state=0).fit(X, y)
+    joblib.dump(clf, tmp_path / "clf.joblib")
+    loaded = joblib.load(tmp_path / "clf.joblib")
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    assert loaded.history_[:, "train_loss"] == clf.history_[:, "train_loss"]
+
+    small = len(pickle.dumps(clf))
+    keeping = clone(clf).set_params(keep_optimizer=True).fit(X, y)
+    assert len(pickle.dumps(keeping)) > small + 0.5 * sum(
+        p.numel() * 4 for p in clf._model().parameters())
+    # With its optimizer state, a loaded model continues exactly as the
+    # original does; without it, Adam's moments restart.
+    resumed = pickle.loads(pickle.dumps(keeping))
+    fresh = pickle.loads(pickle.dumps(keeping.set_params(keep_optimizer=False)))
+    for model in (keeping, resumed, fresh):
+        model.partial_fit(X, y)
+    np.testing.assert_array_equal(resumed.predict_proba(X), keeping.predict_proba(X))
+    assert not np.array_equal(fresh.predict_proba(X), keeping.predict_proba(X))
+
+
+def test_pickle_loads_without_cuda(flat_digits, monkeypatch):
+    X, y = flat_digits
+    reg = FineTunedRegressor(mlp, max_epochs=1, random_state=0).fit(X, y)
+    data = pickle.dumps(reg)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    loaded = pickle.loads(data)
+    assert all(p.device.type == "cpu" for p in loaded._model().parameters())
+    np.testing.assert_array_equal(loaded.predict(X), reg.predict(X))
+    loaded.set_params(device="cpu").partial_fit(X, y)  # training resumes too
+
+
+def test_grid_search_in_parallel_and_pipeline(flat_digits):
+    X, y = flat_digits
+    pipe = make_pipeline(StandardScaler(), FineTunedClassifier(mlp, max_epochs=2,
+                                                               random_state=0))
+    search = GridSearchCV(pipe, {"finetunedclassifier__lr": [1e-3, 1e-2],
+                                 "finetunedclassifier__freeze": ["none", "backbone"]},
+                          cv=2, n_jobs=2).fit(X, y)
+    assert len(search.cv_results_["params"]) == 4
+    assert search.best_params_["finetunedclassifier__lr"] == 1e-2
+    assert search.score(X, y) > 0.5
+
+
+def test_image_backbone_with_augmentation_and_frozen_batchnorm(digits):
+    images, labels = digits
+    X, y = images[:96], labels[:96]
+    clf = FineTunedClassifier("torchvision:resnet18", weights=None, image_size=32, augment=True,
+                              freeze=3, backbone_lr_mult=0.5, optimizer="sgd",
+                              schedule="cosine", max_epochs=1, batch_size=32, random_state=0)
+    clf.fit(X, y)
+    assert clf.predict_proba(X[:5]).shape == (5, 10)
+    assert clf.transform(X[:5]).shape == (5, 512)
+    # fit loads the backbone first thing under its seed: the same weights.
+    with seeded(0):
+        start = load_backbone("torchvision:resnet18", None, image_size=32).module.state_dict()
+    trained = clf.backbone_.module.state_dict()
+    assert [name for name, _ in clf.backbone_.param_groups[:3]] == ["conv1", "bn1", "layer1"]
+    # The frozen groups did not move, BatchNorm running statistics included.
+    for key in ("conv1.weight", "bn1.weight", "bn1.running_mean", "layer1.0.bn1.running_var",
+                "layer1.1.conv2.weight"):
+        torch.testing.assert_close(trained[key], start[key], rtol=0, atol=0)
+    for key in ("layer4.1.conv2.weight", "layer4.1.bn2.running_mean"):
+        assert not torch.equal(trained[key], start[key])
+
+
+def test_text_backbone_finetunes(minilm_path):
+    texts = ["a great film", "loved every minute", "wonderful acting", "a joy to watch",
+             "terrible plot", "boring and slow", "awful dialogue", "a waste of time"] * 2
+    y = np.array(["pos"] * 4 + ["neg"] * 4 + ["pos"] * 4 + ["neg"] * 4)
+    clf = FineTunedClassifier("hf:" + minilm_path, freeze=4, lr=1e-3, max_epochs=2,
+                              batch_size=8, random_state=0).fit(texts, y)
+    assert clf.predict(["what a great film"]).shape == (1,)
+    assert clf.transform(texts[:3]).shape == (3, 384)
+
+
+def test_verbose_prints_an_epoch_table(flat_digits, capsys):
+    X, y = flat_digits
+    FineTunedClassifier(mlp, max_epochs=2, early_stopping=5, verbose=1).fit(X, y)
+    out = capsys.readouterr().out
+    assert "train_loss" in out and "valid_acc" in out and "valid_loss" in out
+    FineTunedClassifier(mlp, max_epochs=1).fit(X, y)
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("params, y_change, message", [
+    ({}, lambda y: np.where(y == 0, np.nan, y).astype(float), "y contains NaN"),
+    ({}, lambda y: np.zeros_like(y), "only one class"),
+    ({}, lambda y: y[:-1], "different lengths: X has 400 samples, y has 399"),
+    ({"freeze": "everything"}, None, "freeze must be 'none', 'backbone'"),
+    ({"freeze": 5}, None, r"freeze=5 is larger than the number of parameter groups .*'0', '2'"),
+    ({"schedule": "step"}, None, "schedule='step' is not one of"),
+    ({"optimizer": "lion"}, None, "optimizer='lion' is not one of"),
+    ({"optimizer": nn.Linear}, None, "torch.optim.Optimizer class"),
+    ({"early_stopping": True}, None, "early_stopping must be an integer >= 1"),
+    ({"early_stopping": 2, "validation_fraction": 1.5}, None, "validation_fraction"),
+    ({"augment": True}, None, "augment=True applies to image backbones"),
+    ({"head": (0,)}, None, "head sizes must be positive integers"),
+    ({"dropout": 1.0}, None, "dropout must be a probability"),
+    ({"class_weight": {"cat": 2.0}}, None, r"class_weight names labels \['cat'\]"),
+    ({"lr": 0}, None, "lr must be a number > 0"),
+])
+def test_clear_errors(flat_digits, params, y_change, message):
+    X, y = flat_digits
+    if y_change is not None:
+        y = y_change(y)
+    with pytest.raises(ValueError, match=message):
+        FineTunedClassifier(mlp, max_epochs=1, **params).fit(X, y)
+
+
+def test_regressor_rejects_nan_targets(flat_digits):
+    X, y = flat_digits
+    with pytest.raises(ValueError, match="y contains NaN"):
+        FineTunedRegressor(mlp).fit(X, np.where(y == 0, np.nan, y))
