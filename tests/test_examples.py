@@ -1,0 +1,74 @@
+"""Every example script runs, in its quick mode, and prints its result.
+
+The examples are what users run first and copy from, so each one runs here
+the way a user runs it: as a script in a fresh Python process.
+``SKTRANSFER_EXAMPLE_QUICK=1`` makes them smaller (fewer epochs and seeds),
+not different.
+"""
+
+import csv
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+# script -> pattern its output must match: the line that carries its result.
+EXPECTED = {
+    "text_minilm_vs_tfidf.py": r"\n\s+4\s+0\.\d{3} ± 0\.\d{3}\s+0\.\d{3} ± 0\.\d{3}\n",
+    "gridsearch_joblib.py": r"identical: True",
+    "vgg16_frozen_binary.py": r"test accuracy \(china vs flower patches\): [01]\.\d{3}",
+    "freeze_first_layers.py": r"none\s+0\.\d{3}\s+True\n\s+1\s+0\.\d{3}\s+False\n"
+                              r"\s+backbone\s+0\.\d{3}\s+False",
+    "parameter_transfer_l2sp.py": r"source weights \+ L2-SP 1\s+0\.\d{3} ±0\.\d{3}\s+\d+\.\d\d",
+    "regression_negative_transfer.py": r"target unrelated: y = sin\(2x\).*\n(.*R\^2.*\n)?"
+                                       r"\s+from scratch\s+-?\d+\.\d{3}",
+    "feature_extraction_svm_rf.py": r"source features \+ random forest\s+test accuracy 0\.\d{3}",
+    "multilayer_fusion_pca.py": r"conv1\+conv2\+conv3\s+112 fused features .* test accuracy "
+                                r"0\.\d{3}",
+    "demo.py": r"Gain over training from scratch",
+}
+
+
+def run_example(name, *args, timeout=600):
+    env = dict(os.environ, SKTRANSFER_EXAMPLE_QUICK="1", MPLBACKEND="Agg",
+               # One thread per process: the CI machine is shared.
+               OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    proc = subprocess.run([sys.executable, str(EXAMPLES / name), *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def test_every_example_is_tested():
+    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(EXPECTED)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(set(EXPECTED) - {"demo.py"}))
+def test_example_runs_and_prints_its_result(name):
+    out = run_example(name)
+    assert re.search(EXPECTED[name], out), f"{name} printed:\n{out}"
+
+
+@pytest.mark.slow
+def test_demo_writes_table_csv_and_plot(tmp_path):
+    """The reduced demo goes through the same code path as ``make demo``."""
+    out = run_example("demo.py", "--out", str(tmp_path))
+    assert re.search(EXPECTED["demo.py"], out)
+    with open(tmp_path / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    methods = {r["method"] for r in rows}
+    assert {"from scratch", "source features + SVC", "source features + random forest",
+            "fine-tune (LP-FT)", "fine-tune + L2-SP"} <= methods
+    assert all(0 <= float(r["accuracy"]) <= 1 for r in rows)
+    # Every method appears in the printed table.
+    for method in methods:
+        assert method in out
+    with open(tmp_path / "summary.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == len(methods)
+    assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
