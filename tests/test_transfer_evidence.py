@@ -111,7 +111,7 @@ def test_l2sp_stays_closer_to_the_source_than_plain_finetuning(tasks, source_mod
     plain = FineTunedClassifier(source_model, **params).fit(X[train], y[train])
     l2sp = FineTunedClassifier(source_model, l2sp=0.1, **params).fit(X[train], y[train])
     assert len(plain.history_) == len(l2sp.history_) == TARGET["max_epochs"]
-    # seen: 5.0 vs 9.7
+    # seen: 5.2 vs 10.1
     assert distance(l2sp, source_model) < 0.7 * distance(plain, source_model)
     assert distance(plain, source_model) > 1.0  # plain fine-tuning does move the weights
     # and the penalty does not cost the target task
