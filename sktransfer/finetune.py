@@ -360,7 +360,9 @@ class _FineTuned(BaseEstimator):
 
     def _start(self, X, target):
         """Load the backbone and build the head, the penalty and the skorch net."""
-        for name in ("net_", "_optimizer_state"):
+        # A new fit starts from nothing: no history, optimizer state or head
+        # of an earlier fit carries over.
+        for name in ("net_", "_optimizer_state", "history_", "head_", "l2sp_", "backbone_"):
             self.__dict__.pop(name, None)
         backbone = load_backbone(self.backbone, self.weights, image_size=self.image_size)
         if self.augment and backbone.modality != "image":

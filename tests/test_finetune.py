@@ -118,6 +118,9 @@ def test_partial_fit_continues_training(flat_digits):
     assert len(clf.history_) == 4
     assert clf.history_[-1, "train_loss"] < clf.history_[0, "train_loss"]
     assert not np.allclose(clf.predict_proba(X), first)
+    # fit starts over: a fresh history and model
+    clf.set_params(max_epochs=2).fit(X, y)
+    assert len(clf.history_) == 2
     with pytest.raises(ValueError, match="not seen in the first fit"):
         FineTunedClassifier(mlp, max_epochs=1).fit(X[y < 5], y[y < 5]).partial_fit(X, y)
 
@@ -250,6 +253,9 @@ def test_verbose_prints_an_epoch_table(flat_digits, capsys):
     assert "train_loss" in out and "valid_acc" in out and "valid_loss" in out
     FineTunedClassifier(mlp, max_epochs=1).fit(X, y)
     assert capsys.readouterr().out == ""
+    FineTunedClassifier(mlp, max_epochs=1, verbose=2).fit(X, y)
+    captured = capsys.readouterr()
+    assert "train_loss" in captured.out and "/13" in captured.err  # a progress bar
 
 
 @pytest.mark.parametrize("params, y_change, message", [
@@ -281,3 +287,22 @@ def test_regressor_rejects_nan_targets(flat_digits):
     X, y = flat_digits
     with pytest.raises(ValueError, match="y contains NaN"):
         FineTunedRegressor(mlp).fit(X, np.where(y == 0, np.nan, y))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_cuda_mixed_precision_training_pickles_load_on_cpu(flat_digits, precision, monkeypatch):
+    X, y = flat_digits
+    clf = FineTunedClassifier(mlp, device="cuda", precision=precision, l2sp=0.01, lr=0.01,
+                              max_epochs=4, keep_optimizer=True, random_state=0).fit(X, y)
+    assert np.isfinite(clf.history_[:, "train_loss"]).all()
+    assert clf.score(X, y) > 0.8
+    # between calls the weights live on the CPU, so parallel searches share a GPU
+    assert all(p.device.type == "cpu" for p in clf._model().parameters())
+    on_cuda = clf.set_params(precision="fp32").predict_proba(X)
+    data = pickle.dumps(clf)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    loaded = pickle.loads(data).set_params(device="cpu")
+    np.testing.assert_allclose(loaded.predict_proba(X), on_cuda, atol=1e-4)
+    loaded.partial_fit(X, y)  # with the optimizer state, moved to the CPU
+    assert len(loaded.history_) == 5
