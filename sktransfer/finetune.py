@@ -133,6 +133,11 @@ _ATTRIBUTES_DOC = """
         start from it.
     head_ : torch.nn.Module
         The trained head.
+    l2sp_ : L2SP or None
+        The L2-SP penalty and its reference weights (when ``l2sp > 0``).
+    net_ : skorch.NeuralNet
+        The skorch net that trains the model; rebuilt when needed, never
+        pickled.
     history_ : skorch.History
         Per epoch: ``train_loss`` (including the L2-SP penalty), and with
         early stopping ``valid_loss`` and the validation score, ``dur``, and
