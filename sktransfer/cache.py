@@ -77,7 +77,7 @@ class FeatureCache:
         if isinstance(cache, joblib.Memory):
             memory = cache
         elif isinstance(cache, (str, os.PathLike)):
-            memory = joblib.Memory(os.fspath(cache), verbose=0)
+            memory = joblib.Memory(os.path.expanduser(os.fspath(cache)), verbose=0)
         else:
             raise TypeError(
                 f"cache must be None, a directory path or a joblib.Memory; got a "
@@ -233,22 +233,29 @@ class _ChunkIndex:
         """The chunk's item if it loads and checks out; else delete it, None."""
         try:
             item = store.load_item(self._call_id(chunk), verbose=0)
-            digests, features = item["digests"], item["features"]
-            valid = (item["format"] == FORMAT and digests.ndim == 2
-                     and digests.shape[1] == _DIGEST_SIZE and features.ndim == 2
-                     and features.dtype == np.float32 and len(features) == len(digests)
-                     and item["checksum"] == _checksum(digests, features))
         except KeyError:
-            # Gone since it was listed (cleared, or reduced by reduce_size).
+            # Gone since it was listed (cleared, or dropped by reduce_size).
             with self.lock:
                 self._forget(chunk)
             return None
         except Exception:  # noqa: BLE001 - any unreadable entry is recomputed
-            valid = False
-        if not valid:
+            item = None
+        if item is None or not _is_sound(item):
             self._discard(store, chunk)
             return None
         return item
+
+
+def _is_sound(item):
+    """Whether a loaded chunk has the expected layout and an intact checksum."""
+    try:
+        digests, features = item["digests"], item["features"]
+        return (item["format"] == FORMAT and digests.ndim == 2
+                and digests.shape[1] == _DIGEST_SIZE and features.ndim == 2
+                and features.dtype == np.float32 and len(features) == len(digests)
+                and item["checksum"] == _checksum(digests, features))
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return False
 
 
 def _checksum(digests, features):

@@ -1,7 +1,10 @@
 """The feature cache and the in-process weights cache, as a search uses them."""
 
+import atexit
 import os
 import pickle
+import shutil
+import tempfile
 
 import joblib
 import numpy as np
@@ -11,6 +14,7 @@ from PIL import Image
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.svm import SVC
+from sklearn.utils.estimator_checks import parametrize_with_checks
 from torch import nn
 
 from sktransfer import PretrainedFeatureTransformer
@@ -20,6 +24,8 @@ from sktransfer.backbones import torchvision as tv_source
 from sktransfer.backbones.preprocess import TensorPreprocess
 from sktransfer.cache import NAMESPACE, FeatureCache, sample_digests
 from sktransfer.inputs import as_samples
+
+from conftest import tiny_mlp  # noqa: E402
 
 # Rows each forward pass of a CountingNet saw, across every copy of it.
 SEEN = []
@@ -393,3 +399,13 @@ def test_gpu_memory_is_released_between_fits_of_a_search(tmp_path, digits):
     GridSearchCV(pipe, {"svc__C": [1, 10]}, cv=2).fit(X, y)
     # Nothing of the networks stays on the GPU once the search is done.
     assert torch.cuda.memory_allocated() == before
+
+
+_CHECKS_CACHE = tempfile.mkdtemp(prefix="sktransfer-checks-")
+atexit.register(shutil.rmtree, _CHECKS_CACHE, True)
+
+
+@parametrize_with_checks([PretrainedFeatureTransformer(tiny_mlp, random_state=0,
+                                                       cache=_CHECKS_CACHE)])
+def test_sklearn_estimator_checks_with_a_cache(estimator, check):
+    check(estimator)
