@@ -88,6 +88,7 @@ def run(settings):
                for s in (cold, warm))
     scores = np.array([r.cv_results_["mean_test_score"] for r in (plain, cold, warm)])
     fits = sizes["n_c"] * sizes["cv"] + 1
+    threads = torch.get_num_threads()
     rows = []
     for name, fitted, (wall, cpu) in (("no cache", plain, t_plain),
                                       ("cache, first run (cold)", cold, t_cold),
@@ -98,8 +99,9 @@ def run(settings):
         f"{sizes['n']:,} digits images, uint8 {sizes['side']}x{sizes['side']}, "
         f"torchvision resnet18 (weights=None, random_state=0) at "
         f"image_size={sizes['image_size']} on {settings.device} "
-        f"({torch.get_num_threads()} torch threads); GridSearchCV of {sizes['n_c']} values "
-        f"of C x {sizes['cv']}-fold CV ({fits} pipeline fits with the refit), n_jobs=1. "
+        f"({threads} torch thread{'s' if threads != 1 else ''}); GridSearchCV of "
+        f"{sizes['n_c']} values of C x {sizes['cv']}-fold CV ({fits} pipeline fits with the "
+        "refit), n_jobs=1. "
         "One run of each search, in the order cold, no cache, warm.",
         f"Target: the cached search >= {TARGET:g}x faster than without the cache "
         f"(cold cache: {t_plain[0] / t_cold[0]:.1f}x wall, {t_plain[1] / t_cold[1]:.1f}x CPU "

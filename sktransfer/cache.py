@@ -128,8 +128,7 @@ class FeatureCache:
             if out is None:
                 out = np.empty((len(samples), features.shape[1]), dtype=np.float32)
             row = {d: r for r, d in enumerate(first)}
-            for i in missing:
-                out[i] = features[row[digests[i]]]
+            out[missing] = features[[row[digests[i]] for i in missing]]
         return out
 
     def _index(self, key):
