@@ -12,7 +12,6 @@ hit and changed weights (fine-tuned, another seed, a rewritten file) miss.
 """
 
 import collections
-import copy
 import hashlib
 import os
 import threading
@@ -93,23 +92,11 @@ def load_backbone_cached(spec, weights="DEFAULT", *, pooling="avg", image_size=N
             _BACKBONES.move_to_end(key)
             while len(_BACKBONES) > MAX_ENTRIES:
                 _BACKBONES.popitem(last=False)
-    backbone = _private_copy(template)
+    backbone = template.copy()
     # A deep copy holds the same values, so it inherits the template's digest
     # instead of hashing every tensor again.
     _remember(backbone.module, weights_digest(template.module))
     return backbone
-
-
-def _private_copy(backbone):
-    """A deep copy of ``backbone`` whose module shares no tensors with it.
-
-    ``Backbone.copy`` goes through the backbone's pickle form (the module as
-    ``torch.save`` bytes); copying the attributes directly gives the same
-    result about three times faster, and this runs once per fit of a search.
-    """
-    clone = type(backbone).__new__(type(backbone))
-    clone.__dict__.update(copy.deepcopy(backbone.__dict__))
-    return clone
 
 
 def clear():

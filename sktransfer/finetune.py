@@ -26,7 +26,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d,
 from ._device import _seed_from, resolve_device, resolve_precision, seeded
 from ._net import FineTuningNet, Rows, predict_batches
 from .augment import FlipAndResizedCrop
-from .backbones import load_backbone
+from ._weights_cache import load_backbone_cached
 from .freezing import FreezeSchedule, check_freeze, n_frozen_groups, unfreeze_all
 from .heads import BackboneWithHead, check_head, make_head
 from .inputs import Collate, Samples, as_samples
@@ -369,7 +369,10 @@ class _FineTuned(BaseEstimator):
         # of an earlier fit carries over.
         for name in ("net_", "_optimizer_state", "history_", "head_", "l2sp_", "backbone_"):
             self.__dict__.pop(name, None)
-        backbone = load_backbone(self.backbone, self.weights, image_size=self.image_size)
+        # Read from disk once per process (a search fits many clones); each fit
+        # trains its own private copy.
+        backbone = load_backbone_cached(self.backbone, self.weights, image_size=self.image_size,
+                                        random_state=self.random_state)
         if self.augment and backbone.modality != "image":
             raise ValueError(f"augment=True applies to image backbones; {backbone.spec} "
                              f"takes {backbone.modality} input. Use augment=False.")

@@ -84,6 +84,15 @@ class Backbone:
         """A deep copy whose module shares no tensors with this one."""
         return copy.deepcopy(self)
 
+    def __deepcopy__(self, memo):
+        # Copy the attributes directly rather than through the pickle form
+        # below (torch.save bytes): the same result, several times faster,
+        # and a search copies a backbone once per fit.
+        clone = type(self).__new__(type(self))
+        memo[id(self)] = clone
+        clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return clone
+
     # Pickling: the module travels as torch.save bytes loaded back onto the
     # CPU, so a model dumped from a GPU loads on a machine without one.
     def __getstate__(self):
