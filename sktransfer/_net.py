@@ -4,7 +4,7 @@ Training runs in :class:`FineTuningNet`, a small skorch ``NeuralNet``
 subclass: skorch supplies the epoch loop, validation, history, callbacks
 and early stopping; the subclass adds what fine-tuning needs (per-group
 optimizer settings, the L2-SP penalty, autocast and batch augmentation on the
-device). Prediction runs in :func:`predict_batches`, a plain inference loop.
+device). Prediction runs in :func:`sktransfer.inference.predict_batches`.
 """
 
 import math
@@ -14,10 +14,8 @@ import torch
 from skorch import NeuralNet
 from skorch.callbacks import Callback, EpochTimer, PassthroughScoring, PrintLog
 from skorch.dataset import unpack_data
-from tqdm.auto import tqdm
 
-from ._device import autocast, resolve_device, to_device
-from .inputs import Collate
+from ._device import autocast, to_device
 
 
 class FineTuningNet(NeuralNet):
@@ -207,61 +205,3 @@ class Rows(torch.utils.data.Dataset):
 
     def __getitems__(self, indices):
         return self.samples.__getitems__(self.indices[np.asarray(indices)])
-
-
-def predict_batches(module, samples, preprocess, *, batch_size, device="auto", amp_dtype=None,
-                    num_workers=0, output=None, verbose=False):
-    """Run ``module`` over ``samples`` a batch at a time, in inference mode.
-
-    Parameters
-    ----------
-    module : torch.nn.Module
-        Put in evaluation mode; moved to ``device`` for the call and back to
-        the CPU afterwards, so fitted models hold no accelerator memory.
-    samples : Samples
-        Raw samples, fetched a batch at a time.
-    preprocess : callable
-        The backbone's batch preprocessing.
-    batch_size : int
-    device : str or torch.device, default="auto"
-    amp_dtype : torch.dtype, optional
-        Autocast dtype.
-    num_workers : int, default=0
-        DataLoader worker processes.
-    output : callable, optional
-        Applied to each batch's output on the device (e.g. softmax).
-    verbose : bool, default=False
-        Show a progress bar.
-
-    Returns
-    -------
-    ndarray of shape (n_samples, n_outputs), float32
-    """
-    device = resolve_device(device)
-    order = np.arange(len(samples))
-    if samples.kind == "text":
-        # Sorting by length keeps the padding of each batch short.
-        order = np.argsort([-len(s) for s in samples.data], kind="stable")
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    loader = torch.utils.data.DataLoader(
-        samples, batch_sampler=batches, collate_fn=Collate(preprocess),
-        num_workers=num_workers, pin_memory=device.type == "cuda")
-    module.to(device).eval()
-    out = None
-    try:
-        with torch.inference_mode(), autocast(device, amp_dtype):
-            for idx, inputs in zip(batches, tqdm(loader, disable=not verbose,
-                                                 desc="predicting", unit="batch")):
-                result = module(to_device(inputs, device))
-                if output is not None:
-                    result = output(result)
-                result = result.reshape(len(idx), -1).float().cpu().numpy()
-                if out is None:
-                    out = np.empty((len(samples), result.shape[1]), dtype=np.float32)
-                out[idx] = result
-    finally:
-        if device.type != "cpu":
-            module.to("cpu")
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    return out

@@ -4,13 +4,13 @@ import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
-from tqdm.auto import tqdm
 
-from ._device import autocast, resolve_device, resolve_precision, seeded, to_device
+from ._device import resolve_device, resolve_precision, seeded
 from ._weights_cache import load_backbone_cached
 from .backbones.huggingface import pool_tokens
 from .cache import FeatureCache, output_key
-from .inputs import Collate, as_samples
+from .inference import predict_batches
+from .inputs import as_samples
 
 POOLINGS = ("avg", "max", "cls")
 
@@ -198,46 +198,22 @@ class PretrainedFeatureTransformer(ClassNamePrefixFeaturesOutMixin, TransformerM
                               dtype=[np.float32, np.float64])
         return as_samples(X, backbone.modality, channels=backbone.input_channels or 3)
 
-    def _batches(self, samples):
-        """Batches of indices; text is sorted by length so padding stays short."""
-        order = np.arange(len(samples))
-        if samples.kind == "text":
-            order = np.argsort([-len(s) for s in samples.data], kind="stable")
-        return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-
     def _embed(self, samples):
         backbone = self.backbone_
         device = resolve_device(self.device)
-        dtype = resolve_precision(self.precision, device)
-        batches = self._batches(samples)
-        loader = torch.utils.data.DataLoader(
-            samples, batch_sampler=batches, collate_fn=Collate(backbone.preprocess),
-            num_workers=self.num_workers, pin_memory=device.type == "cuda")
-        module = backbone.module.to(device).eval()
-        out = None
-        try:
-            with torch.inference_mode(), autocast(device, dtype), \
-                    _LayerTap(module, self.layers) as tap:
-                for idx, inputs in zip(batches, tqdm(loader, disable=not self.verbose,
-                                                     desc="embedding", unit="batch")):
-                    inputs = to_device(inputs, device)
-                    features = module(inputs)
-                    if self.layers:
-                        mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
-                        features = torch.cat([_pool(tap.outputs[name], self.pooling, mask)
-                                              for name in self.layers], dim=1)
-                    features = features.reshape(len(idx), -1).float().cpu().numpy()
-                    if out is None:
-                        out = np.empty((len(samples), features.shape[1]), dtype=np.float32)
-                    out[idx] = features
-        finally:
-            if device.type != "cpu":
-                # Keep the weights off the accelerator between calls, so that
-                # parallel searches sharing a GPU do not hold its memory.
-                backbone.module.to("cpu")
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-        return out
+
+        def pooled_layers(_, inputs):
+            mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+            return torch.cat([_pool(tap.outputs[name], self.pooling, mask)
+                              for name in self.layers], dim=1)
+
+        with _LayerTap(backbone.module, self.layers) as tap:
+            return predict_batches(
+                backbone.module, samples, backbone.preprocess, batch_size=self.batch_size,
+                device=device, amp_dtype=resolve_precision(self.precision, device),
+                num_workers=self.num_workers, output=pooled_layers if self.layers else None,
+                verbose=self.verbose,
+                desc="embedding")
 
 
 class _LayerTap:

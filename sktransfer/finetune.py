@@ -24,7 +24,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
 
 from ._device import _seed_from, resolve_device, resolve_precision, seeded
-from ._net import FineTuningNet, Rows, predict_batches
+from ._net import FineTuningNet, Rows
+from .inference import predict_batches
 from .augment import FlipAndResizedCrop
 from ._weights_cache import load_backbone_cached
 from .freezing import FreezeSchedule, check_freeze, n_frozen_groups, unfreeze_all
@@ -583,7 +584,7 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
         """
         check_is_fitted(self)
         samples = self._samples(X, reset=False)
-        return self._predict(self._model(), samples, output=lambda out: out.float().softmax(1))
+        return self._predict(self._model(), samples, output=lambda out, _: out.float().softmax(1))
 
     def predict(self, X):
         """Predicted labels.

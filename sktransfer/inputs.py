@@ -81,7 +81,11 @@ class Samples(torch.utils.data.Dataset):
 
 
 class Collate:
-    """DataLoader ``collate_fn``: apply the backbone's preprocessing to a batch."""
+    """DataLoader ``collate_fn``: apply the backbone's preprocessing to a batch.
+
+    ``preprocess=None`` passes the raw batch through, for callers that
+    preprocess after copying the batch to an accelerator.
+    """
 
     def __init__(self, preprocess):
         self.preprocess = preprocess
@@ -89,8 +93,11 @@ class Collate:
     def __call__(self, batch):
         if isinstance(batch, tuple):
             raw, y = batch
-            return self.preprocess(raw), torch.as_tensor(y)
-        return self.preprocess(batch)
+            return self._apply(raw), torch.as_tensor(y)
+        return self._apply(batch)
+
+    def _apply(self, raw):
+        return raw if self.preprocess is None else self.preprocess(raw)
 
 
 def as_samples(X, modality, *, channels=3, y=None):
