@@ -428,9 +428,11 @@ def _predict_table(settings, sizes, device):
                             sizes["predict_repeats"], settings.device)
     median = ratio_summary(wall["hand-written loop"], wall["sktransfer"])[0]
     verdict = "meets" if median >= PREDICT_TARGET else "misses"
-    where = (" On CUDA both run under bf16 autocast; the hand-written loop preprocesses on "
-             "the GPU and uses channels_last, sktransfer preprocesses on the CPU and has no "
-             "channels_last option." if device.type == "cuda" else "")
+    where = (" On CUDA both run under bf16 autocast and preprocess each uint8 batch on the "
+             "GPU; the hand-written loop converts model and batches to channels_last, "
+             "sktransfer has no channels_last setting (its batches from (N, H, W, C) arrays "
+             "keep NHWC strides, which cuDNN convolutions follow)." if device.type == "cuda"
+             else "")
     return comparison_table(
         f"predict_proba: sktransfer against a hand-written inference loop, resnet18, "
         f"{settings.device}", "images", n, wall, cpu, settings.device,
