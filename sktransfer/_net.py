@@ -101,6 +101,12 @@ class FineTuningNet(NeuralNet):
         x = to_device(x, device)
         if self.augment is not None and self.module_.training:
             x = self.augment(x)
+        if self.module_.training and device.type == "cpu" and isinstance(x, torch.Tensor) \
+                and x.ndim == 4:
+            # Batches sliced from (N, H, W, C) arrays keep channels-last
+            # strides; CPU convolutions train ~15% faster on contiguous NCHW
+            # (benchmarks/bench_finetune.py), while inference does not gain.
+            x = x.contiguous()
         with autocast(device, self.amp_dtype):
             return self.module_(x)
 
