@@ -74,8 +74,8 @@ def predict_batches(module, samples, preprocess, *, batch_size, device="auto", a
     device = resolve_device(device)
     batches = batch_order(samples, preprocess, batch_size)
     # Same-size image arrays travel to an accelerator as uint8 (a quarter of
-    # the bytes of float32) and are resized and normalized there, where it is
-    # far faster than on the CPU; elsewhere preprocessing runs in the loader.
+    # the bytes of float32) and are resized and normalized there rather than
+    # on a CPU core in the loader, where preprocessing runs otherwise.
     on_device = device.type != "cpu" and samples.kind in ("nchw", "nhwc")
     loader = torch.utils.data.DataLoader(
         samples, batch_sampler=batches, collate_fn=Collate(None if on_device else preprocess),
