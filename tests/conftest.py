@@ -1,6 +1,7 @@
 """Shared fixtures: real data (digits, sample images, files the tests write)
 and small real backbones."""
 
+import contextlib
 import os
 
 # The suite runs offline: Hugging Face libraries must not try the network.
@@ -65,3 +66,18 @@ def minilm_path():
 def tiny_mlp():
     """A small tensor backbone that takes any input width (lazy first layer)."""
     return nn.Sequential(nn.LazyLinear(8), nn.Tanh(), nn.Linear(8, 6), nn.Tanh())
+
+
+@contextlib.contextmanager
+def saved_as_if_on_cuda():
+    """Tag CPU storages as 'cuda:0' while saving: the bytes a CUDA dump writes."""
+    import torch.serialization as ser
+
+    entry = (0, lambda obj: "cuda:0" if obj.device.type == "cpu" else None,
+             lambda obj, location: None)
+    ser._package_registry.append(entry)
+    ser._package_registry.sort(key=lambda e: e[0])
+    try:
+        yield
+    finally:
+        ser._package_registry.remove(entry)

@@ -1,4 +1,3 @@
-import contextlib
 import io
 import pickle
 import subprocess
@@ -16,7 +15,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from conftest import tiny_mlp
+from conftest import saved_as_if_on_cuda, tiny_mlp
 from sktransfer import PretrainedFeatureTransformer
 
 
@@ -142,24 +141,9 @@ def test_joblib_round_trip_gives_identical_outputs(tmp_path, digits, minilm_path
         np.testing.assert_array_equal(loaded.transform(X), pft.transform(X))
 
 
-@contextlib.contextmanager
-def _saved_as_if_on_cuda():
-    """Tag CPU storages as 'cuda:0' while saving: the bytes a CUDA dump writes."""
-    import torch.serialization as ser
-
-    entry = (0, lambda obj: "cuda:0" if obj.device.type == "cpu" else None,
-             lambda obj, location: None)
-    ser._package_registry.append(entry)
-    ser._package_registry.sort(key=lambda e: e[0])
-    try:
-        yield
-    finally:
-        ser._package_registry.remove(entry)
-
-
 def test_cuda_dumped_pickle_loads_without_cuda(monkeypatch, digits):
     pft = resnet().fit(digits[0][:3])
-    with _saved_as_if_on_cuda():
+    with saved_as_if_on_cuda():
         blob = pickle.dumps(pft)
         raw = io.BytesIO()
         torch.save(pft.backbone_.module, raw)
