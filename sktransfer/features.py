@@ -3,14 +3,14 @@
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
 from ._device import resolve_device, resolve_precision, seeded
 from ._weights_cache import load_backbone_cached
 from .backbones.huggingface import pool_tokens
 from .cache import FeatureCache, output_key
 from .inference import predict_batches
-from .inputs import as_samples
+from .inputs import estimator_samples
 
 POOLINGS = ("avg", "max", "cls")
 
@@ -192,11 +192,7 @@ class PretrainedFeatureTransformer(ClassNamePrefixFeaturesOutMixin, TransformerM
             FeatureCache(self.cache)  # raises for what cannot be a cache
 
     def _samples(self, X, reset):
-        backbone = self.backbone_
-        if backbone.modality == "tensor":
-            X = validate_data(self, X, reset=reset, allow_nd=True,
-                              dtype=[np.float32, np.float64])
-        return as_samples(X, backbone.modality, channels=backbone.input_channels or 3)
+        return estimator_samples(self, X, self.backbone_, reset=reset)
 
     def _embed(self, samples):
         backbone = self.backbone_

@@ -9,7 +9,6 @@ that loop's parts and keeps the scikit-learn contract.
 """
 
 import copy
-import io
 import numbers
 from functools import partial
 
@@ -21,16 +20,17 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.model_selection import train_test_split
 from sklearn.utils import TransformerTags, compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
-from ._device import _seed_from, resolve_device, resolve_precision, seeded
+from ._device import (_seed_from, from_bytes_on_cpu, resolve_device, resolve_precision,
+                      seeded, to_bytes)
 from ._net import FineTuningNet, Rows
 from .inference import predict_batches
 from .augment import FlipAndResizedCrop
 from ._weights_cache import load_backbone_cached
 from .freezing import FreezeSchedule, check_freeze, n_frozen_groups, unfreeze_all
 from .heads import BackboneWithHead, check_head, make_head
-from .inputs import Collate, Samples, as_samples
+from .inputs import Collate, estimator_samples
 from .optimization import LRSchedule, check_schedule, param_groups, resolve_optimizer
 from .regularizers import L2SP
 
@@ -280,18 +280,18 @@ class _FineTuned(BaseEstimator):
         state = dict(super().__getstate__())
         net = state.pop("net_", None)
         if net is not None and self.keep_optimizer:
-            state["_optimizer_state"] = _to_bytes(net.optimizer_.state_dict())
+            state["_optimizer_state"] = to_bytes(net.optimizer_.state_dict())
         elif not self.keep_optimizer:
             state.pop("_optimizer_state", None)
         for name in ("head_", "l2sp_"):
             if state.get(name) is not None:
-                state[name] = _to_bytes(state[name])
+                state[name] = to_bytes(state[name])
         return state
 
     def __setstate__(self, state):
         for name in ("head_", "l2sp_", "_optimizer_state"):
             if isinstance(state.get(name), bytes):
-                state[name] = _from_bytes(state[name])
+                state[name] = from_bytes_on_cpu(state[name])
         super().__setstate__(state)
 
     # -- parameters and data ---------------------------------------------
@@ -330,17 +330,7 @@ class _FineTuned(BaseEstimator):
         resolve_precision(self.precision, device)
 
     def _samples(self, X, reset, target=None):
-        backbone = self.backbone_
-        if backbone.modality == "tensor":
-            X = validate_data(self, X, reset=reset, allow_nd=True,
-                              dtype=[np.float32, np.float64])
-        samples = as_samples(X, backbone.modality, channels=backbone.input_channels or 3)
-        if target is None:
-            return samples
-        if len(samples) != len(target):
-            raise ValueError(f"X and y have different lengths: X has {len(samples)} samples, "
-                             f"y has {len(target)}.")
-        return Samples(samples.data, samples.kind, target)
+        return estimator_samples(self, X, self.backbone_, reset=reset, y=target)
 
     def _split(self, samples):
         """Training and validation rows (validation only with early stopping)."""
@@ -778,15 +768,3 @@ def _check_number(name, value, *, integer=False, minimum=None, strict=False, hin
         bound = "" if minimum is None else f" {'>' if strict else '>='} {minimum}"
         raise ValueError(f"{name} must be {what}{bound}" + (f" ({hint})" if hint else "")
                          + f"; got {value!r}")
-
-
-def _to_bytes(obj):
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
-
-
-def _from_bytes(data):
-    # The bytes were written by _to_bytes inside a pickle the user chose to
-    # load, so they are as trusted as that pickle.
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)

@@ -19,6 +19,7 @@ import os
 
 import numpy as np
 import torch
+from sklearn.utils.validation import validate_data
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                   ".pgm")
@@ -130,6 +131,23 @@ def as_samples(X, modality, *, channels=3, y=None):
     else:
         raise ValueError(f"unknown modality {modality!r}")
     return Samples(data, kind, y)
+
+
+def estimator_samples(estimator, X, backbone, *, reset, y=None):
+    """:func:`as_samples` for an estimator's ``fit``, ``transform`` or ``predict``.
+
+    Input to a tensor backbone goes through scikit-learn's ``validate_data``
+    first (dtype, NaN, ``n_features_in_`` set when ``reset`` and checked
+    otherwise); ``y``, when given, must have one target per sample.
+    """
+    if backbone.modality == "tensor":
+        X = validate_data(estimator, X, reset=reset, allow_nd=True,
+                          dtype=[np.float32, np.float64])
+    samples = as_samples(X, backbone.modality, channels=backbone.input_channels or 3, y=y)
+    if y is not None and len(samples) != len(y):
+        raise ValueError(f"X and y have different lengths: X has {len(samples)} samples, "
+                         f"y has {len(y)}.")
+    return samples
 
 
 def _unwrap_pandas(X):

@@ -3,11 +3,11 @@ module, a fitted estimator) resolves to, so the estimators never branch on
 where a network came from."""
 
 import copy
-import io
 
-import torch
 from torch import nn
 from torch.nn.parameter import is_lazy
+
+from .._device import from_bytes_on_cpu, to_bytes
 
 MODALITIES = ("image", "text", "tensor")
 
@@ -97,18 +97,12 @@ class Backbone:
     # CPU, so a model dumped from a GPU loads on a machine without one.
     def __getstate__(self):
         state = self.__dict__.copy()
-        buffer = io.BytesIO()
-        torch.save(self.module, buffer)
-        state["module"] = buffer.getvalue()
+        state["module"] = to_bytes(self.module)
         return state
 
     def __setstate__(self, state):
-        module = state["module"]
-        if isinstance(module, bytes):
-            # The bytes were written by __getstate__ above, inside a pickle the
-            # user chose to load, so they are as trusted as that pickle.
-            module = torch.load(io.BytesIO(module), map_location="cpu", weights_only=False)
-        state["module"] = module
+        if isinstance(state["module"], bytes):
+            state["module"] = from_bytes_on_cpu(state["module"])
         self.__dict__.update(state)
 
 
