@@ -15,6 +15,7 @@ Accepted inputs:
 - tensor backbones (a user's module): a numeric array, as it is.
 """
 
+import io
 import os
 
 import numpy as np
@@ -37,7 +38,9 @@ class Samples(torch.utils.data.Dataset):
     ----------
     data : array or list
         Validated input, as returned by :func:`as_samples`.
-    kind : {"nchw", "nhwc", "paths", "pil", "text", "tensor"}
+    kind : {"nchw", "nhwc", "paths", "encoded", "pil", "text", "tensor"}
+        ``"encoded"``: the bytes of image files, decoded a batch at a time like
+        ``"paths"`` (the feature cache embeds exactly the bytes it hashed).
     y : array, optional
         Targets; when given, items are ``(sample, target)`` pairs.
     """
@@ -268,8 +271,11 @@ def _decode_image(item):
     if _is_pil(item):
         img = item
     else:
+        source = io.BytesIO(item) if isinstance(item, (bytes, bytearray, memoryview)) else item
+        if source is not item:
+            item = f"<{len(source.getbuffer())} bytes of an image file>"
         try:
-            img = Image.open(item)
+            img = Image.open(source)
             img.load()
         except (UnidentifiedImageError, OSError) as exc:
             raise ValueError(f"{item!r} is not an image file that PIL can read ({exc})") from exc
