@@ -7,7 +7,8 @@ A spec is one of:
 - ``"timm:<name>"``,
 - ``"hf:<model id or local directory>"`` for text encoders,
 - an ``nn.Module`` instance or a zero-argument callable returning one,
-- a fitted sktransfer estimator (its backbone is reused),
+- a fitted sktransfer estimator (its backbone is reused), also wrapped in
+  ``sklearn.frozen.FrozenEstimator``,
 - a :class:`Backbone` instance.
 """
 
@@ -63,6 +64,9 @@ def load_backbone(spec, weights="DEFAULT", *, pooling="avg", image_size=None):
     """
     if isinstance(spec, Backbone):
         return from_backbone(spec, weights)
+    # sklearn.frozen.FrozenEstimator(fitted): the usual way to hand a fitted
+    # model to something that clones (its clone is itself).
+    spec = _unfrozen(spec)
     fitted = getattr(spec, "backbone_", None)
     if isinstance(fitted, Backbone):
         return from_backbone(fitted, weights)
@@ -81,6 +85,15 @@ def load_backbone(spec, weights="DEFAULT", *, pooling="avg", image_size=None):
     raise TypeError(
         f"Unknown backbone of type {type(spec).__name__}. Accepted: {ACCEPTED}."
     )
+
+
+def _unfrozen(spec):
+    """The estimator inside a ``sklearn.frozen.FrozenEstimator``, else ``spec``."""
+    try:
+        from sklearn.frozen import FrozenEstimator
+    except ImportError:  # scikit-learn < 1.6
+        return spec
+    return spec.estimator if isinstance(spec, FrozenEstimator) else spec
 
 
 __all__ = ["Backbone", "SOURCES", "load_backbone", "ordered_param_groups"]
