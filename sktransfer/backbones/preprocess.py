@@ -55,6 +55,25 @@ class ImagePreprocess:
         return (self.resize_size, self.crop_size, tuple(self.mean), tuple(self.std),
                 self.interpolation, self.channels)
 
+    def state(self):
+        """The constants as a JSON-able dict (what pickles and saved files hold)."""
+        return {"kind": "image", "resize_size": self.resize_size, "crop_size": self.crop_size,
+                "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation, "channels": self.channels}
+
+    @classmethod
+    def from_state(cls, state):
+        """The preprocess :meth:`state` described.
+
+        Examples
+        --------
+        >>> prep = ImagePreprocess(8, 6, mean=(0.5,) * 3, std=(0.5,) * 3)
+        >>> ImagePreprocess.from_state(prep.state()).config() == prep.config()
+        True
+        """
+        return cls(state["resize_size"], state["crop_size"], state["mean"], state["std"],
+                   interpolation=state["interpolation"], channels=state["channels"])
+
     def __call__(self, images):
         """``images``: a uint8/float tensor (B, C, H, W) or a list of (C, H, W)."""
         if isinstance(images, torch.Tensor):
@@ -90,3 +109,12 @@ class TensorPreprocess:
 
     def config(self):
         return ("tensor", "float32")
+
+    def state(self):
+        """A JSON-able dict (what pickles and saved files hold)."""
+        return {"kind": "tensor"}
+
+    @classmethod
+    def from_state(cls, state):
+        """The preprocess :meth:`state` described."""
+        return cls()
