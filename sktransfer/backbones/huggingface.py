@@ -2,6 +2,7 @@
 tokenizer, with mean (default), CLS or max pooling over tokens."""
 
 import contextlib
+import copy
 import json
 import os
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from .base import Backbone
+from .state import read_folder, temporary_folder, write_folder
 from .weights import is_weights_path, load_into, load_state_dict_file, weights_unavailable
 
 TOKEN_POOLINGS = ("avg", "mean", "cls", "max")
@@ -83,6 +85,91 @@ class Tokenize:
     def config(self):
         return (type(self.tokenizer).__name__, self.tokenizer.name_or_path, self.max_length)
 
+    # Pickles and saved files carry the tokenizer as its files (what
+    # save_pretrained writes), not as a pickled tokenizer object, and load
+    # without the original directory or the network.
+
+    def state(self):
+        """``{"kind": "tokenize", "max_length", "name_or_path", "files"}``.
+
+        ``files`` maps each file ``save_pretrained`` writes to its text (or
+        bytes for a binary file such as a sentencepiece model).
+        """
+        files = self.__dict__.get("_files")
+        if files is None:
+            with temporary_folder() as folder:
+                self.tokenizer.save_pretrained(folder)
+                files = read_folder(folder)
+            self._files = files  # the tokenizer does not change: written once
+        return {"kind": "tokenize", "max_length": self.max_length,
+                "name_or_path": self.tokenizer.name_or_path, "files": dict(files)}
+
+    @classmethod
+    def from_state(cls, state):
+        """The preprocess :meth:`state` described, offline."""
+        transformers = _import_transformers()
+        with temporary_folder() as folder, _quiet_loading(transformers):
+            write_folder(state["files"], folder)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+        # Keep the original name: it is part of feature-cache keys.
+        tokenizer.name_or_path = state["name_or_path"]
+        prep = cls(tokenizer, state["max_length"])
+        prep._files = dict(state["files"])
+        return prep
+
+    def __getstate__(self):
+        return self.state()
+
+    def __deepcopy__(self, memo):
+        # Copy the tokenizer object itself: the same result as going through
+        # the files above, without writing and reading them per copy.
+        clone = type(self)(copy.deepcopy(self.tokenizer, memo), self.max_length)
+        if "_files" in self.__dict__:
+            clone._files = self._files
+        return clone
+
+    def __setstate__(self, state):
+        self.__dict__.update(type(self).from_state(state).__dict__)
+
+
+def encoder_state(encoder):
+    """What rebuilds a :class:`TextEncoder` offline: pooling and the model config."""
+    # Through JSON: label maps are keyed by int, which JSON (and skops) writes as str.
+    config = json.loads(encoder.model.config.to_json_string(use_diff=False))
+    return {"pooling": encoder.pooling, "model_config": config}
+
+
+def encoder_from_state(state):
+    """A randomly initialized :class:`TextEncoder` from :func:`encoder_state` output."""
+    transformers = _import_transformers()
+    model_config = dict(state["model_config"])
+    config_class = type(transformers.AutoConfig.for_model(model_config["model_type"]))
+    with _quiet_loading(transformers), _skipped_init():
+        model = transformers.AutoModel.from_config(config_class.from_dict(model_config))
+    model.eval()
+    return TextEncoder(model, state["pooling"])
+
+
+def _skipped_init():
+    """Skip random initialization where transformers allows it: the weights
+    are overwritten by the carried state dict (strictly) right after."""
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        return contextlib.nullcontext()
+    return no_init_weights()
+
+
+def _unwrap_encoder_keys(state):
+    """Accept a state dict saved from the :class:`TextEncoder` (keys ``model.*``).
+
+    ``torch.save(est.backbone_.module.state_dict(), path)`` writes the
+    wrapper's keys; the Hugging Face model itself has them without the prefix.
+    """
+    if state and all(k.startswith("model.") for k in state):
+        return {k.removeprefix("model."): v for k, v in state.items()}
+    return state
+
 
 @contextlib.contextmanager
 def _quiet_loading(transformers):
@@ -115,7 +202,7 @@ def _load(transformers, name, weights, pooling):
             model = transformers.AutoModel.from_config(config)
             weights_id = "random"
             if weights is not None:
-                load_into(model, load_state_dict_file(weights), weights)
+                load_into(model, _unwrap_encoder_keys(load_state_dict_file(weights)), weights)
                 weights_id = f"file:{os.path.abspath(weights)}"
         else:
             raise ValueError(f"weights must be 'DEFAULT', None or a path; got {weights!r}")
