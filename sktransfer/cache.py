@@ -7,36 +7,63 @@ so a search over the model placed after it (``GridSearchCV`` over an SVC's
 here every sample is keyed by a digest of its own content, and a call looks
 all of its samples up at once and embeds only those not found.
 
-Layout, inside a :class:`joblib.Memory` store::
+Layout, under the cache directory (a ``joblib.Memory``'s store)::
 
-    <store>/sktransfer-features/<output key>/<chunk id>/output.pkl
+    <root>/sktransfer-features/<output key>/<chunk id>/features.safetensors
+    <root>/sktransfer-features/<output key>/.tmp-<chunk id>-<random>   (being written)
 
 The output key is a hash of everything that changes an embedding (the
-backbone's spec and weights by content, layers, pooling, preprocessing,
-precision). Each chunk holds the samples embedded by one call: their digests,
-their features and a checksum over both. Chunks are written through joblib's
-store backend (to a temporary file, then renamed), so two processes writing
-the same chunk never leave a torn file, and a chunk that fails to load or
-whose checksum does not match is deleted and its samples embedded again.
-Chunk directories are named like joblib's own items, so
-``memory.reduce_size()`` and ``memory.clear()`` manage them too.
+backbone's spec, architecture and code, weights by content, layers, pooling,
+preprocessing, precision). Each chunk holds one block of samples embedded
+together: a safetensors file with their digests (uint8, ``(n, 16)``) and
+features (float32, ``(n, d)``), and the format, output key and a checksum of
+each tensor in its metadata. Safetensors holds arrays only, so reading an
+entry never runs code, and every checksum is verified before a value is used;
+an entry that fails is deleted and its samples embedded again.
+
+Writes go to a temporary file beside the chunk directories, are flushed to
+disk, then renamed into place, so readers never see a torn file; a write that
+fails (full disk, read-only directory) removes its temporary file, warns, and
+the call still returns correct results. Temporary files of killed writers are
+ignored and removed once they are old. Chunk directories are named like
+joblib's own items, so ``memory.reduce_size()`` and ``memory.clear()`` manage
+them too.
+
+A process keeps, per output key, an index of which chunk holds which digest
+(16 bytes per sample, read from the digests tensor alone); a lookup reads
+features only from the chunks that hold its hits.
 """
 
+import contextlib
 import hashlib
+import inspect
 import os
 import threading
+import time
+import uuid
+import warnings
+import weakref
 
 import joblib
 import numpy as np
-from joblib._store_backends import FileSystemStoreBackend
+from safetensors import safe_open
+from safetensors.numpy import save as save_tensors
 
 from ._weights_cache import weights_digest
+from .inputs import Samples
 
 #: Directory under the joblib store that holds the feature cache.
 NAMESPACE = "sktransfer-features"
 #: Changes whenever the stored layout or the key's meaning changes, so an old
 #: cache is never read with new rules.
-FORMAT = 1
+FORMAT = 2
+#: Samples embedded and stored together: what an interrupted call keeps, and
+#: (for image files) how many files' bytes are held in memory at once.
+BLOCK_SIZE = 512
+#: Seconds after which a temporary file is taken to be a killed writer's.
+STALE_AFTER = 3600.0
+_FILE = "features.safetensors"
+_TMP_PREFIX = ".tmp-"
 _DIGEST_SIZE = 16
 _READ_BLOCK = 1 << 20
 
@@ -45,14 +72,18 @@ _INDEXES = {}
 
 
 class FeatureCache:
-    """Embeddings kept per sample content in a :class:`joblib.Memory` store.
+    """Embeddings kept per sample content in a directory.
 
     Parameters
     ----------
     cache : str, os.PathLike or joblib.Memory
-        A directory (a ``joblib.Memory`` is made on it) or a memory whose
-        location, compression and ``mmap_mode`` are used. A memory with
+        A directory, or a memory whose store directory is used (its
+        ``compress`` and ``mmap_mode`` are not). A memory with
         ``location=None`` disables caching, as it does for joblib.
+    block_size : int, default=BLOCK_SIZE
+        Samples embedded and stored together. ``compute`` is called once per
+        block of samples not found; a call interrupted in the middle keeps
+        the blocks it finished.
 
     Examples
     --------
@@ -73,24 +104,9 @@ class FeatureCache:
     [4, 2]
     """
 
-    def __init__(self, cache):
-        if isinstance(cache, joblib.Memory):
-            memory = cache
-        elif isinstance(cache, (str, os.PathLike)):
-            memory = joblib.Memory(os.path.expanduser(os.fspath(cache)), verbose=0)
-        else:
-            raise TypeError(
-                f"cache must be None, a directory path or a joblib.Memory; got a "
-                f"{type(cache).__name__}: {cache!r:.80}"
-            )
-        store = memory.store_backend
-        if store is not None and not isinstance(store, FileSystemStoreBackend):
-            raise ValueError(
-                f"the feature cache needs a joblib.Memory on a file system; this one "
-                f"uses {type(store).__name__}"
-            )
-        self.memory = memory
-        self.store = store
+    def __init__(self, cache, *, block_size=BLOCK_SIZE):
+        self.root = _root(cache)
+        self.block_size = block_size
 
     def embed(self, samples, key, compute):
         """Embeddings of ``samples``, computing only those not stored yet.
@@ -102,166 +118,356 @@ class FeatureCache:
         key : str
             Identifies the computation (see :func:`output_key`).
         compute : callable
-            ``compute(samples) -> ndarray (n, d)`` for a subset of samples.
+            ``compute(samples) -> ndarray (n, d)`` for a subset of samples;
+            called once per block of samples not found. Image files are
+            given as their bytes (kind ``"encoded"``), the very bytes whose
+            digest keys the result.
 
         Returns
         -------
         ndarray of shape (n_samples, d), float32
         """
-        if self.store is None:
+        if self.root is None:
             return compute(samples)
-        digests = sample_digests(samples)
-        index = self._index(key)
-        loaded = index.refresh(self.store)
-        out, missing = index.fetch(self.store, digests, loaded)
-        if missing:
-            # Each distinct sample once, however often it repeats in X.
-            first = {}
-            for i in missing:
-                first.setdefault(digests[i], i)
-            todo = list(first.values())
-            features = np.asarray(compute(samples.subset(todo)), dtype=np.float32)
-            if features.ndim != 2 or features.shape[0] != len(todo):
-                raise ValueError(f"the embedding of {len(todo)} samples has shape "
-                                 f"{features.shape}; expected ({len(todo)}, n_features)")
-            index.store(self.store, [digests[i] for i in todo], features)
-            if out is None:
-                out = np.empty((len(samples), features.shape[1]), dtype=np.float32)
-            row = {d: r for r, d in enumerate(first)}
-            out[missing] = features[[row[digests[i]] for i in missing]]
-        return out
+        index = _index(os.path.join(self.root, NAMESPACE), key)
+        index.refresh()
+        run = _Run(samples, index, compute, self.block_size)
+        hits = run.scan(range(len(samples)))
+        failed = index.fetch(hits, run.out)
+        if failed:
+            # Chunks that went bad or vanished since they were indexed: those
+            # samples are embedded again, without another lookup.
+            run.scan(failed, lookup=False)
+        return run.finish()
 
-    def _index(self, key):
-        with _LOCK:
-            return _INDEXES.setdefault((self.store.location, key), _ChunkIndex(key))
+
+def _root(cache):
+    """The directory a ``cache`` argument names, or None for no cache."""
+    if isinstance(cache, joblib.Memory):
+        # Inside the memory's own store, so that memory.clear() and
+        # memory.reduce_size() manage the entries too.
+        return getattr(cache.store_backend, "location", None)
+    if isinstance(cache, (str, os.PathLike)):
+        # Where joblib.Memory(cache) would keep its store: a directory and a
+        # memory on it share entries.
+        return os.path.join(os.path.expanduser(os.fspath(cache)), "joblib")
+    raise TypeError(
+        f"cache must be None, a directory path or a joblib.Memory; got a "
+        f"{type(cache).__name__}: {cache!r:.80}"
+    )
+
+
+def _index(directory, key):
+    with _LOCK:
+        return _INDEXES.setdefault((directory, key), _ChunkIndex(directory, key))
+
+
+class _Run:
+    """One ``embed`` call: walk the samples a block at a time, compute the misses.
+
+    Misses are gathered (each distinct digest once) and embedded and stored
+    ``block_size`` at a time, so memory stays bounded and an interrupt keeps
+    every finished block. Hits are only noted here and read afterwards,
+    chunk by chunk, so each chunk is read once per call.
+    """
+
+    def __init__(self, samples, index, compute, block_size):
+        self.samples = samples
+        self.index = index
+        self.compute = compute
+        self.block_size = block_size
+        self.out = _Output(len(samples))
+        self.pending = {}  # digest -> (payload, [positions])
+        self.computed = {}  # digest -> a position already filled this call
+        self.copies = []  # (position, position it equals)
+        self.write_failed = False
+
+    def scan(self, positions, *, lookup=True):
+        """Fill or schedule ``positions``; return the hits, by chunk."""
+        positions = list(positions)
+        hits = {}
+        for start in range(0, len(positions), self.block_size):
+            block = positions[start:start + self.block_size]
+            digests, payloads = _block_contents(self.samples, block)
+            for position, digest, payload in zip(block, digests, payloads):
+                if digest in self.computed:
+                    self.copies.append((position, self.computed[digest]))
+                elif digest in self.pending:
+                    self.pending[digest][1].append(position)
+                elif lookup and (place := self.index.locate(digest)) is not None:
+                    hits.setdefault(place[0], []).append((position, place[1]))
+                else:
+                    self.pending[digest] = (payload, [position])
+                    if len(self.pending) >= self.block_size:
+                        self._flush()
+        self._flush()
+        return hits
+
+    def finish(self):
+        for position, source in self.copies:
+            self.out.array[position] = self.out.array[source]
+        return self.out.array
+
+    def _flush(self):
+        if not self.pending:
+            return
+        digests = list(self.pending)
+        entries = [self.pending[d] for d in digests]
+        if self.samples.kind == "paths":
+            todo = Samples([payload for payload, _ in entries], "encoded")
+        else:
+            todo = self.samples.subset([positions[0] for _, positions in entries])
+        features = np.asarray(self.compute(todo), dtype=np.float32)
+        if features.ndim != 2 or features.shape[0] != len(digests):
+            raise ValueError(f"the embedding of {len(digests)} samples has shape "
+                             f"{features.shape}; expected ({len(digests)}, n_features)")
+        self.pending = {}
+        for digest, (_, positions), row in zip(digests, entries, features):
+            self.out.put(positions, row)
+            self.computed[digest] = positions[0]
+        self._store(digests, features)
+
+    def _store(self, digests, features):
+        if self.write_failed:
+            return  # one warning per call; the disk will not be better now
+        try:
+            self.index.store(digests, features)
+        except OSError as exc:
+            self.write_failed = True
+            warnings.warn(f"the feature cache could not be written ({exc}); embeddings are "
+                          f"computed but not stored", UserWarning, stacklevel=4)
+
+
+class _Output:
+    """The result array, allocated once the width of the features is known."""
+
+    def __init__(self, n):
+        self.n = n
+        self.array = None
+
+    def put(self, positions, rows):
+        rows = np.asarray(rows, dtype=np.float32)
+        if self.array is None:
+            self.array = np.empty((self.n, rows.shape[-1]), dtype=np.float32)
+        self.array[positions] = rows
 
 
 class _ChunkIndex:
     """Which chunk holds which sample digest, for one output key, in this process.
 
-    Chunk files never change once written, so what was read from one stays
-    true; each lookup only lists the key's directory to pick up chunks that
-    other processes wrote, and reads those.
+    Chunk files never change once written (a rewrite by another process has
+    the same digests in the same rows), so what was read from one stays true;
+    each lookup only lists the key's directory to pick up chunks that other
+    processes wrote, and reads the digests of those.
     """
 
-    def __init__(self, key):
+    def __init__(self, directory, key):
+        self.directory = os.path.join(directory, key)
         self.key = key
         self.where = {}  # sample digest -> (chunk id, row)
-        self.chunks = {}  # chunk id -> digests it holds
+        self.chunks = {}  # chunk id -> (digests (n, 16) uint8, n_features)
         self.lock = threading.Lock()
 
-    def refresh(self, store):
-        """Index chunks written since the last look; return those just read."""
-        directory = os.path.join(store.location, NAMESPACE, self.key)
+    def refresh(self):
+        """Index the chunks written since the last look."""
         try:
-            present = set(os.listdir(directory))
+            names = os.listdir(self.directory)
         except FileNotFoundError:
-            present = set()
+            names = []
+        present = {n for n in names if not n.startswith(_TMP_PREFIX)}
         with self.lock:
             for gone in set(self.chunks) - present:
                 self._forget(gone)
             new = present - set(self.chunks)
-        loaded = {}
         for chunk in new:
-            if not store.contains_item(self._call_id(chunk)):
-                continue  # a directory whose file is still being written
-            item = self._load(store, chunk)
-            if item is not None:
-                loaded[chunk] = item["features"]
-                self._add(chunk, [d.tobytes() for d in item["digests"]])
-        return loaded
+            self._add_from_disk(chunk)
+        _remove_stale(self.directory, [n for n in names if n.startswith(_TMP_PREFIX)])
 
-    def fetch(self, store, digests, loaded):
-        """Stored rows for ``digests``, and the positions not found."""
-        with self.lock:
-            located = [self.where.get(d) for d in digests]
-        by_chunk = {}
-        for i, place in enumerate(located):
-            if place is not None:
-                by_chunk.setdefault(place[0], []).append((i, place[1]))
-        out, missing = None, [i for i, place in enumerate(located) if place is None]
-        for chunk, wanted in by_chunk.items():
-            features = loaded.get(chunk)
-            if features is None:
-                item = self._load(store, chunk)
-                features = None if item is None else item["features"]
-            if features is None:
-                missing.extend(i for i, _ in wanted)
-                continue
-            if out is None:
-                out = np.empty((len(digests), features.shape[1]), dtype=np.float32)
-            if features.shape[1] != out.shape[1]:
-                self._discard(store, chunk)
-                missing.extend(i for i, _ in wanted)
-                continue
-            positions, rows = map(list, zip(*wanted))
-            out[positions] = features[rows]
-        return out, sorted(missing)
+    def locate(self, digest):
+        """``(chunk id, row)`` of a stored digest, or None."""
+        return self.where.get(digest)
 
-    def store(self, store, digests, features):
+    def fetch(self, hits, out):
+        """Copy stored rows into ``out``; return the positions that failed."""
+        failed = []
+        for chunk, wanted in hits.items():
+            positions, rows = (list(t) for t in zip(*wanted))
+            features = self._read(chunk, rows)
+            if features is None or (out.array is not None
+                                    and features.shape[1] != out.array.shape[1]):
+                failed.extend(positions)
+                continue
+            out.put(positions, features)
+        return sorted(failed)
+
+    def store(self, digests, features):
+        """Write one chunk; raises OSError when it cannot be written."""
         keys = np.frombuffer(b"".join(digests), dtype=np.uint8).reshape(-1, _DIGEST_SIZE)
         features = np.ascontiguousarray(features, dtype=np.float32)
         # Named by its content: two workers embedding the same samples write
-        # the same chunk, and the second rename replaces identical bytes.
+        # the same chunk, and the second rename replaces equivalent bytes.
         chunk = hashlib.blake2b(keys.tobytes(), digest_size=16).hexdigest()
-        item = {"format": FORMAT, "digests": keys, "features": features,
-                "checksum": _checksum(keys, features)}
-        store.dump_item(self._call_id(chunk), item, verbose=0)
-        self._add(chunk, digests)
+        # One checksum per row, so that a lookup can verify the rows it reads
+        # without reading the whole chunk.
+        row_sums = _row_checksums(features)
+        metadata = {"format": str(FORMAT), "key": self.key,
+                    "digests_blake2b": _checksum(keys), "rows_blake2b": _checksum(row_sums)}
+        data = save_tensors({"digests": keys, "features": features, "row_blake2b": row_sums},
+                            metadata=metadata)
+        os.makedirs(self.directory, exist_ok=True)
+        temporary = os.path.join(self.directory, f"{_TMP_PREFIX}{chunk}-{uuid.uuid4().hex}")
+        _write_atomically(data, temporary, self._path(chunk))
+        self._add(chunk, keys, features.shape[1])
 
-    def _add(self, chunk, digests):
-        with self.lock:
-            self.chunks[chunk] = digests
-            for row, digest in enumerate(digests):
-                self.where[digest] = (chunk, row)
+    def _path(self, chunk):
+        return os.path.join(self.directory, chunk, _FILE)
 
-    def _forget(self, chunk):
-        for digest in self.chunks.pop(chunk, ()):
-            if self.where.get(digest, (None,))[0] == chunk:
-                del self.where[digest]
-
-    def _discard(self, store, chunk):
-        with self.lock:
-            self._forget(chunk)
-        store.clear_item(self._call_id(chunk))
-
-    def _call_id(self, chunk):
-        return [NAMESPACE, self.key, chunk]
-
-    def _load(self, store, chunk):
-        """The chunk's item if it loads and checks out; else delete it, None."""
+    def _add_from_disk(self, chunk):
         try:
-            item = store.load_item(self._call_id(chunk), verbose=0)
-        except KeyError:
+            keys, n_features = _read_digests(self._path(chunk), self.key)
+        except FileNotFoundError:
+            return  # a directory whose file is not written yet, or just removed
+        except Exception:  # noqa: BLE001 - any unreadable entry is recomputed
+            self._discard(chunk)
+            return
+        self._add(chunk, keys, n_features)
+
+    def _read(self, chunk, rows):
+        """The chunk's ``rows`` if they read and check out; else None (and delete it)."""
+        with self.lock:
+            known = self.chunks.get(chunk)
+        if known is None:
+            return None
+        try:
+            features = _read_rows(self._path(chunk), self.key, known[0], rows)
+        except FileNotFoundError:
             # Gone since it was listed (cleared, or dropped by reduce_size).
             with self.lock:
                 self._forget(chunk)
             return None
         except Exception:  # noqa: BLE001 - any unreadable entry is recomputed
-            item = None
-        if item is None or not _is_sound(item):
-            self._discard(store, chunk)
+            self._discard(chunk)
             return None
-        return item
+        return features
+
+    def _add(self, chunk, keys, n_features):
+        with self.lock:
+            self.chunks[chunk] = (keys, n_features)
+            for row, digest in enumerate(keys):
+                self.where[digest.tobytes()] = (chunk, row)
+
+    def _forget(self, chunk):
+        keys, _ = self.chunks.pop(chunk, (np.empty((0, _DIGEST_SIZE), np.uint8), None))
+        for digest in keys:
+            digest = digest.tobytes()
+            if self.where.get(digest, (None,))[0] == chunk:
+                del self.where[digest]
+
+    def _discard(self, chunk):
+        with self.lock:
+            self._forget(chunk)
+        with contextlib.suppress(OSError):
+            os.remove(self._path(chunk))
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(self.directory, chunk))
 
 
-def _is_sound(item):
-    """Whether a loaded chunk has the expected layout and an intact checksum."""
+def _write_atomically(data, temporary, path):
+    """Write ``data`` to ``path`` through ``temporary``; on any failure remove it.
+
+    The bytes reach the disk (fsync) before the rename, so the name never
+    points at a file that a crash could leave short; ``os.replace`` is atomic
+    on local file systems and on NFS.
+    """
     try:
-        digests, features = item["digests"], item["features"]
-        return (item["format"] == FORMAT and digests.ndim == 2
-                and digests.shape[1] == _DIGEST_SIZE and features.ndim == 2
-                and features.dtype == np.float32 and len(features) == len(digests)
-                and item["checksum"] == _checksum(digests, features))
-    except (KeyError, TypeError, AttributeError, ValueError):
-        return False
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
 
 
-def _checksum(digests, features):
-    h = hashlib.blake2b(digest_size=16)
-    h.update(np.ascontiguousarray(digests))
-    h.update(np.ascontiguousarray(features))
-    return h.hexdigest()
+def _remove_stale(directory, temporaries):
+    """Delete temporary files left by writers killed over STALE_AFTER ago."""
+    limit = time.time() - STALE_AFTER
+    for name in temporaries:
+        path = os.path.join(directory, name)
+        with contextlib.suppress(OSError):
+            if os.stat(path).st_mtime < limit:
+                os.remove(path)
+
+
+def _read_digests(path, key):
+    """The digests of a chunk and its feature width, with header and checksum checked."""
+    with safe_open(path, framework="np") as f:
+        _check_metadata(f.metadata(), key)
+        features = f.get_slice("features")
+        shape, dtype = features.get_shape(), features.get_dtype()
+        keys = f.get_tensor("digests")
+        _check_digests(keys, f.metadata())
+    if dtype != "F32" or len(shape) != 2 or shape[0] != len(keys):
+        raise ValueError(f"features of shape {shape} and dtype {dtype} do not match "
+                         f"{len(keys)} digests")
+    return keys, shape[1]
+
+
+def _read_rows(path, key, keys, rows):
+    """Features of ``rows`` of a chunk indexed with ``keys``, every checksum verified.
+
+    Only the rows asked for are read (a contiguous run of rows at a time),
+    each checked against its own stored checksum.
+    """
+    with safe_open(path, framework="np") as f:
+        metadata = f.metadata()
+        _check_metadata(metadata, key)
+        stored = f.get_tensor("digests")
+        _check_digests(stored, metadata)
+        if not np.array_equal(stored, keys):
+            raise ValueError("the chunk's digests changed since it was indexed")
+        row_sums = f.get_tensor("row_blake2b")
+        if row_sums.shape != keys.shape or _checksum(row_sums) != metadata["rows_blake2b"]:
+            raise ValueError("the stored row checksums do not match their checksum")
+        features = f.get_slice("features")
+        if features.get_dtype() != "F32" or features.get_shape()[0] != len(keys):
+            raise ValueError("the stored features do not match the digests")
+        wanted = np.unique(rows)
+        runs = np.split(wanted, np.flatnonzero(np.diff(wanted) != 1) + 1)
+        read = np.concatenate([features[int(run[0]):int(run[-1]) + 1] for run in runs])
+    if not np.array_equal(_row_checksums(read), row_sums[wanted]):
+        raise ValueError("the stored features do not match their checksums")
+    return read[np.searchsorted(wanted, rows)]
+
+
+def _check_metadata(metadata, key):
+    metadata = metadata or {}
+    if metadata.get("format") != str(FORMAT) or metadata.get("key") != key:
+        raise ValueError(f"not a chunk of format {FORMAT} for key {key}")
+
+
+def _check_digests(keys, metadata):
+    if (keys.dtype != np.uint8 or keys.ndim != 2 or keys.shape[1] != _DIGEST_SIZE
+            or _checksum(keys) != metadata.get("digests_blake2b")):
+        raise ValueError("the stored digests do not match their checksum")
+
+
+def _row_checksums(features):
+    """A 16-byte blake2b digest of each row, as a ``(n, 16)`` uint8 array."""
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    sums = b"".join(hashlib.blake2b(row, digest_size=_DIGEST_SIZE).digest() for row in features)
+    return np.frombuffer(sums, dtype=np.uint8).reshape(len(features), _DIGEST_SIZE)
+
+
+def _checksum(array):
+    return hashlib.blake2b(np.ascontiguousarray(array), digest_size=16).hexdigest()
+
+
+# -- keys --------------------------------------------------------------------
 
 
 def output_key(backbone, *, layers, pooling, precision):
@@ -270,8 +476,10 @@ def output_key(backbone, *, layers, pooling, precision):
     Parameters
     ----------
     backbone : Backbone
-        Its spec, modality, preprocessing constants and weights (by content,
-        through :func:`~sktransfer._weights_cache.weights_digest`) enter the key.
+        Its spec, modality, preprocessing constants, architecture (the
+        module's ``repr`` and the source code of every module class in it;
+        see :func:`module_fingerprint`) and weights (by content, through
+        :func:`~sktransfer._weights_cache.weights_digest`) enter the key.
     layers : list of str or None
     pooling : str
     precision : torch.dtype or None
@@ -297,6 +505,7 @@ def output_key(backbone, *, layers, pooling, precision):
         "format": FORMAT,
         "spec": backbone.spec,
         "modality": backbone.modality,
+        "architecture": module_fingerprint(backbone.module),
         "weights": weights_digest(backbone.module),
         "preprocess": (type(preprocess).__name__, config),
         "layers": None if layers is None else list(layers),
@@ -305,13 +514,62 @@ def output_key(backbone, *, layers, pooling, precision):
     })
 
 
+def module_fingerprint(module):
+    """What a module computes apart from its weights: its structure and code.
+
+    The module's ``repr`` (submodules, their order and settings) and, for
+    every class in it (and their bases up to ``nn.Module``), the qualified
+    name and a hash of its source code, so two networks with the same
+    weights but another activation, or another ``forward``, differ. Code
+    outside the module classes (a helper function ``forward`` calls) is not
+    seen.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> relu = module_fingerprint(nn.Sequential(nn.Linear(3, 2), nn.ReLU()))
+    >>> tanh = module_fingerprint(nn.Sequential(nn.Linear(3, 2), nn.Tanh()))
+    >>> relu == module_fingerprint(nn.Sequential(nn.Linear(3, 2), nn.ReLU())), relu == tanh
+    (True, False)
+    """
+    import torch
+
+    classes = set()
+    for sub in module.modules():
+        for cls in type(sub).__mro__:
+            if cls is torch.nn.Module or cls is object:
+                break
+            classes.add(cls)
+    return hashlib.blake2b(
+        "\0".join([repr(module), *sorted(_class_code(cls) for cls in classes)]).encode(),
+        digest_size=16).hexdigest()
+
+
+_CLASS_CODE = weakref.WeakKeyDictionary()
+
+
+def _class_code(cls):
+    """``module.qualname`` and a hash of the class's source (cached per class)."""
+    code = _CLASS_CODE.get(cls)
+    if code is None:
+        name = f"{cls.__module__}.{cls.__qualname__}"
+        try:
+            source = inspect.getsource(cls)
+        except (OSError, TypeError):  # built in, made by exec, or no file
+            source = ""
+        digest = hashlib.blake2b(source.encode(), digest_size=16).hexdigest()
+        code = _CLASS_CODE[cls] = f"{name}:{digest}"
+    return code
+
+
 def sample_digests(samples):
     """One 16-byte digest per sample, by content.
 
     Arrays are hashed row by row with their dtype, layout and shape; file
     paths by the bytes of the file (a file rewritten in place gets a new
-    digest; two copies of one file share it); PIL images by mode, size,
-    palette and pixels; strings by their UTF-8 bytes.
+    digest; two copies of one file share it), and the bytes of image files
+    (kind ``"encoded"``) alike; PIL images by mode, size, palette and pixels;
+    strings by their UTF-8 bytes.
 
     Examples
     --------
@@ -330,9 +588,29 @@ def sample_digests(samples):
         return [_digest(b"text\0", s.encode("utf-8", "surrogatepass")) for s in data]
     if kind == "paths":
         return [_file_digest(path) for path in data]
+    if kind == "encoded":
+        return [_digest(b"image\0", blob) for blob in data]
     if kind == "pil":
         return [_image_digest(img) for img in data]
     raise ValueError(f"cannot cache samples of kind {kind!r}")
+
+
+def _block_contents(samples, positions):
+    """Digests of ``samples[positions]``, and for files the bytes they digest.
+
+    An image file is read once: its digest and its embedding come from the
+    same bytes, so a file rewritten meanwhile cannot be stored under the
+    digest of its old content.
+    """
+    if samples.kind == "paths":
+        blobs = [_read_file(samples.data[i]) for i in positions]
+        return [_digest(b"image\0", blob) for blob in blobs], blobs
+    return sample_digests(samples.subset(positions)), [None] * len(positions)
+
+
+def _read_file(path):
+    with open(path, "rb") as fh:
+        return fh.read()
 
 
 def _digest(prefix, payload):

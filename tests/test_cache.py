@@ -1,9 +1,11 @@
 """The feature cache and the in-process weights cache, as a search uses them."""
 
 import atexit
+import errno
 import os
 import pickle
 import shutil
+import sys
 import tempfile
 
 import joblib
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.numpy import load_file
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.svm import SVC
@@ -19,10 +22,11 @@ from torch import nn
 
 from sktransfer import PretrainedFeatureTransformer
 from sktransfer import _weights_cache
-from sktransfer.backbones import Backbone
+from sktransfer import cache as cache_module
+from sktransfer.backbones import Backbone, load_backbone
 from sktransfer.backbones import torchvision as tv_source
 from sktransfer.backbones.preprocess import TensorPreprocess
-from sktransfer.cache import NAMESPACE, FeatureCache, sample_digests
+from sktransfer.cache import NAMESPACE, FeatureCache, output_key, sample_digests
 from sktransfer.inputs import as_samples
 
 from conftest import tiny_mlp  # noqa: E402
@@ -65,17 +69,16 @@ def resnet(**params):
 
 def stored_rows(cache_dir):
     """Sample rows held by all chunks under a cache directory."""
-    memory = joblib.Memory(str(cache_dir), verbose=0)
-    store = memory.store_backend
-    total = 0
-    for key in os.listdir(os.path.join(store.location, NAMESPACE)):
-        for chunk in os.listdir(os.path.join(store.location, NAMESPACE, key)):
-            total += len(store.load_item([NAMESPACE, key, chunk], verbose=0)["digests"])
-    return total
+    return sum(len(load_file(path)["digests"]) for path in chunk_files(cache_dir))
 
 
 def chunk_files(cache_dir):
-    return sorted(str(p) for p in cache_dir.rglob("output.pkl"))
+    return sorted(str(p) for p in cache_dir.rglob("*.safetensors"))
+
+
+def entry_files(cache_dir):
+    """Every file under the feature cache: entries, and anything left beside them."""
+    return sorted(p for p in cache_dir.rglob("*") if p.is_file() and NAMESPACE in str(p))
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +112,9 @@ def test_repeated_samples_are_embedded_once(tmp_path):
     out = pft.transform(X)
     assert sum(SEEN) == 10
     expected = PretrainedFeatureTransformer(counting_backbone()).fit(X).transform(X)
-    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    # Rows are computed in batches of another size here, so float rounding
+    # differs in the last bits; a wrong row would be off by far more.
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
 
 
 def test_cached_images_equal_fresh_embeddings_in_any_order(tmp_path, digits):
@@ -261,7 +266,6 @@ def test_a_corrupt_entry_is_recomputed_not_trusted(tmp_path, damage):
         fh.write(blob)
     SEEN.clear()
     # A fresh process has not read the entry yet; forget what this one knows.
-    from sktransfer import cache as cache_module
     cache_module._INDEXES.clear()
 
     out = PretrainedFeatureTransformer(counting_backbone(), cache=tmp_path).fit(X).transform(X)
@@ -283,9 +287,10 @@ def test_parallel_workers_share_one_cache_safely(tmp_path):
         joblib.delayed(_transform_in_worker)(net, str(tmp_path), X, order) for order in orders)
     full = _transform_in_worker(net, None, X, np.arange(len(X)))
     for order, out in zip(orders, results):
-        np.testing.assert_allclose(out, full[order], rtol=1e-6)
+        # Batches of other sizes round the last bits differently.
+        np.testing.assert_allclose(out, full[order], rtol=0, atol=1e-5)
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file()
-                 and p.name not in ("output.pkl", ".gitignore")]
+                 and not p.name.endswith(".safetensors") and p.name != ".gitignore"]
     assert leftovers == []  # no temporary or torn files
 
 
@@ -314,6 +319,271 @@ def test_memory_reduce_size_and_clear_are_honoured(tmp_path):
     SEEN.clear()
     pft.transform(X)
     assert sum(SEEN) == 10
+
+
+class _TouchWhenUnpickled:
+    """A pickle payload: unpickling it creates ``path`` (as hostile code would run)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_tampered_entry_runs_no_code_and_is_recomputed(tmp_path):
+    X, _ = tabular(10)
+    expected = PretrainedFeatureTransformer(counting_backbone()).fit(X).transform(X)
+    cache_dir = tmp_path / "cache"
+    PretrainedFeatureTransformer(counting_backbone(), cache=cache_dir).fit(X).transform(X)
+    marker = tmp_path / "code-ran"
+    payload = pickle.dumps(_TouchWhenUnpickled(str(marker)))
+    pickle.loads(payload)  # the payload is live: loading it does run code
+    assert marker.exists()
+    marker.unlink()
+    for path in entry_files(cache_dir):  # whatever file the entry is, it now holds a pickle
+        path.write_bytes(payload)
+    cache_module._INDEXES.clear()
+    SEEN.clear()
+
+    out = PretrainedFeatureTransformer(counting_backbone(), cache=cache_dir).fit(X).transform(X)
+    assert not marker.exists()
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    assert sum(SEEN) == 10
+    assert stored_rows(cache_dir) == 10  # replaced by a sound entry
+
+
+def _rows_sum(samples):
+    return samples.data.sum(axis=1, keepdims=True).astype(np.float32)
+
+
+def test_an_interrupted_embedding_keeps_its_finished_blocks(tmp_path):
+    X = np.arange(40.0).reshape(20, 2)
+    calls = []
+
+    def interrupted_at_third_block(samples):
+        calls.append(len(samples))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return _rows_sum(samples)
+
+    cache = FeatureCache(tmp_path, block_size=4)
+    with pytest.raises(KeyboardInterrupt):
+        cache.embed(as_samples(X, "tensor"), "key", interrupted_at_third_block)
+    assert calls == [4, 4, 4]  # memory is bounded by a block
+    assert entry_files(tmp_path) and stored_rows(tmp_path) == 8
+
+    cache_module._INDEXES.clear()  # the rerun, as in a new session
+    rerun = []
+
+    def counted(samples):
+        rerun.append(len(samples))
+        return _rows_sum(samples)
+
+    out = FeatureCache(tmp_path, block_size=4).embed(as_samples(X, "tensor"), "key", counted)
+    assert sum(rerun) == 12  # only what the interrupted run had not finished
+    np.testing.assert_array_equal(out, _rows_sum(as_samples(X, "tensor")))
+
+
+class _RecordingSafeOpen:
+    """safetensors' safe_open, noting which tensors are read from which file."""
+
+    def __init__(self, real, reads):
+        self.real, self.reads = real, reads
+
+    def __call__(self, path, *args, **kwargs):
+        handle = self.real(path, *args, **kwargs)
+        reads = self.reads
+
+        class Handle:
+            def __enter__(self):
+                self.inner = handle.__enter__()
+                return self
+
+            def __exit__(self, *exc):
+                return handle.__exit__(*exc)
+
+            def get_tensor(self, name):
+                reads.append((os.fspath(path), name))
+                return self.inner.get_tensor(name)
+
+            def get_slice(self, name):
+                inner = self.inner.get_slice(name)
+
+                class Slice:  # its shape is header only; indexing it reads data
+                    def __getitem__(self, item):
+                        reads.append((os.fspath(path), name))
+                        return inner[item]
+
+                    def __getattr__(self, attr):
+                        return getattr(inner, attr)
+
+                return Slice()
+
+            def __getattr__(self, name):
+                return getattr(self.inner, name)
+
+        return Handle()
+
+
+def test_a_fresh_lookup_reads_features_only_from_the_chunk_holding_them(tmp_path,
+                                                                        monkeypatch):
+    X = np.arange(40.0).reshape(20, 2)
+    FeatureCache(tmp_path, block_size=4).embed(as_samples(X, "tensor"), "key", _rows_sum)
+    assert len(chunk_files(tmp_path)) == 5
+    cache_module._INDEXES.clear()  # a fresh process
+    reads = []
+    monkeypatch.setattr(cache_module, "safe_open",
+                        _RecordingSafeOpen(cache_module.safe_open, reads))
+
+    def never(samples):
+        raise AssertionError("a stored row was computed again")
+
+    out = FeatureCache(tmp_path).embed(as_samples(X[13:14], "tensor"), "key", never)
+    np.testing.assert_array_equal(out, [[X[13].sum()]])
+    feature_reads = {path for path, name in reads if name == "features"}
+    assert len(feature_reads) == 1  # one chunk of five
+    (path,) = feature_reads
+    assert X[13].sum() in load_file(path)["features"]
+    assert len(load_file(path)["features"]) == 4
+
+
+def _fail_in_cache(monkeypatch, error):
+    """Make every file the cache opens for writing fail with ``error``."""
+    real_open, real_fsync = os.open, os.fsync
+    if error == errno.ENOSPC:
+        # The disk fills while the bytes are flushed: the temporary file exists.
+        def fsync(fd):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(os, "fsync", fsync)
+        return
+
+    def open_(path, flags, *args, **kwargs):
+        if NAMESPACE in os.fspath(path) and flags & os.O_CREAT:
+            raise OSError(error, os.strerror(error), path)
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+
+
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EROFS])
+def test_a_failed_write_warns_leaves_nothing_and_returns_right_results(tmp_path,
+                                                                       monkeypatch, error):
+    X, _ = tabular(10)
+    expected = PretrainedFeatureTransformer(counting_backbone()).fit(X).transform(X)
+    pft = PretrainedFeatureTransformer(counting_backbone(), cache=tmp_path).fit(X)
+    with monkeypatch.context() as patch:
+        _fail_in_cache(patch, error)
+        with pytest.warns(UserWarning, match="feature cache could not be written"):
+            out = pft.transform(X)
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    assert entry_files(tmp_path) == []  # no partial or temporary file
+    pft.transform(X)  # room again: stored now
+    assert stored_rows(tmp_path) == 10
+
+
+def test_a_killed_writers_temporary_file_is_ignored_then_removed_when_old(tmp_path):
+    X = np.arange(12.0).reshape(6, 2)
+    cache = FeatureCache(tmp_path)
+    cache.embed(as_samples(X[:3], "tensor"), "key", _rows_sum)
+    (chunk,) = chunk_files(tmp_path)
+    key_dir = os.path.dirname(os.path.dirname(chunk))
+    old = os.path.join(key_dir, ".tmp-" + "0" * 32 + "-killed-long-ago")
+    new = os.path.join(key_dir, ".tmp-" + "1" * 32 + "-still-writing")
+    for path in (old, new):
+        with open(path, "wb") as fh:
+            fh.write(b"half a chunk")
+    os.utime(old, (0, 0))
+    cache_module._INDEXES.clear()
+
+    out = FeatureCache(tmp_path).embed(as_samples(X, "tensor"), "key", _rows_sum)
+    np.testing.assert_array_equal(out, _rows_sum(as_samples(X, "tensor")))
+    assert not os.path.exists(old) and os.path.exists(new)
+
+
+def test_the_key_tells_architectures_with_the_same_weights_apart():
+    relu = nn.Sequential(nn.Linear(3, 2), nn.ReLU())
+    tanh = nn.Sequential(nn.Linear(3, 2), nn.Tanh())
+    tanh.load_state_dict(relu.state_dict())
+
+    def key(module):
+        return output_key(load_backbone(module), layers=None, pooling="avg", precision=None)
+
+    assert _weights_cache.weights_digest(relu) == _weights_cache.weights_digest(tanh)
+    assert key(relu) != key(tanh)
+    assert key(relu) == key(relu) == key(pickle.loads(pickle.dumps(relu)))
+
+
+NET_SOURCE = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return {}(self.linear(x))
+'''
+
+
+def _import_net(tmp_path, monkeypatch, activation):
+    """Class ``Net`` of module ``user_net``, its forward using ``activation``."""
+    import importlib.util
+
+    path = tmp_path / "user_net.py"
+    path.write_text(NET_SOURCE.format(activation))
+    spec = importlib.util.spec_from_file_location("user_net", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "user_net", module)  # as an import does
+    spec.loader.exec_module(module)
+    return module.Net
+
+
+def test_the_key_tells_forwards_of_one_class_name_apart(tmp_path, monkeypatch):
+    # The user edits forward between two sessions: same module, class name,
+    # parameters and weights.
+    def key(module):
+        return output_key(load_backbone(module), layers=None, pooling="avg", precision=None)
+
+    first = _import_net(tmp_path, monkeypatch, "torch.relu")()
+    first_key = key(first)
+    second = _import_net(tmp_path, monkeypatch, "torch.sigmoid")()
+    second.load_state_dict(first.state_dict())
+    assert repr(first) == repr(second)
+    assert key(second) != first_key
+    assert key(second) == key(second)
+
+
+def _mean_pixel(samples):
+    batch = samples.__getitems__(list(range(len(samples))))
+    return np.array([[float(img.float().mean())] for img in batch], dtype=np.float32)
+
+
+def test_a_file_rewritten_while_embedded_does_not_poison_the_cache(tmp_path, digits):
+    paths = [str(tmp_path / f"digit_{i}.png") for i in range(3)]
+    for i, path in enumerate(paths):
+        Image.fromarray(digits[0][i]).save(path)
+    original = open(paths[1], "rb").read()
+    cache_dir = tmp_path / "cache"
+
+    def rewriting(samples):
+        # Another program replaces the picture after it was hashed.
+        Image.fromarray(digits[0][100]).save(paths[1])
+        return _mean_pixel(samples)
+
+    expected = _mean_pixel(as_samples(paths, "image"))
+    first = FeatureCache(cache_dir).embed(as_samples(paths, "image"), "key", rewriting)
+    np.testing.assert_array_equal(first, expected)  # the bytes that were hashed
+
+    with open(paths[1], "wb") as fh:  # the old picture again
+        fh.write(original)
+    cache_module._INDEXES.clear()
+    again = FeatureCache(cache_dir).embed(as_samples(paths, "image"), "key", _mean_pixel)
+    np.testing.assert_array_equal(again, expected)
 
 
 def test_a_bad_cache_is_named_at_fit(digits):
