@@ -7,8 +7,9 @@ Pretrained PyTorch backbones (torchvision, timm, Hugging Face, or your own
 from .backbones import load_backbone
 from .features import PretrainedFeatureTransformer
 from .finetune import FineTunedClassifier, FineTunedRegressor
+from .serialization import load, save
 
 __version__ = "0.1.0"
 
 __all__ = ["FineTunedClassifier", "FineTunedRegressor", "PretrainedFeatureTransformer",
-           "load_backbone", "__version__"]
+           "load", "load_backbone", "save", "__version__"]

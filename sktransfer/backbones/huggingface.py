@@ -110,7 +110,7 @@ class Tokenize:
         transformers = _import_transformers()
         with temporary_folder() as folder, _quiet_loading(transformers):
             write_folder(state["files"], folder)
-            tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
         # Keep the original name: it is part of feature-cache keys.
         tokenizer.name_or_path = state["name_or_path"]
         prep = cls(tokenizer, state["max_length"])
@@ -145,7 +145,7 @@ def encoder_from_state(state):
     model_config = dict(state["model_config"])
     config_class = type(transformers.AutoConfig.for_model(model_config["model_type"]))
     with _quiet_loading(transformers), _skipped_init():
-        model = transformers.AutoModel.from_config(config_class.from_dict(model_config))
+        model = transformers.AutoModel.from_config(config_class.from_dict(model_config), trust_remote_code=False)
     model.eval()
     return TextEncoder(model, state["pooling"])
 
