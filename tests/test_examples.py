@@ -31,6 +31,8 @@ EXPECTED = {
     "multilayer_fusion_pca.py": r"conv1\+conv2\+conv3\s+112 fused features .* test accuracy "
                                 r"0\.\d{3}",
     "demo.py": r"Gain over training from scratch",
+    "mlflow_pyfunc.py": r"pickle files in the logged model: 0\n"
+                        r"MLflow pyfunc predictions equal the pipeline's: True",
 }
 
 
