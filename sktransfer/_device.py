@@ -6,7 +6,6 @@ autocast settings at the moment a computation starts.
 """
 
 import contextlib
-import io
 
 import torch
 
@@ -128,25 +127,3 @@ def _seed_from(random_state):
     if isinstance(random_state, (int,)) and not isinstance(random_state, bool):
         return int(random_state)
     return int(check_random_state(random_state).randint(0, 2**31 - 1))
-
-
-def to_bytes(obj):
-    """``torch.save`` an object (a module, a state dict) into bytes for a pickle."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
-
-
-def from_bytes_on_cpu(data):
-    """Load :func:`to_bytes` output with every tensor on the CPU.
-
-    So a model pickled while its weights sat on a GPU loads on a machine
-    without one. The bytes were written by :func:`to_bytes` inside a pickle
-    the user chose to load, so they are as trusted as that pickle.
-
-    Examples
-    --------
-    >>> from_bytes_on_cpu(to_bytes({"w": torch.ones(2)}))
-    {'w': tensor([1., 1.])}
-    """
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)

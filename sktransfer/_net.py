@@ -12,7 +12,7 @@ import math
 import numpy as np
 import torch
 from skorch import NeuralNet
-from skorch.callbacks import Callback, EpochTimer, PassthroughScoring, PrintLog
+from skorch.callbacks import Callback, EarlyStopping, EpochTimer, PassthroughScoring, PrintLog
 from skorch.dataset import unpack_data
 
 from ._device import autocast, to_device
@@ -44,6 +44,16 @@ class FineTuningNet(NeuralNet):
         ``valid_r2``), computed from the validation pass's own outputs.
     **kwargs
         Everything else ``NeuralNet`` takes.
+
+    Attributes
+    ----------
+    interrupted_ : bool
+        Whether the last training call was interrupted (Ctrl-C, or a
+        callback raising ``KeyboardInterrupt``) rather than finishing or
+        stopping early. skorch ends training quietly on any
+        ``KeyboardInterrupt`` and still runs ``on_train_end``; the estimator
+        reads this flag to raise the interrupt again once its state is
+        consistent.
     """
 
     def __init__(self, module, criterion, *, optimizer_groups, penalty=None, augment=None,
@@ -83,12 +93,55 @@ class FineTuningNet(NeuralNet):
         return self
 
     def on_train_begin(self, net, X=None, y=None, **kwargs):
+        self.interrupted_ = False
         device = torch.device(self.device)
         for name in self._modules + self._criteria:
             getattr(self, name + "_").to(device)
+        if device.type != "cpu" and self.optimizer_.state:
+            # A kept optimizer state waits on the CPU; loading it casts it to
+            # the device of its parameters, which just moved.
+            self.optimizer_.load_state_dict(self.optimizer_.state_dict())
         # Without a scaler, small float16 gradients would underflow to zero.
         use_scaler = self.amp_dtype == torch.float16 and device.type != "cpu"
         self.grad_scaler_ = torch.amp.GradScaler(device.type) if use_scaler else None
+
+    def fit_loop(self, X, y=None, **fit_params):
+        try:
+            return super().fit_loop(X, y, **fit_params)
+        except KeyboardInterrupt:
+            # skorch's EarlyStopping stops training by raising KeyboardInterrupt
+            # when its misses reach the patience; anything else is a real interrupt.
+            self.interrupted_ = not any(
+                isinstance(cb, EarlyStopping) and cb.misses_ == cb.patience
+                for _, cb in self.callbacks_)
+            raise
+
+    def release_training_state(self, keep_optimizer=False):
+        """Free what only training needs, and move what stays to the CPU.
+
+        Gradients, the loss scaler, early stopping's copy of the best weights
+        and, unless ``keep_optimizer``, the optimizer's state (Adam's moments:
+        twice the model) are dropped; the network, the criterion, the penalty
+        and a kept optimizer state go to the CPU, so a fitted model holds no
+        accelerator memory between calls.
+        """
+        self.optimizer_.zero_grad(set_to_none=True)
+        self.grad_scaler_ = None
+        for _, callback in self.callbacks_:
+            if isinstance(callback, EarlyStopping):
+                callback.best_model_weights_ = None
+        if keep_optimizer:
+            for state in self.optimizer_.state.values():
+                for key, value in state.items():
+                    if isinstance(value, torch.Tensor):
+                        state[key] = value.cpu()
+        else:
+            self.optimizer_.state.clear()
+        if torch.device(self.device).type != "cpu":
+            for name in self._modules + self._criteria:
+                getattr(self, name + "_").to("cpu")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
     def batches_per_epoch(self, n_samples):
         """Optimizer steps one epoch over ``n_samples`` training samples takes."""
@@ -143,6 +196,19 @@ class FineTuningNet(NeuralNet):
         return None
 
 
+class ValidatedEarlyStopping(EarlyStopping):
+    """skorch's ``EarlyStopping``, idle in training calls without validation data.
+
+    ``partial_fit`` trains on every sample given, so its epochs have no
+    validation loss to monitor; the estimator's net keeps its callbacks
+    between calls, so the callback must simply wait for a ``fit``.
+    """
+
+    def on_epoch_end(self, net, **kwargs):
+        if self.monitor in net.history[-1]:
+            super().on_epoch_end(net, **kwargs)
+
+
 class ValidScore(Callback):
     """Record ``valid_acc`` or ``valid_r2`` from the validation pass's outputs.
 
@@ -183,6 +249,7 @@ class ValidScore(Callback):
         if self.score is None or self.sums_ is None:
             return
         sums = self.sums_.cpu().numpy()
+        self.sums_ = None  # no device memory held after training
         if self.score == "accuracy":
             net.history.record("valid_acc", float(sums[0] / sums[1]))
             return
@@ -191,6 +258,38 @@ class ValidScore(Callback):
         # A constant target is predicted perfectly or not at all (sklearn's convention).
         r2 = np.where(sst > 0, 1 - sse / np.where(sst > 0, sst, 1), np.where(sse > 0, 0.0, 1.0))
         net.history.record("valid_r2", float(r2.mean()))
+
+
+class SeededShuffle(torch.utils.data.Sampler):
+    """A new permutation of ``range(n)`` each epoch, drawn from its own seed.
+
+    The DataLoader's default shuffling draws from torch's global RNG, and so
+    does its choice of worker seeds, once per epoch without workers but once
+    per call with persistent workers: the dropout masks drawn from the same
+    stream then depend on ``num_workers``. With this sampler and a loader
+    ``generator`` of its own, the global stream holds only the model's draws,
+    so ``num_workers`` does not change the model.
+
+    Examples
+    --------
+    >>> shuffle = SeededShuffle(4, seed=0)
+    >>> first, second = list(shuffle), list(shuffle)
+    >>> sorted(first), first != second, list(SeededShuffle(4, seed=0)) == first
+    ([0, 1, 2, 3], True, True)
+    """
+
+    def __init__(self, n, seed):
+        self.n = n
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        self.epoch += 1
+        return iter(torch.randperm(self.n, generator=generator).tolist())
 
 
 class Rows(torch.utils.data.Dataset):

@@ -14,21 +14,23 @@ from functools import partial
 
 import numpy as np
 import torch
-from skorch.callbacks import EarlyStopping, ProgressBar
+from skorch.callbacks import ProgressBar
 from skorch.helper import predefined_split
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.base import (BaseEstimator, ClassifierMixin, ClassNamePrefixFeaturesOutMixin,
+                          RegressorMixin, TransformerMixin)
 from sklearn.model_selection import train_test_split
 from sklearn.utils import TransformerTags, compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
-from ._device import (_seed_from, from_bytes_on_cpu, resolve_device, resolve_precision,
-                      seeded, to_bytes)
-from ._net import FineTuningNet, Rows
+from ._device import _seed_from, resolve_device, resolve_precision, seeded
+from ._net import FineTuningNet, Rows, SeededShuffle, ValidatedEarlyStopping
 from .inference import predict_batches
 from .augment import FlipAndResizedCrop
 from ._weights_cache import load_backbone_cached
-from .freezing import FreezeSchedule, check_freeze, n_frozen_groups, unfreeze_all
+from .chaining import KeepsTrainedBackbone
+from .freezing import (FreezeSchedule, check_freeze, n_frozen_groups, norms_needing_two_samples,
+                       unfreeze_all)
 from .heads import BackboneWithHead, check_head, make_head
 from .inputs import Collate, estimator_samples
 from .optimization import LRSchedule, check_schedule, param_groups, resolve_optimizer
@@ -89,11 +91,13 @@ _PARAMS_DOC = """
         Epochs of ``fit``.
     batch_size : int, default=32
         Samples per training and prediction batch.
-    early_stopping : int, optional
+    early_stopping : int or bool, optional
         Patience: hold out ``validation_fraction`` of the training data, stop
         when the validation loss has not improved for this many epochs, and
-        restore the weights of the best epoch. ``None`` or ``False``: train on
-        all data for ``max_epochs`` epochs.
+        restore the weights of the best epoch. ``True`` means a patience of 5
+        epochs: enough to ride out the noisy validation loss of a small
+        held-out set, few enough not to train long past the best epoch.
+        ``None`` or ``False``: train on all data for ``max_epochs`` epochs.
     validation_fraction : float, default=0.1
         Share of the data held out when ``early_stopping`` is set (stratified
         by class for classifiers when possible).
@@ -123,9 +127,11 @@ _PARAMS_DOC = """
         example ``skorch.callbacks.GradientNormClipping``. They are copied at
         the start of each ``fit``.
     keep_optimizer : bool, default=False
-        Keep the optimizer's state (such as Adam's moment estimates) in
-        pickles, so that ``partial_fit`` after loading continues exactly. Off by
-        default: the state is twice the size of the model."""
+        Keep the optimizer's state (such as Adam's moment estimates) after
+        training, on the CPU and in pickles, so that ``partial_fit`` continues
+        exactly. Off by default, the state is released when training ends (it
+        is twice the size of the model), and a ``partial_fit`` after ``fit``
+        starts with fresh optimizer moments."""
 
 _ATTRIBUTES_DOC = """
     backbone_ : Backbone
@@ -151,7 +157,13 @@ _ATTRIBUTES_DOC = """
         Column names seen in ``fit`` (tensor backbones given a DataFrame)."""
 
 
-class _FineTuned(BaseEstimator):
+#: The patience of ``early_stopping=True``: a few epochs of a noisy validation
+#: loss on small data sets, without paying for many epochs past the best one.
+DEFAULT_PATIENCE = 5
+
+
+class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
+                 BaseEstimator):
     """What the classifier and the regressor share: everything but the target."""
 
     _score_name = None  # "accuracy" or "r2": the validation score recorded per epoch
@@ -203,11 +215,21 @@ class _FineTuned(BaseEstimator):
         Returns
         -------
         self
+
+        Raises
+        ------
+        KeyboardInterrupt
+            When training is interrupted (Ctrl-C, or a callback raising it).
+            The estimator is then fitted with the weights trained so far,
+            back on the CPU and in evaluation mode, and ``history_`` ends at
+            the epoch where it stopped (the last row is incomplete when the
+            interrupt came mid-epoch): ``partial_fit`` continues from there.
+            Early stopping ends training without an exception.
         """
         self._check_params()
         target = self._check_y(y, reset=True)
+        samples = self._start(X, target)
         with seeded(self.random_state):
-            samples = self._start(X, target)
             train, valid = self._split(samples)
             self._train(train, valid, self.max_epochs)
         return self
@@ -218,8 +240,8 @@ class _FineTuned(BaseEstimator):
             self._check_params()
         target = self._check_y(y, reset=first)
         if first:
+            samples = self._start(X, target)
             with seeded(self.random_state):
-                samples = self._start(X, target)
                 self._train(samples, None, 1)
             return self
         samples = self._samples(X, reset=False, target=target)
@@ -261,7 +283,14 @@ class _FineTuned(BaseEstimator):
         return self._predict(self.backbone_.module, samples)
 
     def __sklearn_is_fitted__(self):
-        return hasattr(self, "head_")
+        # history_ is set when the net is built, after the head: an interrupt
+        # before then leaves the estimator unfitted rather than half-built.
+        return hasattr(self, "head_") and hasattr(self, "history_")
+
+    @property
+    def _n_features_out(self):
+        # Read by get_feature_names_out: "finetunedclassifier0", ...
+        return self.n_features_out_
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -271,27 +300,34 @@ class _FineTuned(BaseEstimator):
         return tags
 
     # -- pickling --------------------------------------------------------
-    # The skorch net is rebuilt when needed; pickles hold the weights (as
-    # CPU tensors, so they load without CUDA), the history and, only when
-    # keep_optimizer is set, the optimizer's state.
+    # The skorch net is rebuilt when needed; pickles hold the networks as
+    # config + numpy arrays (no torch.save bytes, so they load without CUDA
+    # and run no inner pickle), the history and, only when keep_optimizer is
+    # set, the optimizer's state.
 
     def __getstate__(self):
+        from .backbones.state import pack_modules, to_plain
+
         # A copy: BaseEstimator may hand back the live __dict__.
         state = dict(super().__getstate__())
         net = state.pop("net_", None)
         if net is not None and self.keep_optimizer:
-            state["_optimizer_state"] = to_bytes(net.optimizer_.state_dict())
+            state["_optimizer_state"] = net.optimizer_.state_dict()
         elif not self.keep_optimizer:
             state.pop("_optimizer_state", None)
-        for name in ("head_", "l2sp_"):
-            if state.get(name) is not None:
-                state[name] = to_bytes(state[name])
-        return state
+        if state.get("_optimizer_state") is not None:
+            # Tensors as numpy arrays, the rest plain values: no torch.save bytes.
+            state["_optimizer_state"] = to_plain(state["_optimizer_state"])
+        # The head, the penalty and a module given as ``backbone`` travel as
+        # config + arrays (backbone_ handles itself: Backbone.__getstate__).
+        return pack_modules(state, ("head_", "l2sp_", "backbone"))
 
     def __setstate__(self, state):
-        for name in ("head_", "l2sp_", "_optimizer_state"):
-            if isinstance(state.get(name), bytes):
-                state[name] = from_bytes_on_cpu(state[name])
+        from .backbones.state import from_plain, unpack_modules
+
+        state = unpack_modules(state)
+        if state.get("_optimizer_state") is not None:
+            state["_optimizer_state"] = from_plain(state["_optimizer_state"])
         super().__setstate__(state)
 
     # -- parameters and data ---------------------------------------------
@@ -313,10 +349,7 @@ class _FineTuned(BaseEstimator):
             _check_number("image_size", self.image_size, integer=True, minimum=1)
         resolve_optimizer(self.optimizer)
         check_schedule(self.schedule)
-        if self.early_stopping not in (None, False):
-            _check_number("early_stopping", self.early_stopping, integer=True, minimum=1,
-                          hint="a patience in epochs, or None to train without holding "
-                               "data out")
+        if self._patience() is not None:
             if not (isinstance(self.validation_fraction, numbers.Real)
                     and 0 < self.validation_fraction < 1):
                 raise ValueError(f"validation_fraction must be in (0, 1); got "
@@ -329,12 +362,23 @@ class _FineTuned(BaseEstimator):
         device = resolve_device(self.device)
         resolve_precision(self.precision, device)
 
+    def _patience(self):
+        """The early-stopping patience in epochs, or None without early stopping."""
+        if isinstance(self.early_stopping, (bool, np.bool_)):
+            return DEFAULT_PATIENCE if self.early_stopping else None
+        if self.early_stopping is None:
+            return None
+        _check_number("early_stopping", self.early_stopping, integer=True, minimum=1,
+                      hint="a patience in epochs, True for a patience of "
+                           f"{DEFAULT_PATIENCE}, or None to train without holding data out")
+        return int(self.early_stopping)
+
     def _samples(self, X, reset, target=None):
         return estimator_samples(self, X, self.backbone_, reset=reset, y=target)
 
     def _split(self, samples):
         """Training and validation rows (validation only with early stopping)."""
-        if self.early_stopping in (None, False):
+        if self._patience() is None:
             return samples, None
         n = len(samples)
         n_valid = max(1, int(round(self.validation_fraction * n)))
@@ -355,24 +399,36 @@ class _FineTuned(BaseEstimator):
     # -- building and training -------------------------------------------
 
     def _start(self, X, target):
-        """Load the backbone and build the head, the penalty and the skorch net."""
+        """Load the backbone and build the head and the penalty.
+
+        The backbone is loaded in a seeded block of its own: building a
+        network draws random initial values even when pretrained weights
+        replace them, and only a cache miss builds one, so drawing them from
+        the training stream would make the first fit in a process differ
+        from later ones. The head and the penalty are drawn from a fresh
+        stream seeded by ``random_state``.
+        """
         # A new fit starts from nothing: no history, optimizer state or head
         # of an earlier fit carries over.
         for name in ("net_", "_optimizer_state", "history_", "head_", "l2sp_", "backbone_"):
             self.__dict__.pop(name, None)
         # Read from disk once per process (a search fits many clones); each fit
-        # trains its own private copy.
-        backbone = load_backbone_cached(self.backbone, self.weights, image_size=self.image_size,
-                                        random_state=self.random_state)
+        # trains its own private copy. A random init still follows the seed.
+        with seeded(self.random_state):
+            backbone = load_backbone_cached(self.backbone, self.weights,
+                                            image_size=self.image_size,
+                                            random_state=self.random_state)
         if self.augment and backbone.modality != "image":
             raise ValueError(f"augment=True applies to image backbones; {backbone.spec} "
                              f"takes {backbone.modality} input. Use augment=False.")
         n_frozen_groups(self.freeze, backbone.param_groups)
         self.backbone_ = backbone
         samples = self._samples(X, reset=True, target=target)
-        self.n_features_out_ = self._embedding_width(samples)
-        self.head_ = make_head(self.n_features_out_, self._n_outputs(), self.head, self.dropout)
-        self.l2sp_ = L2SP(self.l2sp, backbone.module) if self.l2sp > 0 else None
+        with seeded(self.random_state):
+            self.n_features_out_ = self._embedding_width(samples)
+            self.l2sp_ = L2SP(self.l2sp, backbone.module) if self.l2sp > 0 else None
+            self.head_ = make_head(self.n_features_out_, self._n_outputs(), self.head,
+                                   self.dropout)
         return samples
 
     def _embedding_width(self, samples):
@@ -410,9 +466,9 @@ class _FineTuned(BaseEstimator):
                                       self.freeze_epochs)),
             ("lr_schedule", LRSchedule(self.schedule)),
         ]
-        if self.early_stopping not in (None, False):
-            callbacks.append(("early_stopping", EarlyStopping(
-                monitor="valid_loss", patience=int(self.early_stopping), load_best=True)))
+        if self._patience() is not None:
+            callbacks.append(("early_stopping", ValidatedEarlyStopping(
+                monitor="valid_loss", patience=self._patience(), load_best=True)))
         if self.verbose >= 2:
             callbacks.append(("progress_bar", ProgressBar()))
         callbacks += copy.deepcopy(list(self.callbacks or []))
@@ -424,7 +480,6 @@ class _FineTuned(BaseEstimator):
             optimizer=optimizer, lr=self.lr, max_epochs=self.max_epochs,
             batch_size=self.batch_size, train_split=None, callbacks=callbacks,
             verbose=int(self.verbose), device=str(device),
-            iterator_train__shuffle=True,
             **{f"iterator_train__{k}": v for k, v in loader.items()},
             **{f"iterator_valid__{k}": v for k, v in loader.items()},
             **{f"optimizer__{k}": v for k, v in optimizer_kwargs.items()},
@@ -443,25 +498,54 @@ class _FineTuned(BaseEstimator):
         if net is None:
             net = self._build_net()
         net.max_epochs = epochs
-        # BatchNorm fails on a training batch of one sample: drop such a last batch.
+        # BatchNorm fails on a training batch of one sample: drop such a last
+        # batch, and refuse up front where every batch would be that small.
         net.iterator_train__drop_last = bool(len(train) % self.batch_size == 1
                                              and len(train) > self.batch_size)
+        if self.batch_size == 1 or len(train) == 1:
+            self._check_single_sample_batches(net, train)
         net.train_split = predefined_split(valid) if valid is not None else None
+        # Shuffling and worker seeds come from their own seed, drawn from the
+        # training stream: the same model whatever num_workers is.
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        net.iterator_train__sampler = SeededShuffle(len(train), seed)
+        net.iterator_train__generator = torch.Generator().manual_seed(seed)
         try:
             net.partial_fit(train)
         finally:
             # The net keeps no reference to the data, and the fitted weights
-            # leave the accelerator.
+            # leave the accelerator, trainable again and in evaluation mode.
             net.train_split = None
-            model = net.module_
-            unfreeze_all(model)
-            model.eval()
-            if torch.device(net.device).type != "cpu":
-                model.to("cpu")
-                if self.l2sp_ is not None:
-                    self.l2sp_.to("cpu")
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+            unfreeze_all(net.module_)
+            net.module_.eval()
+            net.release_training_state(keep_optimizer=self.keep_optimizer)
+        if net.interrupted_:
+            # skorch swallows the interrupt; the user asked to stop, so the
+            # caller (a script, a GridSearchCV) must stop too.
+            raise KeyboardInterrupt(
+                f"training interrupted in epoch {len(self.history_)}; "
+                f"{type(self).__name__} keeps the weights trained so far")
+
+    def _check_single_sample_batches(self, net, train):
+        """Raise a ValueError where a BatchNorm layer would train on one value per channel."""
+        inputs, _ = Collate(self.backbone_.preprocess)(train.__getitems__(np.arange(1)))
+        n_frozen = n_frozen_groups(self.freeze, self.backbone_.param_groups)
+        norms = norms_needing_two_samples(net.module_, self.backbone_.param_groups, n_frozen,
+                                          inputs)
+        if not norms:
+            return
+        if self.batch_size == 1:
+            cause, fix = ("batch_size=1 gives", "use batch_size >= 2")
+        else:
+            held = (f" after holding out validation_fraction={self.validation_fraction} "
+                    "for early stopping" if self._patience() is not None else "")
+            cause = f"1 training sample{held} gives"
+            fix = ("give more samples" + (", a smaller validation_fraction or "
+                                          "early_stopping=None" if held else ""))
+        raise ValueError(
+            f"{cause} training batches of one sample, and the BatchNorm layers {norms} "
+            f"cannot train on a single value per channel; {fix}, or freeze those layers "
+            "(frozen BatchNorm layers stay in evaluation mode).")
 
     def _predict(self, module, samples, output=None):
         device = resolve_device(self.device)

@@ -14,6 +14,7 @@ so that their running statistics do not drift either.
 
 import numbers
 
+import torch
 from skorch.callbacks import Callback
 from torch import nn
 
@@ -124,6 +125,72 @@ def _is_frozen_norm(name, module, frozen_modules, everything):
         return not any(p.requires_grad for p in own)
     # A norm layer without affine parameters follows the group it sits in.
     return any(name == group or name.startswith(group + ".") for group in frozen_modules)
+
+
+def norms_needing_two_samples(model, param_groups, n_frozen, inputs):
+    """The BatchNorm layers that cannot train on a batch of one sample.
+
+    In training mode, a BatchNorm layer normalizes with the batch's own
+    statistics, which a single value per channel does not have (a
+    ``(1, C)`` input, or ``(1, C, 1, 1)`` after the last pooling stage of a
+    small image): torch then fails with "Expected more than 1 value per
+    channel". Layers frozen by ``n_frozen`` stay in evaluation mode and use
+    their running statistics, so they are fine.
+
+    Parameters
+    ----------
+    model : BackboneWithHead
+    param_groups : list of (str, list of str)
+        The backbone's groups, ordered input -> output.
+    n_frozen : int
+        Groups frozen while training.
+    inputs : torch.Tensor or dict of torch.Tensor
+        One preprocessed sample, as a batch of one; a forward pass in
+        evaluation mode (no running statistics change) shows what each layer
+        gets.
+
+    Returns
+    -------
+    list of str
+        The names of the layers that fail, relative to ``model``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sktransfer.heads import BackboneWithHead
+    >>> body = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.AdaptiveAvgPool2d(1),
+    ...                      nn.Flatten(), nn.BatchNorm1d(2))
+    >>> model = BackboneWithHead(body, nn.Linear(2, 1))
+    >>> groups = [("0", ["0.weight", "0.bias"]), ("1", ["1.weight", "1.bias"]),
+    ...           ("4", ["4.weight", "4.bias"])]
+    >>> norms_needing_two_samples(model, groups, 0, torch.zeros(1, 1, 8, 8))
+    ['backbone.4']
+    """
+    freeze_groups(model, param_groups, n_frozen)
+    frozen = {id(norm) for norm in model.frozen_norms}
+    single = []
+
+    def record(name):
+        def hook(module, args):
+            if args[0][0].numel() == args[0].shape[1]:  # one value per channel
+                single.append(name)
+        return hook
+
+    handles = [module.register_forward_pre_hook(record(name))
+               for name, module in model.named_modules()
+               if isinstance(module, nn.modules.batchnorm._BatchNorm) and id(module) not in frozen]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        # Training applies its own freezing at each epoch's start.
+        freeze_groups(model, param_groups, 0)
+        model.train(was_training)
+    return single
 
 
 def unfreeze_all(module):

@@ -243,8 +243,14 @@ def test_text_backbone_finetunes(minilm_path):
     y = np.array(["pos"] * 4 + ["neg"] * 4 + ["pos"] * 4 + ["neg"] * 4)
     clf = FineTunedClassifier("hf:" + minilm_path, freeze=4, lr=1e-3, max_epochs=2,
                               batch_size=8, random_state=0).fit(texts, y)
-    assert clf.predict(["what a great film"]).shape == (1,)
-    assert clf.transform(texts[:3]).shape == (3, 384)
+    assert set(clf.predict(texts)) <= {"pos", "neg"}
+    # transform gives the fine-tuned encoder's embeddings, not the pretrained ones
+    tuned = clf.transform(texts[:3])
+    pretrained = PretrainedFeatureTransformer("hf:" + minilm_path).fit(texts).transform(texts[:3])
+    assert tuned.shape == pretrained.shape == (3, 384)
+    assert not np.allclose(tuned, pretrained, atol=1e-4)
+    np.testing.assert_array_equal(PretrainedFeatureTransformer(clf).fit(texts).transform(
+        texts[:3]), tuned)
 
 
 def test_verbose_prints_an_epoch_table(flat_digits, capsys):
@@ -268,7 +274,8 @@ def test_verbose_prints_an_epoch_table(flat_digits, capsys):
     ({"schedule": "step"}, None, "schedule='step' is not one of"),
     ({"optimizer": "lion"}, None, "optimizer='lion' is not one of"),
     ({"optimizer": nn.Linear}, None, "torch.optim.Optimizer class"),
-    ({"early_stopping": True}, None, "early_stopping must be an integer >= 1"),
+    ({"early_stopping": 0}, None, "early_stopping must be an integer >= 1 .*True for a "
+                                  "patience of 5"),
     ({"early_stopping": 2, "validation_fraction": 1.5}, None, "validation_fraction"),
     ({"augment": True}, None, "augment=True applies to image backbones"),
     ({"head": (0,)}, None, "head sizes must be positive integers"),
@@ -307,3 +314,282 @@ def test_cuda_mixed_precision_training_pickles_load_on_cpu(flat_digits, precisio
     np.testing.assert_allclose(loaded.predict_proba(X), on_cuda, atol=1e-4)
     loaded.partial_fit(X, y)  # with the optimizer state, moved to the CPU
     assert len(loaded.history_) == 5
+
+
+# -- interrupts ------------------------------------------------------------
+
+
+class _InterruptAt(Callback):
+    """Raises KeyboardInterrupt at the end of epoch ``epoch``, as a Ctrl-C there would."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, net, **kwargs):
+        if len(net.history) == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_interrupt_propagates_and_keeps_what_was_trained(flat_digits):
+    X, y = flat_digits
+    clf = FineTunedClassifier(mlp, lr=0.01, max_epochs=5, early_stopping=10,
+                              callbacks=[_InterruptAt(2)], random_state=0)
+    with pytest.raises(KeyboardInterrupt, match="interrupted in epoch 2"):
+        clf.fit(X, y)
+    # Documented choice: fitted, with the weights of the epochs that ran.
+    assert len(clf.history_) == 2 and "valid_loss" in clf.history_[-1]
+    model = clf._model()
+    assert not (clf.backbone_.module.training or clf.head_.training)
+    assert all(p.device.type == "cpu" and p.requires_grad for p in model.parameters())
+    assert clf.score(X, y) > 0.3  # trained: chance is 0.1
+    # The same seed interrupted at the same place gives the same weights.
+    again = clone(clf)
+    with pytest.raises(KeyboardInterrupt):
+        again.fit(X, y)
+    np.testing.assert_array_equal(again.predict_proba(X), clf.predict_proba(X))
+    # and training goes on from there
+    clf.set_params(callbacks=None).partial_fit(X, y)
+    assert len(clf.history_) == 3
+
+
+def test_grid_search_stops_on_interrupt(flat_digits):
+    X, y = flat_digits
+    clf = FineTunedClassifier(mlp, max_epochs=3, callbacks=[_InterruptAt(2)], random_state=0)
+    search = GridSearchCV(clf, {"lr": [0.01, 0.02]}, cv=2)  # the default error_score=nan
+    with pytest.raises(KeyboardInterrupt):
+        search.fit(X, y)
+    assert not hasattr(search, "cv_results_")
+
+
+# -- seeds ------------------------------------------------------------------
+
+
+def _fit_resnet_proba(X, y, weights):
+    # A frozen backbone keeps the test fast; what a seed decides (head, split,
+    # shuffling, dropout) is all there.
+    clf = FineTunedClassifier("torchvision:resnet18", weights=weights, image_size=32,
+                              freeze="backbone", head=(8,), dropout=0.2, early_stopping=True,
+                              max_epochs=1, batch_size=8, random_state=0)
+    return clf.fit(X, y).predict_proba(X)
+
+
+@pytest.fixture(scope="module")
+def resnet_file(tmp_path_factory):
+    import torchvision
+
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pt"
+    torch.manual_seed(123)
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return str(path)
+
+
+def test_same_seed_same_model_first_fit_or_later_in_any_process(digits, resnet_file):
+    from joblib import Parallel, delayed
+    from sktransfer import _weights_cache
+
+    images, labels = digits
+    X, y = images[:24], labels[:24] % 3
+    for weights in (None, resnet_file):  # a random init, and a weights file
+        _weights_cache.clear()
+        first = _fit_resnet_proba(X, y, weights)  # the loader's cache misses
+        np.testing.assert_array_equal(_fit_resnet_proba(X, y, weights), first)  # and hits
+        # A fresh loky worker starts with an empty cache.
+        [in_worker] = Parallel(n_jobs=2, backend="loky")(
+            [delayed(_fit_resnet_proba)(X, y, weights)])
+        np.testing.assert_array_equal(in_worker, first)
+
+
+# -- scikit-learn habits -----------------------------------------------------
+
+
+def test_early_stopping_true_means_a_patience_of_five(flat_digits):
+    X, y = flat_digits
+    clf = FineTunedClassifier(mlp, lr=0.1, schedule=None, max_epochs=30, early_stopping=True,
+                              validation_fraction=0.5, batch_size=64,
+                              random_state=0).fit(X[:200], y[:200])
+    assert dict(clf.net_.callbacks_)["early_stopping"].patience == 5
+    # stopped five epochs after the best one
+    assert len(clf.history_) < 30
+    assert len(clf.history_) - int(np.argmin(clf.history_[:, "valid_loss"])) - 1 == 5
+
+
+@pytest.mark.parametrize("Estimator", [FineTunedClassifier, FineTunedRegressor])
+def test_feature_names_and_set_output(flat_digits, Estimator):
+    X, y = flat_digits
+    est = Estimator(mlp, lr=0.01, max_epochs=1, random_state=0).fit(X, y)
+    prefix = Estimator.__name__.lower()
+    names = est.get_feature_names_out()
+    assert list(names) == [f"{prefix}{i}" for i in range(16)]
+    embeddings = est.transform(X[:5])
+    frame = est.set_output(transform="pandas").transform(X[:5])
+    assert list(frame.columns) == list(names)
+    np.testing.assert_array_equal(frame.to_numpy(), embeddings)
+    # clone keeps the output setting, and predictions stay arrays
+    assert isinstance(clone(est).fit(X, y).transform(X[:2]), type(frame))
+    assert isinstance(est.predict(X[:5]), np.ndarray)
+
+
+# -- chaining under clone ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def source(flat_digits):
+    """A model trained on the source task: the digit modulo 5."""
+    X, y = flat_digits
+    return FineTunedClassifier(mlp, lr=0.01, max_epochs=3, random_state=0).fit(X, y % 5)
+
+
+def _state(estimator):
+    return copy.deepcopy(estimator.backbone_.module.state_dict())
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_fitted_backbone_survives_clone_search_and_cross_validation(flat_digits, source):
+    from sklearn.frozen import FrozenEstimator
+    from sklearn.model_selection import cross_val_score
+
+    X, y = flat_digits
+    before = _state(source)
+    target = FineTunedClassifier(backbone=source, freeze="backbone", max_epochs=2,
+                                 random_state=0)
+    assert clone(target).backbone is source
+    pipe = make_pipeline(StandardScaler(), target)
+    assert clone(pipe)[-1].backbone is source
+    search = GridSearchCV(pipe, {"finetunedclassifier__lr": [1e-3, 1e-2]}, cv=2).fit(X, y)
+    assert search.best_estimator_[-1].backbone is source
+    # the transferred features, not a random start: with a frozen backbone
+    # the best model embeds exactly as the source does
+    np.testing.assert_array_equal(search.best_estimator_[-1].transform(X[:5]),
+                                  source.transform(X[:5]))
+    scores = cross_val_score(FineTunedClassifier(backbone=FrozenEstimator(source), lr=0.01,
+                                                 max_epochs=2, random_state=0), X, y, cv=2)
+    assert scores.min() > 0.3  # chance is 0.1
+    assert_same_state(_state(source), before)  # the source is never modified
+
+
+def test_unfitted_estimator_as_backbone_still_clones_and_is_refused(flat_digits):
+    X, y = flat_digits
+    unfitted = FineTunedClassifier(mlp)
+    target = FineTunedClassifier(backbone=unfitted, max_epochs=1)
+    assert clone(target).backbone is not unfitted
+    with pytest.raises(ValueError, match="not fitted; fit it first"):
+        target.fit(X, y)
+
+
+# -- batches of one sample -------------------------------------------------------
+
+
+def bn_mlp():
+    return nn.Sequential(nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU())
+
+
+def test_batch_size_one_with_batchnorm_says_what_to_change(flat_digits):
+    X, y = flat_digits
+    with pytest.raises(ValueError, match=r"batch_size=1 .* BatchNorm layers \['backbone.1'\] "
+                                         r".*use batch_size >= 2"):
+        FineTunedClassifier(bn_mlp, batch_size=1, max_epochs=1).fit(X[:20], y[:20])
+    # frozen BatchNorm stays in evaluation mode: one sample per batch trains
+    FineTunedClassifier(bn_mlp, batch_size=1, freeze="backbone", max_epochs=1).fit(X[:20],
+                                                                                   y[:20])
+    # a remainder batch of one sample is dropped
+    clf = FineTunedClassifier(bn_mlp, batch_size=8, max_epochs=1).fit(X[:17], y[:17])
+    assert clf.history_[0, "train_batch_count"] == 2
+
+
+def test_early_stopping_leaving_one_training_sample_says_what_to_change(flat_digits):
+    X, y = flat_digits
+    y = y % 2
+    reg = FineTunedRegressor(bn_mlp, early_stopping=2, validation_fraction=0.5, max_epochs=1)
+    with pytest.raises(ValueError, match=r"1 training sample after holding out "
+                                         r"validation_fraction=0.5 .*BatchNorm.*more samples, "
+                                         r"a smaller validation_fraction or early_stopping=None"):
+        reg.fit(X[:2], y[:2])
+
+
+def test_batch_size_one_image_backbone_with_spatial_batchnorm_trains(digits):
+    images, labels = digits
+    # BatchNorm2d over 8x8 maps has 64 values per channel even for one image.
+    body = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 4, 3, padding=1),
+                         nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten())
+    X = (images[:12].reshape(12, -1) / 255.0).astype(np.float32)
+    clf = FineTunedClassifier(body, batch_size=1, max_epochs=1, random_state=0)
+    clf.fit(X, labels[:12])
+    assert clf.history_[0, "train_batch_count"] == 12
+
+
+# -- memory after training -------------------------------------------------------
+
+
+def _optimizer_tensors(clf):
+    return [v for state in clf.net_.optimizer_.state.values() for v in state.values()
+            if isinstance(v, torch.Tensor)]
+
+
+def test_training_state_is_released_after_fit(flat_digits):
+    X, y = flat_digits
+    clf = FineTunedClassifier(mlp, lr=0.01, max_epochs=3, early_stopping=1,
+                              random_state=0).fit(X, y)
+    assert _optimizer_tensors(clf) == []
+    assert dict(clf.net_.callbacks_)["early_stopping"].best_model_weights_ is None
+    assert all(p.grad is None for p in clf._model().parameters())
+    kept = clone(clf).set_params(keep_optimizer=True).fit(X, y)
+    tensors = _optimizer_tensors(kept)
+    assert len(tensors) >= 2 * len(list(kept._model().parameters()))  # Adam's two moments
+    assert all(t.device.type == "cpu" for t in tensors)
+
+
+@pytest.mark.gpu
+def test_cuda_memory_returns_to_its_level_before_fit(flat_digits):
+    X, y = flat_digits
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    clf = FineTunedClassifier(mlp, device="cuda", l2sp=0.01, lr=0.01, max_epochs=3,
+                              early_stopping=1, class_weight="balanced",
+                              random_state=0).fit(X, y)
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == before
+    clf.set_params(keep_optimizer=True).fit(X, y)
+    assert torch.cuda.memory_allocated() == before
+    clf.partial_fit(X, y)  # the kept state goes back to the GPU for training
+    assert torch.cuda.memory_allocated() == before
+
+
+# -- what the parameters do ---------------------------------------------------------
+
+
+def test_class_weight_gives_a_heavily_weighted_class_more_predictions(flat_digits):
+    X, y = flat_digits
+    params = dict(lr=0.01, max_epochs=2, random_state=0)
+    plain = FineTunedClassifier(mlp, **params).fit(X, y).predict(X)
+    weighted = FineTunedClassifier(mlp, class_weight={3: 20.0}, **params).fit(X, y).predict(X)
+    assert (weighted == 3).sum() > 1.5 * (plain == 3).sum()
+
+
+def test_regressor_early_stopping_stops_on_a_plateau_and_restores_the_best_epoch(flat_digits):
+    X, _ = flat_digits
+    # A target the inputs say nothing about: the validation loss only gets worse.
+    y = np.random.RandomState(0).normal(size=len(X))
+    snapshots = _Snapshots()
+    reg = FineTunedRegressor(mlp, lr=0.05, schedule=None, max_epochs=30, early_stopping=3,
+                             validation_fraction=0.25, callbacks=[snapshots],
+                             random_state=0).fit(X, y)
+    valid_loss = reg.history_[:, "valid_loss"]
+    best = int(np.argmin(valid_loss))
+    assert len(reg.history_) == best + 1 + 3 < 30
+    kept = dict(reg.net_.callbacks_)["_Snapshots"].states[best]
+    for key, value in reg._model().state_dict().items():
+        torch.testing.assert_close(value, kept[key], rtol=0, atol=0)
+
+
+def test_worker_processes_give_the_same_model(flat_digits):
+    X, y = flat_digits
+    params = dict(lr=0.01, dropout=0.2, head=(16,), max_epochs=2, batch_size=64,
+                  random_state=0)
+    in_process = FineTunedClassifier(mlp, **params).fit(X, y)
+    workers = FineTunedClassifier(mlp, num_workers=1, **params).fit(X, y)
+    np.testing.assert_array_equal(workers.predict_proba(X), in_process.predict_proba(X))
