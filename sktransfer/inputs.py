@@ -10,12 +10,19 @@ Accepted inputs:
 
 - image backbones: uint8 arrays ``(N, H, W)``, ``(N, H, W, C)`` or
   ``(N, C, H, W)`` (float arrays too, scaled to [0, 1]), lists of file paths,
-  lists of PIL images, a pandas Series or one-column DataFrame of paths;
-- text backbones: a list, array or pandas Series of strings;
+  lists of PIL images, a pandas or polars Series or one-column DataFrame of
+  paths;
+- text backbones: a list, array, or pandas or polars Series (or one-column
+  DataFrame) of strings;
 - tensor backbones (a user's module): a numeric array, as it is.
+
+A single sample (a string, bytes, a path, a PIL image, a number) is refused,
+as scikit-learn refuses a scalar ``X``: iterating a string would otherwise
+make one sample per character.
 """
 
 import io
+import numbers
 import os
 
 import numpy as np
@@ -25,6 +32,14 @@ from sklearn.utils.validation import validate_data
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                   ".pgm")
 _CHUNK = 1024  # samples checked at a time, so validation never copies all of X
+#: Version of how image files decode to pixels. Bump it whenever a file starts
+#: decoding to other values (2: 16-bit images scaled, float ones kept), so that
+#: caches keyed on file bytes do not serve features of the old pixels.
+DECODING = 2
+# PIL modes of 16-bit unsigned samples (any byte order): scaled by 1 / 65535.
+_UINT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# PIL modes whose visible pixels are gray levels: decoded to one channel, like "L".
+_GRAY_MODES = ("1", "LA")
 
 
 class Samples(torch.utils.data.Dataset):
@@ -110,8 +125,10 @@ def as_samples(X, modality, *, channels=3, y=None):
     Raises
     ------
     ValueError
-        For an empty ``X``, a wrong rank or channel count, NaN or infinite
-        values, text given to an image backbone or the reverse.
+        For a single sample instead of a list (a string, bytes, a path),
+        an empty ``X``, a wrong rank or channel count, a dimension of size 0,
+        NaN or infinite values, text given to an image backbone or the
+        reverse, a text item that is not a string or not valid Unicode.
     FileNotFoundError
         For paths that do not exist (the first few are named).
 
@@ -122,7 +139,8 @@ def as_samples(X, modality, *, channels=3, y=None):
     >>> samples.kind, len(samples), tuple(samples.__getitems__([0, 1]).shape)
     ('nchw', 4, (2, 1, 8, 8))
     """
-    X = _unwrap_pandas(X)
+    _reject_single_sample(X)
+    X = _unwrap_frame(X)
     if len(X) == 0 if not isinstance(X, np.ndarray) else X.shape[0] == 0:
         raise ValueError("X is empty: 0 samples were given, at least 1 is needed.")
     if modality == "image":
@@ -143,6 +161,7 @@ def estimator_samples(estimator, X, backbone, *, reset, y=None):
     first (dtype, NaN, ``n_features_in_`` set when ``reset`` and checked
     otherwise); ``y``, when given, must have one target per sample.
     """
+    _reject_single_sample(X)  # before validate_data, which would parse a string as a number
     if backbone.modality == "tensor":
         X = validate_data(estimator, X, reset=reset, allow_nd=True,
                           dtype=[np.float32, np.float64])
@@ -153,16 +172,48 @@ def estimator_samples(estimator, X, backbone, *, reset, y=None):
     return samples
 
 
-def _unwrap_pandas(X):
-    module = type(X).__module__
-    if module.startswith("pandas"):
-        if hasattr(X, "columns"):  # a DataFrame: one column of samples
-            if X.shape[1] != 1:
-                return X.to_numpy()
-            X = X.iloc[:, 0]
-        values = X.to_numpy()
-        return list(values) if values.dtype == object else values
-    return X
+def _reject_single_sample(X):
+    """Refuse one sample given where a list of samples is expected.
+
+    A string is iterable, so without this check ``transform("a cat")`` would
+    embed one sample per character; scikit-learn refuses a scalar ``X`` the
+    same way.
+    """
+    if isinstance(X, str):
+        what = "string"
+    elif isinstance(X, (bytes, bytearray, memoryview)):
+        what = "bytes object"
+    elif isinstance(X, os.PathLike):
+        what = "path"
+    elif _is_pil(X):
+        what = "PIL image"
+    elif isinstance(X, (numbers.Number, np.generic)) or (isinstance(X, np.ndarray)
+                                                          and X.ndim == 0):
+        what = type(X).__name__
+    else:
+        return
+    raise ValueError(
+        f"Expected a list of samples, got a single {what} {X!r:.60}. To pass one sample, "
+        "wrap it in a list: [X]."
+    )
+
+
+def _unwrap_frame(X):
+    """A pandas or polars Series, or a DataFrame's single column, as a list or array.
+
+    ``ColumnTransformer`` with a list selector passes a one-column DataFrame;
+    its column is the samples. A DataFrame of several columns becomes a 2-D
+    array (features for a tensor backbone, an error for the others).
+    """
+    library = type(X).__module__.partition(".")[0]
+    if library not in ("pandas", "polars"):
+        return X
+    if hasattr(X, "columns"):
+        if X.shape[1] != 1:
+            return X.to_numpy()
+        X = X.iloc[:, 0] if library == "pandas" else X.to_series(0)
+    values = X.to_numpy()
+    return list(values) if values.dtype == object else values
 
 
 def _is_pil(x):
@@ -195,6 +246,9 @@ def _image_input(X, channels):
         return _image_input(list(X), channels)
     if X.dtype.kind not in "uif" or X.dtype.kind == "b":
         raise ValueError(f"image arrays must be numeric (uint8 or float); got dtype {X.dtype}")
+    if 0 in X.shape[1:]:
+        raise ValueError(f"image arrays need a height, width and channel count above 0; "
+                         f"got a dimension of size 0 in shape {X.shape}")
     if X.ndim == 3:
         kind, X = "nchw", X[:, None]
     elif X.ndim == 4 and X.shape[-1] in (1, 3) and X.shape[1] not in (1, 3):
@@ -266,25 +320,87 @@ def _checked_paths(items):
 
 
 def _decode_image(item):
+    """One image file (path or bytes) or PIL image as a (C, H, W) tensor.
+
+    The tensor is uint8 for 8-bit images and float32 in [0, 1] for 16-bit and
+    float ones, the two forms the backbones' preprocessing scales alike.
+    """
+    img, name = _open_image(item)
+    array = _pixels(img, name)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
+def _open_image(item):
+    """``item`` opened with PIL, and how to name it in an error."""
     from PIL import Image, UnidentifiedImageError
 
     if _is_pil(item):
-        img = item
+        return item, f"a PIL image of size {item.size}"
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(item)
+        name = f"<{len(source.getbuffer())} bytes of an image file>"
     else:
-        source = io.BytesIO(item) if isinstance(item, (bytes, bytearray, memoryview)) else item
-        if source is not item:
-            item = f"<{len(source.getbuffer())} bytes of an image file>"
-        try:
-            img = Image.open(source)
-            img.load()
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"{item!r} is not an image file that PIL can read ({exc})") from exc
-    if img.mode not in ("L", "RGB"):
-        img = img.convert("RGB")
-    array = np.asarray(img)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+        source, name = item, repr(os.fspath(item))
+    try:
+        img = Image.open(source)
+        img.load()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"{name} is not an image file that PIL can read ({exc})") from exc
+    return img, name
+
+
+def _pixels(img, name):
+    """The pixels of ``img`` as a writable (H, W) or (H, W, C) uint8 or float32 array.
+
+    8-bit images keep their values; every other mode is brought to what a
+    user sees in the image: alpha dropped, palettes expanded, CMYK and other
+    color spaces converted to RGB, 16-bit samples divided by 65535 (as
+    torchvision and scikit-image scale them), so a 16-bit export of an image
+    gives the network the input of its 8-bit export. What cannot be scaled
+    without guessing is refused.
+    """
+    mode = img.mode
+    if mode in ("L", "RGB"):
+        return np.array(img)
+    if mode in _GRAY_MODES:
+        return np.array(img.convert("L"))
+    if mode in _UINT16_MODES:
+        pixels = np.asarray(img).astype(np.float32)
+        pixels /= 65535
+        return pixels
+    if mode == "F":
+        return _unit_floats(np.array(img, dtype=np.float32), name)
+    if mode == "I":
+        # 32-bit integers (counts, labels, scientific data) have no white
+        # level: dividing by 2**31 - 1 would make a typical image all but
+        # black, a silent wrong input.
+        raise ValueError(
+            f"{name} has image mode 'I' (32-bit integer samples), which has no standard "
+            "range to scale to [0, 1]. Save it as 8-bit or 16-bit, or as float (mode 'F') "
+            "scaled to [0, 1], or pass it as a uint8 or float array."
+        )
+    try:
+        return np.array(img.convert("RGB"))
+    except ValueError as exc:
+        raise ValueError(f"{name} has image mode {mode!r}, which cannot be converted to "
+                         f"RGB ({exc})") from exc
+
+
+def _unit_floats(pixels, name):
+    """Float pixels, refused unless finite and within [0, 1] like float arrays."""
+    if not np.isfinite(pixels).all():
+        raise ValueError(f"{name} has image mode 'F' (float samples) and holds NaN or "
+                         "infinite values")
+    lo, hi = float(pixels.min()), float(pixels.max())
+    if lo < 0 or hi > 1:
+        raise ValueError(
+            f"{name} has image mode 'F' (float samples) with values in [{lo}, {hi}]; float "
+            "images must be scaled to [0, 1]. Rescale the file, or pass the images as a "
+            "float array scaled to [0, 1]."
+        )
+    return pixels
 
 
 def _text_input(X):
@@ -293,13 +409,30 @@ def _text_input(X):
             f"a text backbone takes a list of strings; got a numeric array of shape {X.shape}"
         )
     items = list(X)
-    bad = next((x for x in items if not isinstance(x, str)), None)
-    if bad is not None:
-        raise ValueError(
-            f"a text backbone takes a list of strings; got an item of type "
-            f"{type(bad).__name__}: {bad!r:.60}"
-        )
+    for i, item in enumerate(items):
+        _check_text(i, item)
     return items
+
+
+def _check_text(i, item):
+    """Refuse item ``i`` of X unless it is a string a tokenizer can encode."""
+    if not isinstance(item, str):
+        missing = item is None or (isinstance(item, float) and item != item)
+        raise ValueError(
+            f"a text backbone takes a list of strings; item {i} has type "
+            f"{type(item).__name__}: {item!r:.60}" + (" (a missing value?)" if missing else "")
+        )
+    if item.isascii():  # constant time; only other strings are encoded to check them
+        return
+    try:
+        item.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # lone surrogates, e.g. from bytes decoded with errors="surrogateescape"
+        raise ValueError(
+            f"item {i} is not valid Unicode text ({exc.reason}: {exc.object[exc.start]!r} at "
+            f"position {exc.start} of {item!r:.60}); decode the bytes with "
+            "errors='replace', or remove the character."
+        ) from None
 
 
 def _tensor_input(X):
