@@ -33,9 +33,7 @@ def load_state_dict_file(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file {path!r} does not exist")
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path, device="cpu")
+        return _read_safetensors(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file named
@@ -51,24 +49,100 @@ def load_state_dict_file(path):
     return state
 
 
+def _read_safetensors(path):
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except Exception as exc:  # noqa: BLE001 - SafetensorError and others, re-raised named
+        raise ValueError(
+            f"could not read {path!r} as a .safetensors file ({type(exc).__name__}: {exc}); "
+            "it may be truncated (an interrupted download or copy) or not a safetensors "
+            "file. Save weights with safetensors.torch.save_file(model.state_dict(), path)."
+        ) from exc
+
+
 def load_into(module, state, path, *, drop_prefixes=()):
     """Load ``state`` into ``module`` strictly, naming what does not match.
 
     Keys starting with any of ``drop_prefixes`` (a classifier the backbone
     does not use) are ignored, so files saved from the full classification
-    model and from the headless backbone both load.
+    model and from the headless backbone both load. On an error ``module``
+    may be partly loaded: callers pass a fresh copy and drop it.
+
+    Raises
+    ------
+    ValueError
+        Naming the file, its missing and unexpected keys, and the tensors
+        whose shapes differ from the module's.
+
+    Examples
+    --------
+    >>> import torch
+    >>> wide = torch.nn.Linear(4, 2).state_dict()
+    >>> load_into(torch.nn.Linear(3, 2), wide, "w.pt")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: weights file 'w.pt' does not fit Linear: 1 shape mismatch: weight: (2, 4) ...
     """
     state = {k.removeprefix("module."): v for k, v in state.items()}
     state = {k: v for k, v in state.items()
              if not any(k.startswith(p) for p in drop_prefixes)}
-    result = module.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    mismatched = _shape_mismatches(module, state)
+    # Tensors of another shape are left out, so load_state_dict reports the
+    # keys (with torch's own leniency, e.g. for BatchNorm counters of old
+    # files) instead of raising its RuntimeError at the first mismatch.
+    fitting = {k: v for k, v in state.items() if k not in mismatched}
+    try:
+        result = module.load_state_dict(fitting, strict=False)
+    except RuntimeError as exc:  # a module's own loading hook refused the file
+        raise ValueError(f"weights file {os.fspath(path)!r} does not fit "
+                         f"{type(module).__name__}: {exc}") from exc
+    missing = [k for k in result.missing_keys if k not in mismatched]
+    problems = [_listed("missing key", missing), _listed("unexpected key",
+                                                         result.unexpected_keys)]
+    if mismatched:
+        shapes = [f"{k}: {file} in the file, {model} in the model"
+                  for k, (file, model) in mismatched.items()]
+        problems.append(_plural(len(shapes), "shape mismatch", "es") + ": "
+                        + "; ".join(shapes[:5]) + _more(shapes))
+    problems = [p for p in problems if p]
+    if problems:
         raise ValueError(
             f"weights file {os.fspath(path)!r} does not fit {type(module).__name__}: "
-            f"missing keys {result.missing_keys[:5]}, unexpected keys "
-            f"{result.unexpected_keys[:5]}"
+            + ", ".join(problems) + ". Was it saved from another architecture or size?"
         )
     return module
+
+
+def _shape_mismatches(module, state):
+    """``{key: (shape in state, shape in module)}`` for tensors of another shape."""
+    from torch.nn.parameter import is_lazy
+
+    expected = module.state_dict(keep_vars=True)
+    mismatched = {}
+    for key, value in state.items():
+        target = expected.get(key)
+        if target is None or is_lazy(target) or not isinstance(value, torch.Tensor):
+            continue  # lazy parameters take the file's shape when loaded
+        if value.shape != target.shape:
+            mismatched[key] = (tuple(value.shape), tuple(target.shape))
+    return mismatched
+
+
+def _listed(what, keys):
+    """``"2 missing keys ['a', 'b']"``, the first five of them; ``""`` for none."""
+    if not keys:
+        return ""
+    return f"{_plural(len(keys), what, 's')} {list(keys[:5])}{_more(keys)}"
+
+
+def _plural(n, word, suffix):
+    return f"{n} {word}{suffix if n != 1 else ''}"
+
+
+def _more(items):
+    return f" and {len(items) - 5} more" if len(items) > 5 else ""
 
 
 def weights_unavailable(what, where, exc):
