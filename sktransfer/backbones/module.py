@@ -17,9 +17,10 @@ def from_module(obj, weights="DEFAULT", **_):
     The module's forward output is the embedding, and its input is what the
     estimator is given, as float32 (``"tensor"`` modality). ``weights``:
     ``"DEFAULT"`` keeps the module's current weights, ``None`` re-initializes
-    every layer that has ``reset_parameters``, a path loads a state dict.
+    every parameter (see :func:`apply_weights`), a path loads a state dict.
     """
-    if isinstance(obj, nn.Module):
+    fresh = not isinstance(obj, nn.Module)
+    if not fresh:
         module = copy.deepcopy(obj)
         spec = f"module:{type(obj).__name__}"
     else:
@@ -30,7 +31,7 @@ def from_module(obj, weights="DEFAULT", **_):
                 "not a torch.nn.Module"
             )
         spec = f"module:{getattr(obj, '__name__', type(module).__name__)}"
-    weights_id = apply_weights(module, weights)
+    weights_id = apply_weights(module, weights, fresh=fresh)
     return Backbone(module, TensorPreprocess(), "tensor", spec, weights_id)
 
 
@@ -42,14 +43,37 @@ def from_backbone(backbone, weights="DEFAULT", **_):
     return backbone
 
 
-def apply_weights(module, weights):
-    """Apply a ``weights`` choice to a module in place; return its identity."""
+def apply_weights(module, weights, *, fresh=False):
+    """Apply a ``weights`` choice to a module in place; return its identity.
+
+    Parameters
+    ----------
+    module : nn.Module
+        A private copy (or a module just built), changed in place.
+    weights : "DEFAULT", None or path
+        ``"DEFAULT"`` keeps the weights, ``None`` re-initializes them, a path
+        loads a state dict file.
+    fresh : bool, default=False
+        True when ``module`` was just built by a factory: a parameter that no
+        ``reset_parameters`` covers then holds its fresh initial value.
+
+    Raises
+    ------
+    ValueError
+        With ``weights=None``, for parameters of a given module that nothing
+        can re-initialize (named), since keeping them would claim random
+        weights while holding trained ones.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> apply_weights(nn.Linear(2, 2), None)
+    'random'
+    """
     if weights == "DEFAULT":
         return "as-given"
     if weights is None:
-        for sub in module.modules():
-            if hasattr(sub, "reset_parameters") and sub is not module:
-                sub.reset_parameters()
+        _reinitialize(module, check=not fresh)
         return "random"
     if is_weights_path(weights):
         load_into(module, load_state_dict_file(weights), weights)
@@ -58,3 +82,51 @@ def apply_weights(module, weights):
         f"weights for a module backbone must be 'DEFAULT' (keep its weights), None "
         f"(re-initialize) or a path to a state dict file; got {weights!r}"
     )
+
+
+def _reinitialize(module, *, check):
+    """Call every submodule's reset method, the root's included, children first.
+
+    Children go before their parent so that a module's own
+    ``reset_parameters`` (which may, say, zero its last layer) has the last
+    word; siblings keep their order, so layers draw their random values in
+    the order they always did. With ``check``, parameters whose owner has no
+    reset method are an error rather than kept as they are.
+    """
+    covered = set()
+    for sub in _children_first(module, set()):
+        reset = _reset_method(sub)
+        if reset is not None:
+            reset()
+            covered.update(id(p) for p in sub.parameters(recurse=False))
+    if not check:
+        return
+    left = [name for name, p in module.named_parameters() if id(p) not in covered]
+    if left:
+        owners = [type(module.get_submodule(name.rpartition(".")[0])).__name__ for name in left]
+        shown = ", ".join(f"{name!r} (in {owner})" for name, owner in zip(left[:5], owners))
+        more = f" and {len(left) - 5} more" if len(left) > 5 else ""
+        raise ValueError(
+            f"weights=None cannot re-initialize {shown}{more}: the modules holding them "
+            f"define no reset_parameters(). To draw them anew, define reset_parameters() on "
+            f"{', '.join(sorted(set(owners)))}, or pass as backbone a zero-argument factory "
+            "(e.g. the class itself, or lambda: MyNet()) or a spec such as "
+            "'torchvision:vit_b_16', so that a fresh module is built."
+        )
+
+
+def _children_first(module, seen):
+    """Every submodule once (shared ones too), each after all of its children."""
+    for child in module.children():
+        if id(child) not in seen:
+            seen.add(id(child))
+            yield from _children_first(child, seen)
+    yield module
+
+
+def _reset_method(sub):
+    """``sub.reset_parameters``, or torch's private one (MultiheadAttention's)."""
+    reset = getattr(sub, "reset_parameters", None)
+    if reset is None and type(sub).__module__.startswith("torch.nn."):
+        reset = getattr(sub, "_reset_parameters", None)
+    return reset if callable(reset) else None
