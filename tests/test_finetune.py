@@ -35,10 +35,37 @@ def flat_digits(digits):
 
 # A factory (not a module instance) is the parameter: joblib.hash, which the
 # checks use to prove parameters are untouched, hashes tensors by address.
+# torch's CPU matrix products round a row differently depending on how many
+# rows share its batch (1 float32 ulp, ~6e-8), and permuting X changes which
+# rows share the last batch; scikit-learn's check demands rtol=1e-7. The
+# property users rely on is asserted below at float32 precision.
+ORDER_CHECK = "check_methods_sample_order_invariance"
+ROUNDING = ("float32 products round by 1 ulp with the batch composition; "
+            "test_predictions_do_not_depend_on_sample_order asserts invariance at atol=1e-6")
+
+
 @parametrize_with_checks([FineTunedClassifier(tiny_mlp, **FAST),
-                          FineTunedRegressor(tiny_mlp, **FAST)])
+                          FineTunedRegressor(tiny_mlp, **FAST)],
+                         expected_failed_checks=lambda est: {ORDER_CHECK: ROUNDING})
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
+
+
+@pytest.mark.parametrize("Estimator", [FineTunedClassifier, FineTunedRegressor])
+def test_predictions_do_not_depend_on_sample_order(flat_digits, Estimator):
+    X, digit = flat_digits
+    X, y = X[:70], digit[:70] if Estimator is FineTunedClassifier else digit[:70] / 9.0
+    est = Estimator(tiny_mlp, **FAST).fit(X, y)
+    perm = np.random.RandomState(1).permutation(len(X))
+    methods = ["transform", "predict"] + (["predict_proba"] if hasattr(est, "predict_proba")
+                                           else [])
+    for method in methods:
+        direct = getattr(est, method)(X)
+        permuted = getattr(est, method)(X[perm])
+        if method == "predict" and Estimator is FineTunedClassifier:
+            np.testing.assert_array_equal(permuted, direct[perm])
+        else:
+            np.testing.assert_allclose(permuted, direct[perm], rtol=0, atol=1e-6)
 
 
 def test_init_does_no_work():
@@ -80,7 +107,7 @@ def test_regressor_takes_1d_and_2d_targets(flat_digits, two_d):
     y = 1000.0 + 500.0 * X[:, :32].mean(axis=1)
     if two_d:
         y = np.c_[y, -0.01 * X[:, 32:].mean(axis=1)]
-    reg = FineTunedRegressor(mlp, lr=0.01, max_epochs=10, random_state=0).fit(X, y)
+    reg = FineTunedRegressor(mlp, lr=0.01, max_epochs=20, random_state=0).fit(X, y)
     pred = reg.predict(X)
     assert pred.shape == y.shape and pred.dtype == np.float64
     assert reg.score(X, y) > 0.8
