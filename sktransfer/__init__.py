@@ -8,8 +8,10 @@ from .backbones import load_backbone
 from .features import PretrainedFeatureTransformer
 from .finetune import FineTunedClassifier, FineTunedRegressor
 from .serialization import load, save
+from .study import TransferReport, compare_transfer
 
 __version__ = "0.1.0"
 
 __all__ = ["FineTunedClassifier", "FineTunedRegressor", "PretrainedFeatureTransformer",
-           "load", "load_backbone", "save", "__version__"]
+           "TransferReport", "compare_transfer", "load", "load_backbone", "save",
+           "__version__"]
