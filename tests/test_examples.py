@@ -30,7 +30,7 @@ EXPECTED = {
     "feature_extraction_svm_rf.py": r"source features \+ random forest\s+test accuracy 0\.\d{3}",
     "multilayer_fusion_pca.py": r"conv1\+conv2\+conv3\s+112 fused features .* test accuracy "
                                 r"0\.\d{3}",
-    "demo.py": r"Gain over training from scratch",
+    "demo.py": r"Gain over training from scratch.*\n.*verdict\n\s*scratch\s+0\.\d{3} ±0\.\d{3}\s+baseline",
     "mlflow_pyfunc.py": r"pickle files in the logged model: 0\n"
                         r"MLflow pyfunc predictions equal the pipeline's: True",
 }
@@ -65,12 +65,16 @@ def test_demo_writes_table_csv_and_plot(tmp_path):
     with open(tmp_path / "results.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     methods = {r["method"] for r in rows}
-    assert {"from scratch", "source features + SVC", "source features + random forest",
-            "fine-tune (LP-FT)", "fine-tune + L2-SP"} <= methods
-    assert all(0 <= float(r["accuracy"]) <= 1 for r in rows)
+    assert methods == {"scratch", "linear_probe", "fine_tune", "lp_ft", "l2sp",
+                       "source features + SVC"}
+    assert all(0 <= float(r["score"]) <= 1 for r in rows)
     # Every method appears in the printed table.
     for method in methods:
         assert method in out
     with open(tmp_path / "summary.csv", newline="") as fh:
-        assert len(list(csv.DictReader(fh))) == len(methods)
+        summary = list(csv.DictReader(fh))
+    # One row per method in each of the two scenarios.
+    assert len(summary) == 2 * len(methods)
+    assert {r["verdict"] for r in summary} <= {"baseline", "helps", "hurts",
+                                               "no clear difference"}
     assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
