@@ -5,6 +5,7 @@ import contextlib
 import copy
 import json
 import os
+import threading
 
 import torch
 from torch import nn
@@ -68,10 +69,15 @@ class Tokenize:
     def __init__(self, tokenizer, max_length):
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
+        # A fast tokenizer switches its padding and truncation settings per
+        # call, in place: two threads tokenizing at once would fail with
+        # "Already borrowed" or pad with the other call's settings.
+        self._lock = threading.Lock()
 
     def __call__(self, texts):
-        return dict(self.tokenizer(list(texts), padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt"))
+        with self._lock:
+            return dict(self.tokenizer(list(texts), padding=True, truncation=True,
+                                       max_length=self.max_length, return_tensors="pt"))
 
     def lengths(self, texts):
         """Token counts after truncation: batches sorted by them pad the least.
@@ -79,7 +85,9 @@ class Tokenize:
         Sorting by characters pads measurably more (words tokenize to one or
         several pieces), and a fast tokenizer counts a whole list quickly.
         """
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        with self._lock:
+            ids = self.tokenizer(list(texts), truncation=True,
+                                 max_length=self.max_length)["input_ids"]
         return [len(row) for row in ids]
 
     def config(self):
