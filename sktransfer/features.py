@@ -1,5 +1,8 @@
 """PretrainedFeatureTransformer: a frozen backbone as a scikit-learn transformer."""
 
+import numbers
+import os
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
@@ -7,16 +10,19 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._device import resolve_device, resolve_precision, seeded
 from ._weights_cache import load_backbone_cached
-from .backbones.huggingface import pool_tokens
+from .backbones.huggingface import TextEncoder, pool_tokens
+from .backbones.state import pack_modules, unpack_modules
+from .backbones.pooling import set_image_global_pool
 from .cache import FeatureCache, output_key
+from .chaining import KeepsTrainedBackbone
 from .inference import predict_batches
-from .inputs import estimator_samples
+from .inputs import Collate, estimator_samples
 
 POOLINGS = ("avg", "max", "cls")
 
 
-class PretrainedFeatureTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin,
-                                   BaseEstimator):
+class PretrainedFeatureTransformer(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin,
+                                   TransformerMixin, BaseEstimator):
     """Embed images, text or tensors with a frozen pretrained network.
 
     Feature transfer: the backbone stays as it was trained; its embeddings
@@ -44,6 +50,12 @@ class PretrainedFeatureTransformer(ClassNamePrefixFeaturesOutMixin, TransformerM
     pooling : {"avg", "max", "cls"}, default="avg"
         How layer outputs are pooled, and how a text encoder pools its tokens
         (``"avg"`` is mean pooling over real tokens, ``"cls"`` the first token).
+        For an image backbone's embedding (``layers=None``), ``"avg"`` is the
+        network's own global pooling and ``"max"`` replaces its global average
+        pool by a global max pool over the last feature map (a network without
+        one, such as a ViT, raises a ValueError); ``"cls"`` applies to token
+        outputs only. A module backbone's forward output is its embedding, so
+        only ``"avg"`` applies to it without ``layers``.
     batch_size : int, default=32
         Samples per forward pass.
     device : str, default="auto"
@@ -127,6 +139,8 @@ class PretrainedFeatureTransformer(ClassNamePrefixFeaturesOutMixin, TransformerM
             backbone = load_backbone_cached(self.backbone, self.weights, pooling=self.pooling,
                                             image_size=self.image_size,
                                             random_state=self.random_state)
+            if not self.layers:
+                _pool_embedding(backbone, self.pooling)
             self.backbone_ = backbone
             samples = self._samples(X, reset=True)
             missing = [n for n in (self.layers or ())
@@ -135,10 +149,11 @@ class PretrainedFeatureTransformer(ClassNamePrefixFeaturesOutMixin, TransformerM
                 del self.backbone_
                 raise ValueError(f"layers {missing} are not modules of {backbone.spec}; "
                                  f"its layers are {backbone.layer_names}")
+            _initialize_lazy_layers(backbone, samples)
             if self.layers or backbone.out_dim is None:
-                # One tiny forward pass tells the output width (and initializes
-                # lazy modules under the seed).
-                probe = self._embed(samples.subset(np.arange(min(2, len(samples)))))
+                # One tiny forward pass tells the output width (through the
+                # cache when there is one, so a cached refit embeds nothing).
+                probe = self._embed_or_look_up(samples.subset(np.arange(min(2, len(samples)))))
                 self.n_features_out_ = probe.shape[1]
             else:
                 self.n_features_out_ = backbone.out_dim
@@ -156,13 +171,15 @@ class PretrainedFeatureTransformer(ClassNamePrefixFeaturesOutMixin, TransformerM
         ndarray of shape (n_samples, n_features_out_), float32
         """
         check_is_fitted(self, "backbone_")
-        samples = self._samples(X, reset=False)
-        if self.cache is None:
-            return self._embed(samples)
-        precision = resolve_precision(self.precision, resolve_device(self.device))
-        key = output_key(self.backbone_, layers=self.layers, pooling=self.pooling,
-                         precision=precision)
-        return FeatureCache(self.cache).embed(samples, key, self._embed)
+        return self._embed_or_look_up(self._samples(X, reset=False))
+
+    # Pickling: a module given as ``backbone`` travels as its config and
+    # arrays, like ``backbone_`` does (no torch.save bytes in the pickle).
+    def __getstate__(self):
+        return pack_modules(dict(super().__getstate__()), ("backbone",))
+
+    def __setstate__(self, state):
+        super().__setstate__(unpack_modules(state))
 
     @property
     def _n_features_out(self):
@@ -177,70 +194,138 @@ class PretrainedFeatureTransformer(ClassNamePrefixFeaturesOutMixin, TransformerM
     # -- internals -------------------------------------------------------
 
     def _check_params(self):
+        """Refuse, at fit and naming it, any parameter that cannot work."""
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling={self.pooling!r} is not one of {POOLINGS}")
         if self.layers is not None and (isinstance(self.layers, str) or not self.layers):
             raise ValueError(f"layers must be None or a non-empty list of layer names; "
                              f"got {self.layers!r}")
-        for name in ("batch_size",):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}")
-        if not isinstance(self.num_workers, (int, np.integer)) or self.num_workers < 0:
-            raise ValueError(f"num_workers must be an integer >= 0; got {self.num_workers!r}")
+        if self.layers is not None and not all(isinstance(n, str) for n in self.layers):
+            raise ValueError(f"layers must be a list of layer names (strings); "
+                             f"got {self.layers!r}")
+        if not (self.weights is None or isinstance(self.weights, (str, os.PathLike))):
+            raise TypeError(f"weights must be 'DEFAULT', a weights tag, None or a path to a "
+                            f"state dict file; got a {type(self.weights).__name__}: "
+                            f"{self.weights!r}")
+        _check_int("batch_size", self.batch_size, minimum=1)
+        _check_int("num_workers", self.num_workers, minimum=0)
+        if self.image_size is not None:
+            _check_int("image_size", self.image_size, minimum=1)
+        if not isinstance(self.verbose, (bool, np.bool_)):
+            _check_int("verbose", self.verbose, minimum=0)
+        _check_random_state(self.random_state)
+        device = _check_device(self.device)
+        resolve_precision(self.precision, device)  # raises naming precision
         if self.cache is not None:
             FeatureCache(self.cache)  # raises for what cannot be a cache
 
     def _samples(self, X, reset):
         return estimator_samples(self, X, self.backbone_, reset=reset)
 
+    def _embed_or_look_up(self, samples):
+        """Embeddings of ``samples``, through the feature cache when there is one."""
+        if self.cache is None:
+            return self._embed(samples)
+        precision = resolve_precision(self.precision, resolve_device(self.device))
+        key = output_key(self.backbone_, layers=self.layers, pooling=self.pooling,
+                         precision=precision)
+        return FeatureCache(self.cache).embed(samples, key, self._embed)
+
     def _embed(self, samples):
         backbone = self.backbone_
         device = resolve_device(self.device)
 
-        def pooled_layers(_, inputs):
+        def pooled_layers(outputs, inputs):
             mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
-            return torch.cat([_pool(tap.outputs[name], self.pooling, mask)
+            return torch.cat([_pool(outputs[name], self.pooling, mask)
                               for name in self.layers], dim=1)
 
-        with _LayerTap(backbone.module, self.layers) as tap:
-            return predict_batches(
-                backbone.module, samples, backbone.preprocess, batch_size=self.batch_size,
-                device=device, amp_dtype=resolve_precision(self.precision, device),
-                num_workers=self.num_workers, output=pooled_layers if self.layers else None,
-                verbose=self.verbose,
-                desc="embedding")
+        # predict_batches runs a private replica of the module and hooks the
+        # layers there, so threads sharing this estimator never see each
+        # other's batches.
+        return predict_batches(
+            backbone.module, samples, backbone.preprocess, batch_size=self.batch_size,
+            device=device, amp_dtype=resolve_precision(self.precision, device),
+            num_workers=self.num_workers, layers=self.layers,
+            output=pooled_layers if self.layers else None, verbose=self.verbose,
+            desc="embedding")
 
 
-class _LayerTap:
-    """Forward hooks that keep the outputs of the named submodules."""
+def _check_int(name, value, minimum):
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral)
+            or value < minimum):
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
 
-    def __init__(self, module, names):
-        self.module = module
-        self.names = list(names or ())
-        self.outputs = {}
-        self._handles = []
 
-    def __enter__(self):
-        for name in self.names:
-            sub = self.module.get_submodule(name)
-            self._handles.append(sub.register_forward_hook(self._keep(name)))
-        return self
+def _check_random_state(random_state):
+    if random_state is None or isinstance(random_state, np.random.RandomState):
+        return
+    if isinstance(random_state, (bool, np.bool_)) or not isinstance(random_state,
+                                                                     numbers.Integral):
+        raise ValueError(f"random_state must be None, an integer or a "
+                         f"numpy.random.RandomState; got {random_state!r}")
 
-    def _keep(self, name):
-        def hook(_module, _inputs, output):
-            if isinstance(output, (tuple, list)):
-                output = output[0]
-            elif hasattr(output, "last_hidden_state"):
-                output = output.last_hidden_state
-            self.outputs[name] = output
-        return hook
 
-    def __exit__(self, *exc):
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self.outputs.clear()
+def _check_device(device):
+    """The ``torch.device`` for ``device``, refusing one this machine does not have."""
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a string such as 'auto', 'cpu' or 'cuda'; got a "
+                        f"{type(device).__name__}: {device!r}")
+    resolved = resolve_device(device)  # unknown names, CUDA without CUDA
+    if resolved.type == "cuda" and resolved.index is not None \
+            and resolved.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r}: this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s)")
+    mps = getattr(torch.backends, "mps", None)
+    if resolved.type == "mps" and not (mps is not None and mps.is_available()):
+        raise ValueError(f"device={device!r} was asked for but MPS is not available on "
+                         "this machine; use device='auto' or device='cpu'.")
+    return resolved
+
+
+def _pool_embedding(backbone, pooling):
+    """Make ``backbone``'s own embedding (no ``layers``) pool by ``pooling``.
+
+    Changes the private copy made at fit. Text encoders pool their tokens
+    as told (a fitted estimator's encoder comes with the pooling it had);
+    image networks end in a global pool of their last feature map, which
+    ``"max"`` replaces by a global max pool; a module's output is already
+    its embedding.
+    """
+    module = backbone.module
+    if backbone.modality == "text":
+        if isinstance(module, TextEncoder):
+            module.pooling = pooling
+        return
+    if pooling == "avg":
+        return  # the network's own pooling
+    if backbone.modality == "tensor":
+        raise ValueError(f"pooling={pooling!r} has nothing to pool in {backbone.spec}: a "
+                         f"module's forward output is its embedding. Use pooling='avg', or "
+                         f"layers=[...] to pool chosen layers' outputs.")
+    if pooling == "cls":
+        raise ValueError(f"pooling='cls' takes the first token of token outputs, and "
+                         f"{backbone.spec} is an image backbone whose embedding pools a "
+                         f"feature map; use pooling='avg' or 'max' (or layers=[...] of "
+                         f"token outputs).")
+    set_image_global_pool(module, pooling, backbone.spec)
+
+
+def _initialize_lazy_layers(backbone, samples):
+    """Give lazy layers their shapes with one forward pass of the fitted module itself.
+
+    Inference runs on replicas that must not change the shared model, so
+    this happens here, at fit, under the fit's seed. The module is put in
+    eval mode first: the network is frozen, and a training-mode pass would
+    update BatchNorm statistics.
+    """
+    module = backbone.module
+    if not any(torch.nn.parameter.is_lazy(p) for p in module.parameters()):
+        return
+    module.eval()
+    inputs = Collate(backbone.preprocess)(samples.__getitems__(np.arange(min(2, len(samples)))))
+    with torch.no_grad():
+        module(inputs)
 
 
 def _pool(output, pooling, mask=None):

@@ -109,8 +109,6 @@ def test_joblib_round_trip_gives_equal_outputs(case, tmp_path, minilm_path, digi
     assert _torch_globals((tmp_path / "model.pkl").read_bytes()) == set()
 
 
-@pytest.mark.xfail(strict=True, reason="needs PretrainedFeatureTransformer.__getstate__/"
-                   "__setstate__ to call state.pack_modules/unpack_modules (features.py)")
 def test_a_module_given_as_backbone_is_pickled_as_state(flat):
     X, _ = flat
     pft = PretrainedFeatureTransformer(Net()).fit(X)

@@ -35,6 +35,8 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter, is_lazy
 from torch.utils.hooks import RemovableHandle
 
+from .pooling import image_global_pool, set_image_global_pool
+
 #: Class name prefixes importable without being listed in ``trusted``.
 TRUSTED_PREFIXES = ("torch.nn.", "sktransfer.")
 
@@ -628,6 +630,10 @@ def backbone_state(backbone):
             from .huggingface import encoder_state
 
             network.update(encoder_state(module))
+        elif backbone.modality == "image":
+            # pooling="max" swapped the final pool: not in the spec, nor in
+            # the state dict (pools have no weights).
+            network["global_pool"] = image_global_pool(module)
         tensors = {k: tensor_to_array(v) for k, v in module.state_dict().items()}
         network["dtypes"] = {k: dtype_name(v.dtype) for k, v in module.state_dict().items()
                              if v.dtype in _VIEW_AS}
@@ -703,6 +709,7 @@ def _module_from_spec(network, tensors):
         from . import SOURCES
 
         module = SOURCES[source](name, None).module
+        set_image_global_pool(module, network.get("global_pool", "avg"), f"{source}:{name}")
     dtypes = network.get("dtypes", {})
     state = {k: array_to_tensor(v, dtypes.get(k)) for k, v in tensors.items()}
     result = module.load_state_dict(state, strict=False)

@@ -1,0 +1,81 @@
+"""The global pool that ends an image backbone's embedding.
+
+``pooling="max"`` on an image backbone (without ``layers=``) swaps the
+network's global average pool of its last feature map for a global max
+pool. The swap is part of the architecture, so a backbone rebuilt from its
+spec (a pickle, a saved model) re-applies it: :func:`image_global_pool`
+reads it back from a module, :func:`set_image_global_pool` applies it.
+"""
+
+from torch import nn
+
+IMAGE_POOLS = ("avg", "max")
+
+
+def set_image_global_pool(module, pooling, spec):
+    """Make an image network's embedding end in a global ``pooling`` pool, in place.
+
+    timm models change it through ``reset_classifier(0, global_pool=...)``;
+    other networks (torchvision) through their top-level
+    ``nn.AdaptiveAvgPool2d(1)`` / ``nn.AdaptiveMaxPool2d(1)``: only a direct
+    child counts, since pools inside blocks (squeeze-and-excitation) are not
+    the embedding's pool.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+    pooling : {"avg", "max"}
+    spec : str
+        Named in the error raised when the network has no such pool.
+
+    Examples
+    --------
+    >>> import torchvision
+    >>> net = torchvision.models.resnet18(num_classes=2)
+    >>> set_image_global_pool(net, "max", "torchvision:resnet18")
+    >>> image_global_pool(net)
+    'max'
+    """
+    if pooling not in IMAGE_POOLS:
+        raise ValueError(f"an image embedding pools by one of {IMAGE_POOLS}; got {pooling!r}")
+    if pooling == image_global_pool(module):
+        return
+    if _is_timm(module):
+        try:
+            module.reset_classifier(0, global_pool=pooling)
+        except (AssertionError, ValueError, TypeError, KeyError, NotImplementedError) as exc:
+            raise ValueError(f"pooling={pooling!r}: timm cannot give {spec} a global "
+                             f"{pooling} pool ({exc!r}); use pooling='avg'") from exc
+        return
+    name = _top_level_global_pool(module)
+    if name is None:
+        raise ValueError(f"pooling={pooling!r} replaces the global average pool "
+                         f"(nn.AdaptiveAvgPool2d(1)) of an image network, and {spec} has "
+                         f"none; use pooling='avg', or layers=[...] with pooling={pooling!r} "
+                         f"to pool chosen layers.")
+    pool = nn.AdaptiveMaxPool2d(1) if pooling == "max" else nn.AdaptiveAvgPool2d(1)
+    setattr(module, name, pool)
+
+
+def image_global_pool(module):
+    """``"max"`` when the network's embedding ends in a global max pool, else ``"avg"``."""
+    if _is_timm(module):
+        return "max" if getattr(module.global_pool, "pool_type", "avg") == "max" else "avg"
+    name = _top_level_global_pool(module)
+    if name is not None and isinstance(getattr(module, name), nn.AdaptiveMaxPool2d):
+        return "max"
+    return "avg"
+
+
+def _is_timm(module):
+    return (type(module).__module__.startswith("timm.") and hasattr(module, "reset_classifier")
+            and hasattr(module, "global_pool"))
+
+
+def _top_level_global_pool(module):
+    last = None
+    for name, child in module.named_children():
+        if (isinstance(child, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))
+                and child.output_size in (1, (1, 1))):
+            last = name
+    return last
