@@ -29,9 +29,10 @@ ignored and removed once they are old. Chunk directories are named like
 joblib's own items, so ``memory.reduce_size()`` and ``memory.clear()`` manage
 them too.
 
-A process keeps, per output key, an index of which chunk holds which digest
-(16 bytes per sample, read from the digests tensor alone); a lookup reads
-features only from the chunks that hold its hits.
+A process keeps, per output key, an index of which chunk holds which digest,
+read from the digests tensors alone: numpy arrays of 24 bytes per sample (the
+digests sorted, each one's chunk and row), searched for a block of samples
+at once; a lookup reads features only from the chunks that hold its hits.
 """
 
 import contextlib
@@ -43,6 +44,7 @@ import time
 import uuid
 import warnings
 import weakref
+from typing import NamedTuple
 
 import joblib
 import numpy as np
@@ -50,7 +52,7 @@ from safetensors import safe_open
 from safetensors.numpy import save as save_tensors
 
 from ._weights_cache import weights_digest
-from .inputs import Samples
+from .inputs import DECODING, Samples
 
 #: Directory under the joblib store that holds the feature cache.
 NAMESPACE = "sktransfer-features"
@@ -183,19 +185,26 @@ class _Run:
         self.write_failed = False
 
     def scan(self, positions, *, lookup=True):
-        """Fill or schedule ``positions``; return the hits, by chunk."""
+        """Fill or schedule ``positions``; return the hits.
+
+        Returns
+        -------
+        list of (position, chunk number, row)
+        """
         positions = list(positions)
-        hits = {}
+        hits = []
         for start in range(0, len(positions), self.block_size):
             block = positions[start:start + self.block_size]
             digests, payloads = _block_contents(self.samples, block)
-            for position, digest, payload in zip(block, digests, payloads):
+            # The whole block is looked up at once; a chunk number of -1 is a miss.
+            numbers, rows = self.index.locate(digests) if lookup else (None, None)
+            for i, (position, digest, payload) in enumerate(zip(block, digests, payloads)):
                 if digest in self.computed:
                     self.copies.append((position, self.computed[digest]))
                 elif digest in self.pending:
                     self.pending[digest][1].append(position)
-                elif lookup and (place := self.index.locate(digest)) is not None:
-                    hits.setdefault(place[0], []).append((position, place[1]))
+                elif lookup and numbers[i] >= 0:
+                    hits.append((position, int(numbers[i]), int(rows[i])))
                 else:
                     self.pending[digest] = (payload, [position])
                     if len(self.pending) >= self.block_size:
@@ -259,45 +268,85 @@ class _ChunkIndex:
     the same digests in the same rows), so what was read from one stays true;
     each lookup only lists the key's directory to pick up chunks that other
     processes wrote, and reads the digests of those.
+
+    The index is three parallel numpy arrays sorted by digest (``sorted``):
+    the digests (``V16``, compared as bytes), the number of the chunk that
+    holds each and its row there, 24 bytes a sample (a dict of digests to
+    tuples took about 220), and one small record per chunk. The triple is
+    replaced whole, never changed in place, so a lookup can search it without
+    the lock. Chunks that this process writes wait in ``pending`` until the
+    next ``refresh``: a call never needs its own chunks (it remembers what it
+    computed), and merging once per call rather than once per stored block
+    keeps a long transform from copying the index after every block.
     """
 
     def __init__(self, directory, key):
         self.directory = os.path.join(directory, key)
         self.key = key
-        self.where = {}  # sample digest -> (chunk id, row)
-        self.chunks = {}  # chunk id -> (digests (n, 16) uint8, n_features)
+        self.chunks = {}  # chunk id -> _Chunk
+        self.names = {}  # chunk number -> chunk id
+        self.pending = []  # (chunk number, digests (n, 16) uint8), not merged yet
+        self.sorted = _EMPTY_INDEX  # (digests, chunk numbers, rows), by digest
+        self.next_number = 0
         self.lock = threading.Lock()
 
     def refresh(self):
-        """Index the chunks written since the last look."""
+        """Index the chunks written since the last look, and forget removed ones."""
         try:
             names = os.listdir(self.directory)
         except FileNotFoundError:
             names = []
         present = {n for n in names if not n.startswith(_TMP_PREFIX)}
         with self.lock:
-            for gone in set(self.chunks) - present:
-                self._forget(gone)
+            self._forget(set(self.chunks) - present)
             new = present - set(self.chunks)
         for chunk in new:
             self._add_from_disk(chunk)
+        with self.lock:
+            self._merge()
         _remove_stale(self.directory, [n for n in names if n.startswith(_TMP_PREFIX)])
 
-    def locate(self, digest):
-        """``(chunk id, row)`` of a stored digest, or None."""
-        return self.where.get(digest)
+    def locate(self, digests):
+        """Where ``digests`` (16-byte strings) are stored, all found at once.
+
+        Returns
+        -------
+        numbers : ndarray of int32
+            The chunk number of each digest, -1 for one not stored.
+        rows : ndarray of int32
+            Its row in that chunk (meaningless where ``numbers`` is -1).
+        """
+        query = np.frombuffer(b"".join(digests), dtype=_KEY)
+        keys, numbers, rows = self.sorted
+        if not len(keys):
+            return np.full(len(query), -1, np.int32), np.zeros(len(query), np.int32)
+        at = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+        return np.where(keys[at] == query, numbers[at], -1), rows[at]
 
     def fetch(self, hits, out):
-        """Copy stored rows into ``out``; return the positions that failed."""
+        """Copy stored rows into ``out``; return the positions that failed.
+
+        ``hits`` holds ``(position, chunk number, row)`` triples; each chunk
+        is read once, for all of its rows.
+        """
+        if not hits:
+            return []
+        positions, numbers, rows = (np.asarray(column) for column in zip(*hits))
+        order = np.argsort(numbers, kind="stable")
+        positions, numbers, rows = positions[order], numbers[order], rows[order]
+        starts = np.flatnonzero(np.diff(numbers)) + 1
         failed = []
-        for chunk, wanted in hits.items():
-            positions, rows = (list(t) for t in zip(*wanted))
-            features = self._read(chunk, rows)
+        for number, wanted, chunk_rows in zip(numbers[np.r_[0, starts]],
+                                              np.split(positions, starts),
+                                              np.split(rows, starts)):
+            with self.lock:
+                chunk = self.names.get(int(number))  # None: forgotten meanwhile
+            features = None if chunk is None else self._read(chunk, chunk_rows)
             if features is None or (out.array is not None
                                     and features.shape[1] != out.array.shape[1]):
-                failed.extend(positions)
+                failed.extend(wanted.tolist())
                 continue
-            out.put(positions, features)
+            out.put(wanted, features)
         return sorted(failed)
 
     def store(self, digests, features):
@@ -317,20 +366,20 @@ class _ChunkIndex:
         os.makedirs(self.directory, exist_ok=True)
         temporary = os.path.join(self.directory, f"{_TMP_PREFIX}{chunk}-{uuid.uuid4().hex}")
         _write_atomically(data, temporary, self._path(chunk))
-        self._add(chunk, keys, features.shape[1])
+        self._add(chunk, keys, metadata["digests_blake2b"])
 
     def _path(self, chunk):
         return os.path.join(self.directory, chunk, _FILE)
 
     def _add_from_disk(self, chunk):
         try:
-            keys, n_features = _read_digests(self._path(chunk), self.key)
+            keys, digests_checksum = _read_digests(self._path(chunk), self.key)
         except FileNotFoundError:
             return  # a directory whose file is not written yet, or just removed
         except Exception:  # noqa: BLE001 - any unreadable entry is recomputed
             self._discard(chunk)
             return
-        self._add(chunk, keys, n_features)
+        self._add(chunk, keys, digests_checksum)
 
     def _read(self, chunk, rows):
         """The chunk's ``rows`` if they read and check out; else None (and delete it)."""
@@ -339,37 +388,104 @@ class _ChunkIndex:
         if known is None:
             return None
         try:
-            features = _read_rows(self._path(chunk), self.key, known[0], rows)
+            features = _read_rows(self._path(chunk), self.key, known.digests_checksum, rows)
         except FileNotFoundError:
             # Gone since it was listed (cleared, or dropped by reduce_size).
             with self.lock:
-                self._forget(chunk)
+                self._forget([chunk])
             return None
         except Exception:  # noqa: BLE001 - any unreadable entry is recomputed
             self._discard(chunk)
             return None
         return features
 
-    def _add(self, chunk, keys, n_features):
+    def _add(self, chunk, keys, digests_checksum):
         with self.lock:
-            self.chunks[chunk] = (keys, n_features)
-            for row, digest in enumerate(keys):
-                self.where[digest.tobytes()] = (chunk, row)
+            if chunk in self.chunks:
+                return  # named by content: the same digests in the same rows
+            number = self.next_number
+            self.next_number += 1
+            self.chunks[chunk] = _Chunk(number, digests_checksum)
+            self.names[number] = chunk
+            self.pending.append((number, np.ascontiguousarray(keys, dtype=np.uint8)))
 
-    def _forget(self, chunk):
-        keys, _ = self.chunks.pop(chunk, (np.empty((0, _DIGEST_SIZE), np.uint8), None))
-        for digest in keys:
-            digest = digest.tobytes()
-            if self.where.get(digest, (None,))[0] == chunk:
-                del self.where[digest]
+    def _merge(self):
+        """Merge the pending chunks into the sorted arrays (the lock held).
+
+        The new digests are sorted, then inserted where ``searchsorted`` puts
+        them: linear in the index, not a sort of all of it. Intermediates are
+        dropped as soon as they are used, since a fresh process merges every
+        stored digest at once.
+        """
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        lengths = [len(keys) for _, keys in pending]
+        numbers = np.repeat(np.array([number for number, _ in pending], np.int32), lengths)
+        rows = np.concatenate([np.arange(length, dtype=np.int32) for length in lengths])
+        keys = np.concatenate([keys for _, keys in pending])
+        del pending
+        order = _bytewise_order(keys)
+        keys = keys.view(_KEY).ravel()[order]
+        numbers, rows = numbers[order], rows[order]
+        del order
+        if len(self.sorted[0]):
+            at = np.searchsorted(self.sorted[0], keys)
+            keys, numbers, rows = (np.insert(old, at, new)
+                                   for old, new in zip(self.sorted, (keys, numbers, rows)))
+        self.sorted = (keys, numbers, rows)
+
+    def _forget(self, chunks):
+        """Drop ``chunks`` (ids) from the index (the lock held)."""
+        numbers = [self.chunks.pop(chunk).number for chunk in chunks if chunk in self.chunks]
+        if not numbers:
+            return
+        for number in numbers:
+            del self.names[number]
+        gone = set(numbers)
+        self.pending = [(number, keys) for number, keys in self.pending if number not in gone]
+        keys, chunk_numbers, rows = self.sorted
+        keep = ~np.isin(chunk_numbers, numbers)
+        if not keep.all():
+            self.sorted = (keys[keep], chunk_numbers[keep], rows[keep])
 
     def _discard(self, chunk):
         with self.lock:
-            self._forget(chunk)
+            self._forget([chunk])
         with contextlib.suppress(OSError):
             os.remove(self._path(chunk))
         with contextlib.suppress(OSError):
             os.rmdir(os.path.join(self.directory, chunk))
+
+
+class _Chunk(NamedTuple):
+    """What the index keeps of one chunk besides its rows in the sorted arrays."""
+
+    number: int  # its number in the index's arrays
+    digests_checksum: str  # of its digests tensor, as indexed
+
+
+#: A digest as one numpy scalar: void scalars compare as bytes (memcmp), so
+#: an array of them sorts and ``searchsorted`` works on it.
+_KEY = np.dtype(f"V{_DIGEST_SIZE}")
+_EMPTY_INDEX = (np.empty(0, _KEY), np.empty(0, np.int32), np.empty(0, np.int32))
+
+
+def _bytewise_order(keys):
+    """The order that sorts ``(n, 16)`` uint8 digests as byte strings.
+
+    Digests are uniformly random, so their first 8 bytes, read as a
+    big-endian integer (whose order is the bytes' order), tell them apart
+    and sort a few times faster than 16-byte strings; only when two share
+    them (the same digest stored in two chunks) is the second half used too.
+    """
+    words = keys.view(">u8")
+    first = words[:, 0].astype(np.uint64)
+    order = np.argsort(first, kind="stable")
+    ordered = first[order]
+    if np.any(ordered[1:] == ordered[:-1]):
+        order = np.lexsort((words[:, 1].astype(np.uint64), first))
+    return order
 
 
 def _write_atomically(data, temporary, path):
@@ -404,21 +520,25 @@ def _remove_stale(directory, temporaries):
 
 
 def _read_digests(path, key):
-    """The digests of a chunk and its feature width, with header and checksum checked."""
+    """The digests of a chunk and their checksum, with header and features' shape checked."""
     with safe_open(path, framework="np") as f:
-        _check_metadata(f.metadata(), key)
+        metadata = f.metadata()
+        _check_metadata(metadata, key)
         features = f.get_slice("features")
         shape, dtype = features.get_shape(), features.get_dtype()
         keys = f.get_tensor("digests")
-        _check_digests(keys, f.metadata())
+        _check_digests(keys, metadata)
     if dtype != "F32" or len(shape) != 2 or shape[0] != len(keys):
         raise ValueError(f"features of shape {shape} and dtype {dtype} do not match "
                          f"{len(keys)} digests")
-    return keys, shape[1]
+    return keys, metadata["digests_blake2b"]
 
 
-def _read_rows(path, key, keys, rows):
-    """Features of ``rows`` of a chunk indexed with ``keys``, every checksum verified.
+def _read_rows(path, key, digests_checksum, rows):
+    """Features of ``rows`` of a chunk whose digests had ``digests_checksum``.
+
+    The digests read are checked against their checksum, and that against the
+    one indexed, so a row number still names the sample it was indexed for.
 
     Only the rows asked for are read (a contiguous run of rows at a time),
     each checked against its own stored checksum.
@@ -428,13 +548,13 @@ def _read_rows(path, key, keys, rows):
         _check_metadata(metadata, key)
         stored = f.get_tensor("digests")
         _check_digests(stored, metadata)
-        if not np.array_equal(stored, keys):
+        if metadata["digests_blake2b"] != digests_checksum:
             raise ValueError("the chunk's digests changed since it was indexed")
         row_sums = f.get_tensor("row_blake2b")
-        if row_sums.shape != keys.shape or _checksum(row_sums) != metadata["rows_blake2b"]:
+        if row_sums.shape != stored.shape or _checksum(row_sums) != metadata["rows_blake2b"]:
             raise ValueError("the stored row checksums do not match their checksum")
         features = f.get_slice("features")
-        if features.get_dtype() != "F32" or features.get_shape()[0] != len(keys):
+        if features.get_dtype() != "F32" or features.get_shape()[0] != len(stored):
             raise ValueError("the stored features do not match the digests")
         wanted = np.unique(rows)
         runs = np.split(wanted, np.flatnonzero(np.diff(wanted) != 1) + 1)
@@ -508,6 +628,9 @@ def output_key(backbone, *, layers, pooling, precision):
         "architecture": module_fingerprint(backbone.module),
         "weights": weights_digest(backbone.module),
         "preprocess": (type(preprocess).__name__, config),
+        # How image files are decoded (16-bit scaling, modes): entries made
+        # under older, wrong decoding rules are never served.
+        "decoding": DECODING,
         "layers": None if layers is None else list(layers),
         "pooling": pooling,
         "precision": str(precision),

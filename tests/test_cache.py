@@ -7,6 +7,7 @@ import pickle
 import shutil
 import sys
 import tempfile
+import tracemalloc
 
 import joblib
 import numpy as np
@@ -446,6 +447,78 @@ def test_a_fresh_lookup_reads_features_only_from_the_chunk_holding_them(tmp_path
     (path,) = feature_reads
     assert X[13].sum() in load_file(path)["features"]
     assert len(load_file(path)["features"]) == 4
+
+
+def test_a_fresh_lookup_keeps_a_compact_index_of_numpy_arrays(tmp_path):
+    # A search in a new session looks a few samples up in a cache of many:
+    # what it keeps (and the peak while it reads the digests) must be a few
+    # bytes of arrays per stored sample, not Python objects (~170 B each).
+    n = 20_000
+    X = np.arange(float(n)).reshape(n, 1)
+    FeatureCache(tmp_path, block_size=2_000).embed(as_samples(X, "tensor"), "key", _rows_sum)
+    FeatureCache(tmp_path).embed(as_samples(X[:1], "tensor"), "key", _rows_sum)  # warm up
+    cache_module._INDEXES.clear()  # a fresh process
+
+    def never(samples):
+        raise AssertionError("a stored row was computed again")
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        out = FeatureCache(tmp_path).embed(as_samples(X[7:8], "tensor"), "key", never)
+        kept, peak = (size - before for size in tracemalloc.get_traced_memory())
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(out, [[7.0]])
+    (index,) = cache_module._INDEXES.values()
+    arrays = [value for value in index.sorted if isinstance(value, np.ndarray)]
+    assert sum(len(a) for a in arrays) == 3 * n  # digests, chunk numbers, rows
+    assert sum(a.nbytes for a in arrays) < 64 * n
+    assert len(index.chunks) == 10  # the only other record is one per chunk
+    assert kept < 64 * n
+    assert peak < 128 * n
+
+
+def test_a_digest_stored_in_several_chunks_is_found(tmp_path):
+    # Workers that embed overlapping samples write overlapping chunks; the
+    # sorted index then holds equal digests, which lookups must still find,
+    # whether the chunks are merged together (a fresh process) or one by one.
+    X = np.arange(40.0).reshape(20, 2)
+
+    def store(rows):
+        samples = as_samples(X[rows], "tensor")
+        index = cache_module._index(os.path.join(tmp_path, "joblib", NAMESPACE), "key")
+        index.store(sample_digests(samples), _rows_sum(samples))
+
+    def never(samples):
+        raise AssertionError("a stored row was computed again")
+
+    store(np.arange(0, 12))
+    store(np.arange(6, 20))
+    store(np.arange(10, 14)[::-1])
+    for fresh in (True, False):
+        if fresh:
+            cache_module._INDEXES.clear()
+        order = np.random.RandomState(0).permutation(20)
+        out = FeatureCache(tmp_path).embed(as_samples(X[order], "tensor"), "key", never)
+        np.testing.assert_array_equal(out, _rows_sum(as_samples(X[order], "tensor")))
+    store(np.arange(3, 9))  # merged into a populated index
+    out = FeatureCache(tmp_path).embed(as_samples(X, "tensor"), "key", never)
+    np.testing.assert_array_equal(out, _rows_sum(as_samples(X, "tensor")))
+
+
+def test_digests_that_share_their_first_half_are_told_apart(tmp_path):
+    # The index sorts by the first 8 bytes when it can; digests equal there
+    # (rare, but a large cache may hold two) must still be found, each at
+    # its own row.
+    digests = [bytes(8) + bytes([i]) * 8 for i in (3, 1, 2)] + [b"\x01" * 16]
+    index = cache_module._index(os.path.join(tmp_path, "joblib", NAMESPACE), "key")
+    index.store(digests, np.arange(4.0).reshape(4, 1))
+    index.refresh()
+    numbers, rows = index.locate(digests[::-1] + [bytes(8) + b"\x04" * 8])
+    assert numbers.tolist()[:4] == [numbers[0]] * 4 and numbers[0] >= 0
+    assert rows.tolist()[:4] == [3, 2, 1, 0]
+    assert numbers[4] == -1  # not stored
 
 
 def _fail_in_cache(monkeypatch, error):

@@ -73,7 +73,7 @@ def test_pipeline_search_on_dask_equals_local(client, one_thread, digits, tmp_pa
     # With a cache directory the workers share, as on a shared file system.
     cached = fit_on_dask(client, search.set_params(estimator__features__cache=str(cache)), X, y)
     assert_same_search(local, cached)
-    assert list(cache.rglob("output.pkl"))
+    assert list(cache.rglob("*.safetensors"))
     np.testing.assert_array_equal(cached.predict(X), local.predict(X))
 
 
