@@ -42,7 +42,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from torch import nn
 
-from sktransfer import FineTunedClassifier, PretrainedFeatureTransformer
+from sktransfer import FineTunedClassifier, PretrainedFeatureTransformer, rank_backbones
 from sktransfer.study import METHODS, compare_transfer
 
 LR = 1e-2
@@ -126,6 +126,7 @@ def study(name, make_tasks, labels_per_class, n_splits, epochs, source_epochs, l
     source = FineTunedClassifier(digits_cnn, lr=3e-3, max_epochs=source_epochs, batch_size=64,
                                  random_state=0).fit(X_source, y_source)
     log(f"trained the source network in {time.perf_counter() - tic:.0f} s")
+    log(rank(source, X_target, y_target))
     reports = {}
     for k in labels_per_class:
         log(f"-- {k} labelled target images per class, {n_splits} draws "
@@ -135,6 +136,22 @@ def study(name, make_tasks, labels_per_class, n_splits, epochs, source_epochs, l
             cv=few_label_splits(y_target, k, n_splits),
             estimator_params={"max_epochs": epochs, "lr": LR}, random_state=0, verbose=1)
     return reports
+
+
+def rank(source, X, y, per_class=10):
+    """Rank the source network against random weights on a few labelled target images.
+
+    Before any study: which starting point do the frozen features favour?
+    (k-NN accuracy is cheap and often the most reliable; LogME is less
+    reliable on so few samples.)
+    """
+    labelled = few_label_splits(y, per_class, 1, seed=1)[0][0]
+    ranking = rank_backbones(
+        [source, PretrainedFeatureTransformer(digits_cnn, weights=None, random_state=0)],
+        X[labelled], y[labelled], names=["source network", "random weights"],
+        rank_by="knn", cv=5)
+    return (f"ranked on {len(labelled)} labelled target images (frozen features):\n"
+            + ranking[["logme", "knn", "linear_probe"]].round(3).to_string())
 
 
 def format_summary(report):
@@ -191,10 +208,6 @@ def main(argv=None):
     if args.quick or os.environ.get("SKTRANSFER_EXAMPLE_QUICK") == "1":
         args.labels, args.splits, args.epochs, source_epochs = [2], 2, 3, 2
     torch.set_num_threads(args.threads)
-
-    # RANK_BACKBONES: with several candidate backbones, rank them first on the
-    # target's labelled images (sktransfer.rank_backbones, in progress) and
-    # study the best one or two here. This demo has one candidate per scenario.
 
     start = time.perf_counter()
     all_reports = {name: study(name, make_tasks, args.labels, args.splits, args.epochs,
