@@ -270,6 +270,15 @@ class SeededShuffle(torch.utils.data.Sampler):
     ``generator`` of its own, the global stream holds only the model's draws,
     so ``num_workers`` does not change the model.
 
+    Parameters
+    ----------
+    n : int
+        Rows of the data set.
+    seed : int
+    numbered_epochs : bool, default=False
+        Yield ``epoch * n + i`` instead of ``i``, so a data set can tell the
+        epochs apart (see :class:`~sktransfer.contrastive.PairRows`).
+
     Examples
     --------
     >>> shuffle = SeededShuffle(4, seed=0)
@@ -278,9 +287,10 @@ class SeededShuffle(torch.utils.data.Sampler):
     ([0, 1, 2, 3], True, True)
     """
 
-    def __init__(self, n, seed):
+    def __init__(self, n, seed, numbered_epochs=False):
         self.n = n
         self.seed = seed
+        self.numbered_epochs = numbered_epochs
         self.epoch = 0
 
     def __len__(self):
@@ -288,8 +298,11 @@ class SeededShuffle(torch.utils.data.Sampler):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        # Numbered epochs: epoch e yields e * n + i, for data sets that serve
+        # different rows each epoch (contrastive.PairRows: fresh pairs).
+        offset = self.epoch * self.n if self.numbered_epochs else 0
         self.epoch += 1
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        return iter((torch.randperm(self.n, generator=generator) + offset).tolist())
 
 
 class Rows(torch.utils.data.Dataset):

@@ -32,8 +32,10 @@ from .chaining import KeepsTrainedBackbone
 from .freezing import (FreezeSchedule, check_freeze, n_frozen_groups, norms_needing_two_samples,
                        unfreeze_all)
 from .heads import BackboneWithHead, check_head, make_head
-from .inputs import Collate, estimator_samples
+from .contrastive import CosinePairs, PairRows
+from .inputs import Collate, Samples, estimator_samples
 from .optimization import LRSchedule, check_schedule, param_groups, resolve_optimizer
+from .probe import fit_head
 from .regularizers import L2SP
 
 _PARAMS_DOC = """
@@ -59,9 +61,15 @@ _PARAMS_DOC = """
         first) stay frozen. Frozen BatchNorm layers stay in evaluation mode, so
         their running statistics do not drift either.
     freeze_epochs : int, default=0
-        Train the head alone (whole backbone frozen) for this many epochs
-        first, then apply ``freeze`` (LP-FT, fastai's ``fine_tune``). Has no
-        further effect with ``freeze="backbone"``.
+        Head first (LP-FT, Kumar et al. 2022): before training, fit the head
+        to convergence on the frozen backbone's embeddings (full-batch
+        L-BFGS, the solution ``LogisticRegression`` / ``Ridge`` with their
+        default penalty would find; see :func:`sktransfer.probe.fit_head`),
+        then train the head alone (whole backbone frozen) for this many
+        epochs, then apply ``freeze``. Fine-tuning then starts from the linear
+        probe's optimum rather than from a random head whose large early
+        gradients distort the pretrained features. Has no further effect with
+        ``freeze="backbone"``.
     lr : float, default=1e-3
         Learning rate of the head (the peak rate under ``"onecycle"``).
     backbone_lr_mult : float, default=1.0
@@ -157,6 +165,12 @@ _ATTRIBUTES_DOC = """
         Column names seen in ``fit`` (tensor backbones given a DataFrame)."""
 
 
+#: The training objectives of FineTunedClassifier.
+OBJECTIVES = ("cross_entropy", "contrastive")
+
+#: Pairs per sample of objective="contrastive" (see FineTunedClassifier).
+N_PAIRS = 2
+
 #: The patience of ``early_stopping=True``: a few epochs of a noisy validation
 #: loss on small data sets, without paying for many epochs past the best one.
 DEFAULT_PATIENCE = 5
@@ -231,7 +245,7 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
         samples = self._start(X, target)
         with seeded(self.random_state):
             train, valid = self._split(samples)
-            self._train(train, valid, self.max_epochs)
+            self._fit_model(train, valid, self.max_epochs, first=True)
         return self
 
     def _partial_fit(self, X, y):
@@ -242,7 +256,7 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
         if first:
             samples = self._start(X, target)
             with seeded(self.random_state):
-                self._train(samples, None, 1)
+                self._fit_model(samples, None, 1, first=True)
             return self
         samples = self._samples(X, reset=False, target=target)
         # A different seed per call: the same seed would repeat the same
@@ -250,7 +264,7 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
         seed = None if self.random_state is None else (
             _seed_from(self.random_state) + len(self.history_)) % (2**31 - 1)
         with seeded(seed):
-            self._train(samples, None, 1)
+            self._fit_model(samples, None, 1, first=False)
         return self
 
     def fit_transform(self, X, y):
@@ -412,6 +426,9 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
         # of an earlier fit carries over.
         for name in ("net_", "_optimizer_state", "history_", "head_", "l2sp_", "backbone_"):
             self.__dict__.pop(name, None)
+        # The objective of this fit; a partial_fit continues with it even if
+        # the parameter changed since (parameters take effect at fit).
+        self._fitted_objective = self._objective()
         # Read from disk once per process (a search fits many clones); each fit
         # trains its own private copy. A random init still follows the seed.
         with seeded(self.random_state):
@@ -449,8 +466,53 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
     def _model(self):
         return BackboneWithHead(self.backbone_.module, self.head_)
 
+    def _objective(self):
+        """The training objective: the classifier's ``objective`` parameter."""
+        return "cross_entropy"
+
+    def _contrastive(self):
+        return getattr(self, "_fitted_objective", "cross_entropy") == "contrastive"
+
+    def _fit_model(self, train, valid, epochs, first):
+        """Train for ``epochs`` with the objective; ``first``: the model's first training call.
+
+        Cross-entropy: the network trains end to end (after the head is fitted
+        to convergence on frozen embeddings when ``freeze_epochs > 0``).
+        Contrastive: the backbone trains on pairs drawn from the labels, then
+        the head is fitted to convergence on the new embeddings.
+        """
+        if not self._contrastive():
+            if first and self.freeze_epochs > 0:
+                self._fit_head_to_convergence(train)
+            self._train(train, valid, epochs)
+            return
+        groups = self.backbone_.param_groups
+        if n_frozen_groups(self.freeze, groups) >= len(groups):
+            raise ValueError(f"objective='contrastive' trains the backbone, but freeze="
+                             f"{self.freeze!r} freezes all of it; freeze fewer groups, or use "
+                             "objective='cross_entropy' for a linear probe.")
+        self._train(self._pairs(train), self._pairs(valid), epochs)
+        self._fit_head_to_convergence(train)
+
+    def _pairs(self, rows):
+        """Pairs of ``rows`` for the contrastive objective, drawn from the seeded stream."""
+        if rows is None:
+            return None
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        return PairRows(rows, _targets_of(rows), self.n_pairs, seed)
+
+    def _fit_head_to_convergence(self, rows):
+        """Fit ``head_`` on the backbone's embeddings of ``rows`` (no augmentation)."""
+        plain = rows.samples.subset(rows.indices) if isinstance(rows, Rows) else rows
+        embeddings = self._predict(self.backbone_.module, Samples(plain.data, plain.kind))
+        fit_head(self.head_, embeddings, _targets_of(rows), self._criterion())
+
     def _build_net(self):
         backbone = self.backbone_
+        # Contrastive training puts CosinePairs where the head goes: the
+        # backbone learns from pair similarities and the real head is fitted
+        # afterwards, so there is no head-only phase and no accuracy to score.
+        contrastive = self._contrastive()
         device = resolve_device(self.device)
         optimizer, optimizer_kwargs = resolve_optimizer(self.optimizer)
         groups = partial(param_groups, backbone_groups=backbone.param_groups, lr=self.lr,
@@ -463,7 +525,7 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
         callbacks = [
             ("freeze", FreezeSchedule(backbone.param_groups,
                                       n_frozen_groups(self.freeze, backbone.param_groups),
-                                      self.freeze_epochs)),
+                                      0 if contrastive else self.freeze_epochs)),
             ("lr_schedule", LRSchedule(self.schedule)),
         ]
         if self._patience() is not None:
@@ -473,10 +535,12 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
             callbacks.append(("progress_bar", ProgressBar()))
         callbacks += copy.deepcopy(list(self.callbacks or []))
         net = FineTuningNet(
-            self._model(), self._criterion(),
+            BackboneWithHead(backbone.module, CosinePairs()) if contrastive else self._model(),
+            torch.nn.MSELoss() if contrastive else self._criterion(),
             optimizer_groups=groups, penalty=self.l2sp_,
             augment=FlipAndResizedCrop() if self.augment else None,
-            amp_dtype=resolve_precision(self.precision, device), score=self._score_name,
+            amp_dtype=resolve_precision(self.precision, device),
+            score=None if contrastive else self._score_name,
             optimizer=optimizer, lr=self.lr, max_epochs=self.max_epochs,
             batch_size=self.batch_size, train_split=None, callbacks=callbacks,
             verbose=int(self.verbose), device=str(device),
@@ -508,7 +572,8 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
         # Shuffling and worker seeds come from their own seed, drawn from the
         # training stream: the same model whatever num_workers is.
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
-        net.iterator_train__sampler = SeededShuffle(len(train), seed)
+        net.iterator_train__sampler = SeededShuffle(len(train), seed,
+                                                    numbered_epochs=isinstance(train, PairRows))
         net.iterator_train__generator = torch.Generator().manual_seed(seed)
         try:
             net.partial_fit(train)
@@ -569,6 +634,34 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
     class_weight : dict, "balanced" or None, default=None
         Weights of the classes in the loss: ``{{label: weight}}``, or
         ``"balanced"`` for weights inversely proportional to class frequencies.
+    objective : {{"cross_entropy", "contrastive"}}, default="cross_entropy"
+        ``"cross_entropy"``: the network (backbone and head) trains end to end
+        on the classification loss. ``"contrastive"`` (SetFit's recipe, for
+        few labels): the backbone trains on pairs of samples drawn from the
+        labels, pulling the embeddings of a same-class pair together (cosine
+        similarity towards 1) and pushing other pairs apart (towards 0), with
+        the mean squared error of the cosine similarity as the loss; then the
+        head is fitted to convergence on the new embeddings (see
+        ``freeze_epochs``). ``max_epochs``, ``lr``, ``backbone_lr_mult``,
+        ``freeze`` (not all of the backbone), ``l2sp``, ``augment`` (two
+        independent views per pair), ``early_stopping`` (on pairs of the
+        held-out samples) apply to the pair training; ``freeze_epochs`` does
+        not (there is no head in it); ``history_`` records the pair loss.
+        ``transform`` gives the contrastively tuned embeddings.
+        Measured with all-MiniLM-L6-v2 on short reviews (docs: "Few labels";
+        ``benchmarks/bench_fewshot.py``), accuracy against frozen embeddings +
+        ``LogisticRegression``: 0.724 against 0.656 at 16 labels per class
+        with the defaults; at 8, 0.688 against 0.679 with ``max_epochs=5``
+        but 0.646 with the default 10 epochs (at ``lr=1e-3`` the backbone
+        should take few steps), so pass ``max_epochs=5`` with 8 labels per
+        class or fewer. Cross-entropy stayed below the baseline (0.529 and
+        0.620).
+    n_pairs : int, default={N_PAIRS}
+        With ``objective="contrastive"``: pairs per training sample and
+        epoch, half of the same class and half not, drawn afresh every epoch
+        (a sample meets ``n_pairs * max_epochs`` partners; the pairs grow
+        linearly with the samples, not quadratically). At 8 labels per class
+        and 10 epochs, 2 pairs reached 0.645 and 1 pair 0.595 (5 draws).
 
     Attributes
     ----------
@@ -606,7 +699,7 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
                  max_epochs=10, batch_size=32, early_stopping=None, validation_fraction=0.1,
                  augment=False, class_weight=None, device="auto", precision="auto",
                  num_workers=0, image_size=None, random_state=None, verbose=0, callbacks=None,
-                 keep_optimizer=False):
+                 keep_optimizer=False, objective="cross_entropy", n_pairs=N_PAIRS):
         super().__init__(
             backbone=backbone, weights=weights, head=head, dropout=dropout, freeze=freeze,
             freeze_epochs=freeze_epochs, lr=lr, backbone_lr_mult=backbone_lr_mult,
@@ -617,6 +710,17 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
             random_state=random_state, verbose=verbose, callbacks=callbacks,
             keep_optimizer=keep_optimizer)
         self.class_weight = class_weight
+        self.objective = objective
+        self.n_pairs = n_pairs
+
+    def _objective(self):
+        return self.objective
+
+    def _check_params(self):
+        super()._check_params()
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}; got {self.objective!r}")
+        _check_number("n_pairs", self.n_pairs, integer=True, minimum=1)
 
     def partial_fit(self, X, y, classes=None):
         """Train one more epoch over ``(X, y)``; the first call also builds the model.
@@ -624,7 +728,9 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
         Training continues from the current weights and optimizer state (and
         the epoch count of ``freeze_epochs``); ``early_stopping`` does not
         apply, every sample given trains. Hyperparameters set after the first
-        fit take effect at the next :meth:`fit`.
+        fit take effect at the next :meth:`fit`. With
+        ``objective="contrastive"``, the epoch trains the backbone on pairs of
+        the samples given, and the head is then refitted on them.
 
         Parameters
         ----------
@@ -839,6 +945,13 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
 
     def _criterion(self):
         return torch.nn.MSELoss()
+
+
+def _targets_of(rows):
+    """The targets of a :class:`Samples` or of :class:`Rows` of one."""
+    if isinstance(rows, Rows):
+        return rows.samples.y[rows.indices]
+    return rows.y
 
 
 def _check_number(name, value, *, integer=False, minimum=None, strict=False, hint=None):

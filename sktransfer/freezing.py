@@ -207,7 +207,10 @@ class FreezeSchedule(Callback):
     frozen and only the head trains; from then on the first ``n_frozen``
     groups stay frozen. This is the LP-FT recipe (fastai's ``fine_tune``): a
     trained head first, so the random head's large early gradients do not
-    distort the pretrained features.
+    distort the pretrained features. The estimators fit the head to
+    convergence on the frozen embeddings before the first epoch
+    (:func:`sktransfer.probe.fit_head`): a few epochs of stochastic steps on
+    a few samples leave it far from the linear probe's optimum.
 
     Parameters
     ----------
