@@ -9,6 +9,8 @@ import contextlib
 
 import torch
 
+from .distributed import launch_device
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -20,7 +22,9 @@ def resolve_device(device="auto"):
     device : str or torch.device, default="auto"
         ``"auto"`` picks CUDA, then Apple MPS, then the CPU. Any string that
         ``torch.device`` accepts (``"cpu"``, ``"cuda"``, ``"cuda:1"``) is used
-        as given.
+        as given, except that in a process launched by torchrun (or
+        accelerate, or srun) CUDA without an index means this process's GPU,
+        ``LOCAL_RANK``.
 
     Returns
     -------
@@ -35,7 +39,7 @@ def resolve_device(device="auto"):
         return device
     if device is None or device == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return launch_device(torch.device("cuda"))
         mps = getattr(torch.backends, "mps", None)
         if mps is not None and mps.is_available():
             return torch.device("mps")
@@ -47,6 +51,7 @@ def resolve_device(device="auto"):
             f"device={device!r} is not a device torch knows; use 'auto', 'cpu', "
             "'cuda', 'cuda:<index>' or 'mps'."
         ) from exc
+    resolved = launch_device(resolved)
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device={device!r} was asked for but CUDA is not available on this "

@@ -4,7 +4,9 @@ Training runs in :class:`FineTuningNet`, a small skorch ``NeuralNet``
 subclass: skorch supplies the epoch loop, validation, history, callbacks
 and early stopping; the subclass adds what fine-tuning needs (per-group
 optimizer settings, the L2-SP penalty, autocast and batch augmentation on the
-device). Prediction runs in :func:`sktransfer.inference.predict_batches`.
+device, and data-parallel training over a
+:class:`~sktransfer.distributed.TrainingGroup`). Prediction runs in
+:func:`sktransfer.inference.predict_batches`.
 """
 
 import math
@@ -14,8 +16,10 @@ import torch
 from skorch import NeuralNet
 from skorch.callbacks import Callback, EarlyStopping, EpochTimer, PassthroughScoring, PrintLog
 from skorch.dataset import unpack_data
+from torch.nn.parallel import DistributedDataParallel
 
 from ._device import autocast, to_device
+from .distributed import from_sync_batchnorm, shard_size, to_sync_batchnorm
 
 
 class FineTuningNet(NeuralNet):
@@ -42,6 +46,16 @@ class FineTuningNet(NeuralNet):
     score : {"accuracy", "r2"} or None
         The validation score recorded each epoch (``valid_acc`` or
         ``valid_r2``), computed from the validation pass's own outputs.
+    group : TrainingGroup, optional
+        Train data-parallel over these processes: the training steps run
+        through ``DistributedDataParallel`` (gradients averaged across
+        ranks), the losses and scores in the history are the means over all
+        ranks' samples, and the BatchNorm statistics are rank 0's at the end
+        of every epoch. The data loaders must give each rank its own shard.
+    sync_batchnorm : bool, default=False
+        With a group: train with ``SyncBatchNorm`` (statistics over the
+        batches of all ranks) in place of BatchNorm layers; the fitted model
+        keeps plain BatchNorm.
     **kwargs
         Everything else ``NeuralNet`` takes.
 
@@ -57,7 +71,7 @@ class FineTuningNet(NeuralNet):
     """
 
     def __init__(self, module, criterion, *, optimizer_groups, penalty=None, augment=None,
-                 amp_dtype=None, score=None, **kwargs):
+                 amp_dtype=None, score=None, group=None, sync_batchnorm=False, **kwargs):
         # Set before NeuralNet.__init__: afterwards skorch only accepts torch
         # modules as attributes inside its initialize methods.
         self.optimizer_groups = optimizer_groups
@@ -65,6 +79,9 @@ class FineTuningNet(NeuralNet):
         self.augment = augment
         self.amp_dtype = amp_dtype
         self.score = score
+        self.group = group
+        self.sync_batchnorm = sync_batchnorm
+        self.ddp_ = None
         super().__init__(module, criterion, **kwargs)
 
     @property
@@ -72,8 +89,8 @@ class FineTuningNet(NeuralNet):
         # The validation score goes before PrintLog so that the epoch table shows it.
         return [
             ("epoch_timer", EpochTimer()),
-            ("train_loss", PassthroughScoring(name="train_loss", on_train=True)),
-            ("valid_loss", PassthroughScoring(name="valid_loss")),
+            ("train_loss", RankMeanScoring(name="train_loss", on_train=True)),
+            ("valid_loss", RankMeanScoring(name="valid_loss")),
             ("valid_score", ValidScore(self.score)),
             ("print_log", PrintLog()),
         ]
@@ -104,6 +121,42 @@ class FineTuningNet(NeuralNet):
         # Without a scaler, small float16 gradients would underflow to zero.
         use_scaler = self.amp_dtype == torch.float16 and device.type != "cpu"
         self.grad_scaler_ = torch.amp.GradScaler(device.type) if use_scaler else None
+        self.ddp_ = None
+        self.synced_norms_ = []
+        if self.group is not None and self.sync_batchnorm:
+            self.synced_norms_ = to_sync_batchnorm(self.module_)
+
+    def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
+        if training and self.group is not None:
+            self._wrap_for_data_parallel()
+        super().run_single_epoch(iterator, training, prefix, step_fn, **fit_params)
+        if training and self.group is not None:
+            self.group.broadcast_buffers(self.module_)
+
+    def _wrap_for_data_parallel(self):
+        """(Re)build the DistributedDataParallel wrapper when the trainable parameters change.
+
+        DDP averages the gradients of the parameters that required them when
+        it was built; head-first training unfreezes the backbone after
+        ``freeze_epochs``, so the wrapper is rebuilt then (at the same epoch
+        on every rank).
+        """
+        trainable = tuple(p.requires_grad for p in self.module_.parameters())
+        if self.ddp_ is not None and trainable == self.ddp_trainable_:
+            return
+        device = torch.device(self.device)
+        # static_graph: a backbone may hold trainable parameters its
+        # embedding does not use (a transformer's pooler); DDP learns which in
+        # the first step instead of searching the graph at every step
+        # (find_unused_parameters), since the set only changes with the
+        # freezing, which rebuilds the wrapper.
+        ddp = DistributedDataParallel(
+            self.module_, device_ids=[device.index] if device.type == "cuda" else None,
+            static_graph=True)
+        # A wrapper of module_, not a part of the net: skorch would register
+        # a module attribute as one (to move, save and re-initialize).
+        object.__setattr__(self, "ddp_", ddp)
+        self.ddp_trainable_ = trainable
 
     def fit_loop(self, X, y=None, **fit_params):
         try:
@@ -127,6 +180,9 @@ class FineTuningNet(NeuralNet):
         """
         self.optimizer_.zero_grad(set_to_none=True)
         self.grad_scaler_ = None
+        self.ddp_ = None
+        from_sync_batchnorm(getattr(self, "synced_norms_", []))
+        self.synced_norms_ = []
         for _, callback in self.callbacks_:
             if isinstance(callback, EarlyStopping):
                 callback.best_model_weights_ = None
@@ -144,7 +200,8 @@ class FineTuningNet(NeuralNet):
                 torch.cuda.empty_cache()
 
     def batches_per_epoch(self, n_samples):
-        """Optimizer steps one epoch over ``n_samples`` training samples takes."""
+        """Optimizer steps one epoch over ``n_samples`` training samples takes (on each rank)."""
+        n_samples = shard_size(n_samples, self.group)
         if self.get_params_for("iterator_train").get("drop_last", False):
             return n_samples // self.batch_size
         return math.ceil(n_samples / self.batch_size)
@@ -161,8 +218,11 @@ class FineTuningNet(NeuralNet):
             # plain skorch with frozen layers went from 1.01 to 0.95 in
             # benchmarks/bench_finetune.py), while CPU inference is not.
             x = x.contiguous()
+        # Training steps of a data-parallel fit go through the DDP wrapper,
+        # which averages the gradients; evaluation runs on each rank alone.
+        model = self.ddp_ if self.ddp_ is not None and self.module_.training else self.module_
         with autocast(device, self.amp_dtype):
-            return self.module_(x)
+            return model(x)
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
         y_true = to_device(y_true, torch.device(self.device))
@@ -194,6 +254,28 @@ class FineTuningNet(NeuralNet):
         scaler.step(self.optimizer_)
         scaler.update()
         return None
+
+
+class RankMeanScoring(PassthroughScoring):
+    """skorch's ``PassthroughScoring``, averaged over all ranks' samples in a data-parallel fit.
+
+    Each rank sees its own shard of the training and validation data; the
+    loss recorded (and the ``_best`` flag, and so early stopping) must be the
+    same on every rank, so the sums and counts are added across ranks before
+    the mean is taken.
+    """
+
+    def on_epoch_end(self, net, **kwargs):
+        self.group_ = getattr(net, "group", None)
+        super().on_epoch_end(net, **kwargs)
+
+    def get_avg_score(self, history):
+        if self.group_ is None:
+            return super().get_avg_score(history)
+        key = "train_batch_size" if self.on_train else "valid_batch_size"
+        sizes, scores = map(np.asarray, zip(*history[-1, "batches", :, [key, self.name]]))
+        total, count = self.group_.all_reduce([(sizes * scores).sum(), sizes.sum()])
+        return float(total / count)
 
 
 class ValidatedEarlyStopping(EarlyStopping):
@@ -248,7 +330,9 @@ class ValidScore(Callback):
     def on_epoch_end(self, net, dataset_valid=None, **kwargs):
         if self.score is None or self.sums_ is None:
             return
-        sums = self.sums_.cpu().numpy()
+        group = getattr(net, "group", None)
+        # In a data-parallel fit each rank scored its shard: add them up.
+        sums = self.sums_.cpu().numpy() if group is None else group.all_reduce(self.sums_)
         self.sums_ = None  # no device memory held after training
         if self.score == "accuracy":
             net.history.record("valid_acc", float(sums[0] / sums[1]))
@@ -258,51 +342,6 @@ class ValidScore(Callback):
         # A constant target is predicted perfectly or not at all (sklearn's convention).
         r2 = np.where(sst > 0, 1 - sse / np.where(sst > 0, sst, 1), np.where(sse > 0, 0.0, 1.0))
         net.history.record("valid_r2", float(r2.mean()))
-
-
-class SeededShuffle(torch.utils.data.Sampler):
-    """A new permutation of ``range(n)`` each epoch, drawn from its own seed.
-
-    The DataLoader's default shuffling draws from torch's global RNG, and so
-    does its choice of worker seeds, once per epoch without workers but once
-    per call with persistent workers: the dropout masks drawn from the same
-    stream then depend on ``num_workers``. With this sampler and a loader
-    ``generator`` of its own, the global stream holds only the model's draws,
-    so ``num_workers`` does not change the model.
-
-    Parameters
-    ----------
-    n : int
-        Rows of the data set.
-    seed : int
-    numbered_epochs : bool, default=False
-        Yield ``epoch * n + i`` instead of ``i``, so a data set can tell the
-        epochs apart (see :class:`~sktransfer.contrastive.PairRows`).
-
-    Examples
-    --------
-    >>> shuffle = SeededShuffle(4, seed=0)
-    >>> first, second = list(shuffle), list(shuffle)
-    >>> sorted(first), first != second, list(SeededShuffle(4, seed=0)) == first
-    ([0, 1, 2, 3], True, True)
-    """
-
-    def __init__(self, n, seed, numbered_epochs=False):
-        self.n = n
-        self.seed = seed
-        self.numbered_epochs = numbered_epochs
-        self.epoch = 0
-
-    def __len__(self):
-        return self.n
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        # Numbered epochs: epoch e yields e * n + i, for data sets that serve
-        # different rows each epoch (contrastive.PairRows: fresh pairs).
-        offset = self.epoch * self.n if self.numbered_epochs else 0
-        self.epoch += 1
-        return iter((torch.randperm(self.n, generator=generator) + offset).tolist())
 
 
 class Rows(torch.utils.data.Dataset):

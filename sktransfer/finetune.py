@@ -8,6 +8,7 @@ and light augmentation. skorch runs the training loop underneath
 that loop's parts and keeps the scikit-learn contract.
 """
 
+import contextlib
 import copy
 import numbers
 from functools import partial
@@ -24,7 +25,9 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
 from ._device import _seed_from, resolve_device, resolve_precision, seeded
-from ._net import FineTuningNet, Rows, SeededShuffle, ValidatedEarlyStopping
+from ._net import FineTuningNet, Rows, ValidatedEarlyStopping
+from .distributed import (SeededShuffle, Shard, is_main_process, shard_size,
+                          shared_random_state, training_group)
 from .inference import predict_batches
 from .augment import FlipAndResizedCrop
 from ._weights_cache import load_backbone_cached
@@ -139,7 +142,23 @@ _PARAMS_DOC = """
         training, on the CPU and in pickles, so that ``partial_fit`` continues
         exactly. Off by default, the state is released when training ends (it
         is twice the size of the model), and a ``partial_fit`` after ``fit``
-        starts with fresh optimizer moments."""
+        starts with fresh optimizer moments.
+    distributed : {"auto", True, False}, default="auto"
+        Data-parallel training when the script runs as several processes,
+        launched by ``torchrun --nproc_per_node=N`` (or ``accelerate
+        launch``, or ``srun`` with ``MASTER_ADDR`` and ``MASTER_PORT`` set):
+        every rank calls ``fit`` with the same data, trains on its own shard
+        of each epoch (``batch_size`` samples per step and process, so the
+        effective batch is ``N * batch_size``), gradients are averaged, and
+        every rank ends with the same weights. ``"auto"`` joins the launch's
+        process group (initializing it, NCCL on CUDA and gloo on the CPU,
+        when nothing else did) and trains alone outside a launch; ``True``
+        raises outside one; ``False`` trains in this process alone even under
+        a launch. See the user guide, "Multi-GPU and multi-node fine-tuning".
+    sync_batchnorm : bool, default=False
+        In a data-parallel fit on CUDA, compute BatchNorm statistics over the
+        batches of all processes (``SyncBatchNorm``) instead of each
+        process's own; frozen BatchNorm layers stay frozen."""
 
 _ATTRIBUTES_DOC = """
     backbone_ : Backbone
@@ -187,7 +206,8 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
                  weight_decay=0.01, optimizer="adamw", schedule="onecycle", l2sp=0.0,
                  max_epochs=10, batch_size=32, early_stopping=None, validation_fraction=0.1,
                  augment=False, device="auto", precision="auto", num_workers=0, image_size=None,
-                 random_state=None, verbose=0, callbacks=None, keep_optimizer=False):
+                 random_state=None, verbose=0, callbacks=None, keep_optimizer=False,
+                 distributed="auto", sync_batchnorm=False):
         self.backbone = backbone
         self.weights = weights
         self.head = head
@@ -213,6 +233,8 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
         self.verbose = verbose
         self.callbacks = callbacks
         self.keep_optimizer = keep_optimizer
+        self.distributed = distributed
+        self.sync_batchnorm = sync_batchnorm
 
     # -- public API ------------------------------------------------------
 
@@ -242,10 +264,11 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
         """
         self._check_params()
         target = self._check_y(y, reset=True)
-        samples = self._start(X, target)
-        with seeded(self.random_state):
-            train, valid = self._split(samples)
-            self._fit_model(train, valid, self.max_epochs, first=True)
+        with self._training_group(target) as random_state:
+            samples = self._start(X, target, random_state)
+            with seeded(random_state):
+                train, valid = self._split(samples)
+                self._fit_model(train, valid, self.max_epochs, first=True)
         return self
 
     def _partial_fit(self, X, y):
@@ -253,19 +276,43 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
         if first:
             self._check_params()
         target = self._check_y(y, reset=first)
-        if first:
-            samples = self._start(X, target)
-            with seeded(self.random_state):
-                self._fit_model(samples, None, 1, first=True)
-            return self
-        samples = self._samples(X, reset=False, target=target)
-        # A different seed per call: the same seed would repeat the same
-        # shuffling and dropout masks every epoch.
-        seed = None if self.random_state is None else (
-            _seed_from(self.random_state) + len(self.history_)) % (2**31 - 1)
-        with seeded(seed):
-            self._fit_model(samples, None, 1, first=False)
+        with self._training_group(target) as random_state:
+            if first:
+                samples = self._start(X, target, random_state)
+                with seeded(random_state):
+                    self._fit_model(samples, None, 1, first=True)
+                return self
+            samples = self._samples(X, reset=False, target=target)
+            # A different seed per call: the same seed would repeat the same
+            # shuffling and dropout masks every epoch.
+            seed = None if random_state is None else (
+                _seed_from(random_state) + len(self.history_)) % (2**31 - 1)
+            with seeded(seed):
+                self._fit_model(samples, None, 1, first=False)
         return self
+
+    @contextlib.contextmanager
+    def _training_group(self, target):
+        """Join the processes this training call runs over, if any; yields its random_state.
+
+        Outside a launch (or with ``distributed=False``) the group is None
+        and ``random_state`` is the parameter. In a data-parallel fit, every
+        rank checks that all were given the same targets and trains with
+        rank 0's seed, so that the head's initialization, the validation
+        split and the shuffling agree.
+        """
+        with training_group(self.distributed, resolve_device(self.device)) as group:
+            self._group = group
+            try:
+                if group is not None:
+                    if self.sync_batchnorm and group.device.type != "cuda":
+                        raise ValueError(f"sync_batchnorm=True needs CUDA devices: PyTorch's "
+                                         f"SyncBatchNorm does not run on {group.device.type}; "
+                                         "use sync_batchnorm=False on the CPU.")
+                    group.check_same_data(target)
+                yield shared_random_state(group, self.random_state)
+            finally:
+                self.__dict__.pop("_group", None)
 
     def fit_transform(self, X, y):
         """Fit, then embed ``X`` with the fine-tuned backbone.
@@ -375,6 +422,12 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
                              f"{type(self.callbacks).__name__}")
         device = resolve_device(self.device)
         resolve_precision(self.precision, device)
+        if not (self.distributed == "auto" or isinstance(self.distributed, (bool, np.bool_))):
+            raise ValueError(f"distributed must be 'auto', True or False; got "
+                             f"{self.distributed!r}")
+        if not isinstance(self.sync_batchnorm, (bool, np.bool_)):
+            raise ValueError(f"sync_batchnorm must be True or False; got "
+                             f"{self.sync_batchnorm!r}")
 
     def _patience(self):
         """The early-stopping patience in epochs, or None without early stopping."""
@@ -412,7 +465,7 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
 
     # -- building and training -------------------------------------------
 
-    def _start(self, X, target):
+    def _start(self, X, target, random_state):
         """Load the backbone and build the head and the penalty.
 
         The backbone is loaded in a seeded block of its own: building a
@@ -420,7 +473,8 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
         replace them, and only a cache miss builds one, so drawing them from
         the training stream would make the first fit in a process differ
         from later ones. The head and the penalty are drawn from a fresh
-        stream seeded by ``random_state``.
+        stream seeded by ``random_state`` (the training call's: rank 0's
+        seed in a data-parallel fit).
         """
         # A new fit starts from nothing: no history, optimizer state or head
         # of an earlier fit carries over.
@@ -431,17 +485,17 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
         self._fitted_objective = self._objective()
         # Read from disk once per process (a search fits many clones); each fit
         # trains its own private copy. A random init still follows the seed.
-        with seeded(self.random_state):
+        with seeded(random_state):
             backbone = load_backbone_cached(self.backbone, self.weights,
                                             image_size=self.image_size,
-                                            random_state=self.random_state)
+                                            random_state=random_state)
         if self.augment and backbone.modality != "image":
             raise ValueError(f"augment=True applies to image backbones; {backbone.spec} "
                              f"takes {backbone.modality} input. Use augment=False.")
         n_frozen_groups(self.freeze, backbone.param_groups)
         self.backbone_ = backbone
         samples = self._samples(X, reset=True, target=target)
-        with seeded(self.random_state):
+        with seeded(random_state):
             self.n_features_out_ = self._embedding_width(samples)
             self.l2sp_ = L2SP(self.l2sp, backbone.module) if self.l2sp > 0 else None
             self.head_ = make_head(self.n_features_out_, self._n_outputs(), self.head,
@@ -531,7 +585,10 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
         if self._patience() is not None:
             callbacks.append(("early_stopping", ValidatedEarlyStopping(
                 monitor="valid_loss", patience=self._patience(), load_best=True)))
-        if self.verbose >= 2:
+        group = getattr(self, "_group", None)
+        # In a data-parallel fit, rank 0 alone prints the table and the bar.
+        verbose = int(self.verbose) if is_main_process() else 0
+        if verbose >= 2:
             callbacks.append(("progress_bar", ProgressBar()))
         callbacks += copy.deepcopy(list(self.callbacks or []))
         net = FineTuningNet(
@@ -541,9 +598,10 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
             augment=FlipAndResizedCrop() if self.augment else None,
             amp_dtype=resolve_precision(self.precision, device),
             score=None if contrastive else self._score_name,
+            group=group, sync_batchnorm=bool(self.sync_batchnorm),
             optimizer=optimizer, lr=self.lr, max_epochs=self.max_epochs,
             batch_size=self.batch_size, train_split=None, callbacks=callbacks,
-            verbose=int(self.verbose), device=str(device),
+            verbose=verbose, device=str(device),
             **{f"iterator_train__{k}": v for k, v in loader.items()},
             **{f"iterator_valid__{k}": v for k, v in loader.items()},
             **{f"optimizer__{k}": v for k, v in optimizer_kwargs.items()},
@@ -562,19 +620,34 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
         if net is None:
             net = self._build_net()
         net.max_epochs = epochs
+        group = net.group = getattr(self, "_group", None)
+        if group is not None and len(train) < group.world_size:
+            raise ValueError(f"{len(train)} training samples cannot be shared among the "
+                             f"{group.world_size} processes of this distributed fit; give at "
+                             "least one sample per process, or use distributed=False.")
         # BatchNorm fails on a training batch of one sample: drop such a last
         # batch, and refuse up front where every batch would be that small.
-        net.iterator_train__drop_last = bool(len(train) % self.batch_size == 1
-                                             and len(train) > self.batch_size)
-        if self.batch_size == 1 or len(train) == 1:
+        # (In a data-parallel fit each rank's batches come from its shard.)
+        n_train = shard_size(len(train), group)
+        net.iterator_train__drop_last = bool(n_train % self.batch_size == 1
+                                             and n_train > self.batch_size)
+        if self.batch_size == 1 or n_train == 1:
             self._check_single_sample_batches(net, train)
         net.train_split = predefined_split(valid) if valid is not None else None
         # Shuffling and worker seeds come from their own seed, drawn from the
         # training stream: the same model whatever num_workers is.
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
-        net.iterator_train__sampler = SeededShuffle(len(train), seed,
-                                                    numbered_epochs=isinstance(train, PairRows))
+        net.iterator_train__sampler = SeededShuffle(
+            len(train), seed, numbered_epochs=isinstance(train, PairRows),
+            rank=0 if group is None else group.rank,
+            world_size=1 if group is None else group.world_size)
         net.iterator_train__generator = torch.Generator().manual_seed(seed)
+        net.iterator_valid__sampler = None if group is None or valid is None else Shard(
+            len(valid), group.rank, group.world_size)
+        if group is not None:
+            # Every rank shares the seed; dropout and augmentation draws
+            # should still differ between the ranks' samples.
+            torch.manual_seed(seed + 1 + group.rank)
         try:
             net.partial_fit(train)
         finally:
@@ -618,7 +691,7 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
                                batch_size=self.batch_size, device=device,
                                amp_dtype=resolve_precision(self.precision, device),
                                num_workers=self.num_workers, output=output,
-                               verbose=self.verbose >= 2)
+                               verbose=self.verbose >= 2 and is_main_process())
 
 
 class FineTunedClassifier(ClassifierMixin, _FineTuned):
@@ -699,7 +772,8 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
                  max_epochs=10, batch_size=32, early_stopping=None, validation_fraction=0.1,
                  augment=False, class_weight=None, device="auto", precision="auto",
                  num_workers=0, image_size=None, random_state=None, verbose=0, callbacks=None,
-                 keep_optimizer=False, objective="cross_entropy", n_pairs=N_PAIRS):
+                 keep_optimizer=False, objective="cross_entropy", n_pairs=N_PAIRS,
+                 distributed="auto", sync_batchnorm=False):
         super().__init__(
             backbone=backbone, weights=weights, head=head, dropout=dropout, freeze=freeze,
             freeze_epochs=freeze_epochs, lr=lr, backbone_lr_mult=backbone_lr_mult,
@@ -708,7 +782,8 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
             validation_fraction=validation_fraction, augment=augment, device=device,
             precision=precision, num_workers=num_workers, image_size=image_size,
             random_state=random_state, verbose=verbose, callbacks=callbacks,
-            keep_optimizer=keep_optimizer)
+            keep_optimizer=keep_optimizer, distributed=distributed,
+            sync_batchnorm=sync_batchnorm)
         self.class_weight = class_weight
         self.objective = objective
         self.n_pairs = n_pairs

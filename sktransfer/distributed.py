@@ -1,0 +1,387 @@
+"""Data-parallel fine-tuning across processes launched by torchrun, accelerate or srun.
+
+A script that fits a fine-tuner, started with ``torchrun --nproc_per_node=N
+script.py`` (or ``accelerate launch``, or ``srun`` with ``MASTER_ADDR`` and
+``MASTER_PORT`` exported), runs the same ``fit`` in N processes. Each process
+trains on its own shard of every epoch, PyTorch's
+``DistributedDataParallel`` averages the gradients, and every decision that
+depends on data (the validation split, early stopping, the schedule) is made
+from values that are the same on every rank. This module holds what the
+estimators need for that: reading the launch, joining the process group,
+the collectives, the samplers and the BatchNorm conversion.
+
+Every function here is a no-op outside a launch (``group`` None): nothing
+changes, and nothing is slower, for a fit in one process.
+"""
+
+import contextlib
+import math
+import os
+import threading
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
+
+#: Set in the environment of a launched process when sktransfer is imported
+#: there, so that a worker process it starts (GridSearchCV with ``n_jobs > 1``)
+#: sees the launch's variables but can tell that it is not one of its ranks.
+LAUNCHED_PID = "SKTRANSFER_LAUNCHED_PID"
+
+_FIT_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where this process stands in a launch: its rank, the number of ranks,
+    and its rank on this machine (which GPU it uses)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def launch_environment(environ=None):
+    """The launch this process belongs to, read from its environment, or None.
+
+    torchrun and ``accelerate launch`` set ``RANK``, ``WORLD_SIZE`` and
+    ``LOCAL_RANK``; under ``srun`` the ranks come from ``SLURM_PROCID``,
+    ``SLURM_NTASKS`` and ``SLURM_LOCALID`` once ``MASTER_ADDR`` and
+    ``MASTER_PORT`` name the rendezvous.
+
+    Parameters
+    ----------
+    environ : mapping, optional
+        The environment to read; ``os.environ`` by default.
+
+    Returns
+    -------
+    Launch or None
+
+    Examples
+    --------
+    >>> launch_environment({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
+    Launch(rank=1, world_size=4, local_rank=1)
+    >>> launch_environment({}) is None
+    True
+    """
+    env = os.environ if environ is None else environ
+    try:
+        if "RANK" in env and "WORLD_SIZE" in env:
+            return Launch(int(env["RANK"]), int(env["WORLD_SIZE"]),
+                          int(env.get("LOCAL_RANK", 0)))
+        if ("SLURM_PROCID" in env and "SLURM_NTASKS" in env and "MASTER_ADDR" in env
+                and "MASTER_PORT" in env):
+            return Launch(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]),
+                          int(env.get("SLURM_LOCALID", 0)))
+    except ValueError as exc:
+        raise ValueError(f"the launch environment is malformed: {exc}") from exc
+    return None
+
+
+def mark_launched_process():
+    """Record this process as a rank of its launch (called when sktransfer is imported)."""
+    if launch_environment() is not None and LAUNCHED_PID not in os.environ:
+        os.environ[LAUNCHED_PID] = str(os.getpid())
+
+
+def is_main_process():
+    """Whether this process prints: rank 0 of the process group or launch, or no launch."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    launch = launch_environment()
+    return launch is None or launch.rank == 0
+
+
+def launch_device(device):
+    """``device``, with a CUDA device without index mapped to this rank's GPU.
+
+    Under a launch, process ``LOCAL_RANK`` uses GPU ``LOCAL_RANK`` of its
+    machine; elsewhere, or for an explicit index, the device is unchanged.
+    """
+    if device.type != "cuda" or device.index is not None:
+        return device
+    launch = launch_environment()
+    if launch is None:
+        return device
+    return torch.device("cuda", launch.local_rank % max(1, torch.cuda.device_count()))
+
+
+class TrainingGroup:
+    """The processes one data-parallel fit trains over.
+
+    Parameters
+    ----------
+    rank, world_size : int
+    device : torch.device
+        This process's training device; the collectives run on it (NCCL
+        needs CUDA tensors, gloo takes CPU ones).
+    """
+
+    def __init__(self, rank, world_size, device):
+        self.rank = rank
+        self.world_size = world_size
+        self.device = device
+
+    def __repr__(self):
+        return f"TrainingGroup(rank={self.rank}, world_size={self.world_size})"
+
+    def _tensor(self, values, dtype):
+        # NCCL reduces CUDA tensors only; gloo takes CPU ones.
+        device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        if isinstance(values, torch.Tensor):
+            return values.detach().to(device=device, dtype=dtype)
+        return torch.as_tensor(np.asarray(values), dtype=dtype, device=device)
+
+    def all_reduce(self, values):
+        """The sum over ranks of ``values`` (an array of floats), as float64 numpy."""
+        tensor = self._tensor(values, torch.float64)
+        dist.all_reduce(tensor)
+        return tensor.cpu().numpy()
+
+    def all_gather(self, values):
+        """The int64 ``values`` of every rank, stacked: shape (world_size, len(values))."""
+        tensor = self._tensor(values, torch.int64)
+        gathered = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(gathered, tensor)
+        return torch.stack(gathered).cpu().numpy()
+
+    def broadcast_int(self, value):
+        """Rank 0's ``value`` on every rank."""
+        tensor = self._tensor([value], torch.int64)
+        dist.broadcast(tensor, src=0)
+        return int(tensor.item())
+
+    def broadcast_buffers(self, module):
+        """Copy rank 0's buffers (BatchNorm running statistics) to every rank.
+
+        DistributedDataParallel does this before each training forward; after
+        the last step of an epoch each rank holds statistics updated by its
+        own batch, which validation and the fitted model must not depend on.
+        """
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+    def check_same_data(self, target):
+        """Raise a ValueError on every rank unless every rank was given the same targets."""
+        y = np.ascontiguousarray(target)
+        mine = [len(y), zlib.crc32(y.tobytes())]
+        every = self.all_gather(mine)
+        if (every == every[0]).all():
+            return
+        sizes = ", ".join(f"rank {r}: {n}" for r, n in enumerate(every[:, 0]))
+        what = "sizes" if len(set(every[:, 0])) > 1 else "targets"
+        raise ValueError(
+            f"the processes of this distributed fit were given different data ({what}; "
+            f"samples per rank: {sizes}). Every rank must call fit with the same X and y: "
+            "each process trains on its own shard of them, chosen by the fit.")
+
+
+def join_training_group(distributed, device):
+    """The :class:`TrainingGroup` a fit trains over, or None to train in this process alone.
+
+    ``distributed="auto"`` uses the process group when one is initialized
+    with more than one process, and otherwise initializes one when this
+    process was launched as one of several ranks (see
+    :func:`launch_environment`): NCCL for CUDA devices, gloo for the CPU.
+    ``True`` does the same but raises when there is no launch; ``False``
+    returns None.
+
+    Raises
+    ------
+    ValueError
+        For a worker process of a launched rank (GridSearchCV with
+        ``n_jobs > 1``), or a device other than CPU or CUDA.
+    """
+    if distributed is False:
+        return None
+    initialized = dist.is_available() and dist.is_initialized()
+    launch = launch_environment()
+    if initialized:
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    elif launch is not None:
+        rank, world_size = launch.rank, launch.world_size
+    else:
+        rank, world_size = 0, 1
+    if world_size < 2:
+        if distributed is True:
+            raise ValueError("distributed=True trains across the processes of a launch, but "
+                             "this process was not launched as one of several (run the script "
+                             "with torchrun --nproc_per_node=N, accelerate launch or srun), and "
+                             "no process group is initialized; use distributed='auto' or False.")
+        return None
+    marked = os.environ.get(LAUNCHED_PID)
+    if not initialized and marked is not None and marked != str(os.getpid()):
+        raise ValueError(
+            f"this fit runs in a worker process started by rank {rank} of a distributed launch "
+            "(GridSearchCV, cross_validate or joblib with n_jobs > 1?), where a fit cannot "
+            "join the launch's process group. Use n_jobs=1: the search then runs on every rank "
+            "and each of its fits trains across all of them; or pass distributed=False to "
+            "train each fit alone in its worker.")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"distributed training runs on CUDA devices (NCCL) or the CPU (gloo); "
+                         f"device {device} is neither. Use device='cpu', device='cuda' or "
+                         "distributed=False.")
+    if not dist.is_available():
+        raise ValueError("this build of PyTorch has no torch.distributed; use "
+                         "distributed=False.")
+    if not initialized:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                init_method="env://", rank=rank, world_size=world_size)
+    elif dist.get_backend() == "nccl" and device.type != "cuda":
+        raise ValueError(f"the initialized process group uses NCCL, which needs CUDA devices, "
+                         f"but this fit trains on {device}; use device='cuda' or a gloo group.")
+    return TrainingGroup(rank, world_size, device)
+
+
+@contextlib.contextmanager
+def training_group(distributed, device):
+    """Join the training group for the length of one fit (see :func:`join_training_group`).
+
+    Fits in one process train one at a time: two at once would interleave
+    their collectives.
+    """
+    group = join_training_group(distributed, device)
+    if group is None:
+        yield None
+        return
+    if not _FIT_LOCK.acquire(blocking=False):
+        raise RuntimeError(
+            "another distributed fit is running in this process (a search with n_jobs > 1 "
+            "and the threading backend?); distributed fits run one at a time: use n_jobs=1.")
+    try:
+        yield group
+    finally:
+        _FIT_LOCK.release()
+
+
+def shared_random_state(group, random_state):
+    """The seed every rank of ``group`` trains with: rank 0's.
+
+    Without a group, ``random_state`` unchanged. With one, an int: the seed
+    ``random_state`` gives on rank 0 (a fresh one when it is None), so the
+    initialization, the validation split and the shuffling agree on every
+    rank even without a seed.
+    """
+    if group is None:
+        return random_state
+    if random_state is None:
+        seed = int(np.random.SeedSequence().generate_state(1)[0] % (2**31 - 1))
+    else:
+        from ._device import _seed_from
+
+        seed = _seed_from(random_state)
+    return group.broadcast_int(seed)
+
+
+class SeededShuffle(DistributedSampler):
+    """A new permutation of ``range(n)`` each epoch, drawn from its own seed; one rank's share.
+
+    The DataLoader's default shuffling draws from torch's global RNG, and so
+    does its choice of worker seeds, once per epoch without workers but once
+    per call with persistent workers: the dropout masks drawn from the same
+    stream then depend on ``num_workers``. With this sampler and a loader
+    ``generator`` of its own, the global stream holds only the model's draws,
+    so ``num_workers`` does not change the model.
+
+    Across ``world_size`` ranks, rank ``r`` takes every ``world_size``-th
+    index of the same permutation, starting at ``r``, padded so that every
+    rank runs the same number of batches (PyTorch's ``DistributedSampler``).
+    The epoch advances by itself at each pass.
+
+    Parameters
+    ----------
+    n : int
+        Rows of the data set.
+    seed : int
+    numbered_epochs : bool, default=False
+        Yield ``epoch * n + i`` instead of ``i``, so a data set can tell the
+        epochs apart (see :class:`~sktransfer.contrastive.PairRows`).
+    rank, world_size : int, default=0, 1
+
+    Examples
+    --------
+    >>> shuffle = SeededShuffle(4, seed=0)
+    >>> first, second = list(shuffle), list(shuffle)
+    >>> sorted(first), first != second, list(SeededShuffle(4, seed=0)) == first
+    ([0, 1, 2, 3], True, True)
+    >>> halves = [list(SeededShuffle(5, seed=0, rank=r, world_size=2)) for r in (0, 1)]
+    >>> [len(h) for h in halves], sorted(set(halves[0] + halves[1]))
+    ([3, 3], [0, 1, 2, 3, 4])
+    """
+
+    def __init__(self, n, seed, numbered_epochs=False, rank=0, world_size=1):
+        super().__init__(range(n), num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+        self.n = n
+        self.numbered_epochs = numbered_epochs
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        # Numbered epochs: epoch e yields e * n + i, for data sets that serve
+        # different rows each epoch (contrastive.PairRows: fresh pairs).
+        offset = self.epoch * self.n if self.numbered_epochs else 0
+        self.set_epoch(self.epoch + 1)
+        return iter([i + offset for i in indices])
+
+
+class Shard(torch.utils.data.Sampler):
+    """Rank ``rank``'s share of ``range(n)`` for evaluation, without padding.
+
+    Every ``world_size``-th index from ``rank``; all of ``range(n)`` when
+    there are fewer indices than ranks, so that every rank evaluates
+    something and a mean weighted by counts stays exact.
+
+    Examples
+    --------
+    >>> list(Shard(5, 1, 2)), list(Shard(1, 1, 2))
+    ([1, 3], [0])
+    """
+
+    def __init__(self, n, rank, world_size):
+        self.indices = list(range(n)) if n < world_size else list(range(rank, n, world_size))
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+
+def shard_size(n, group):
+    """Training samples per rank and epoch (the padded share of ``n``)."""
+    return n if group is None else math.ceil(n / group.world_size)
+
+
+def to_sync_batchnorm(module):
+    """Replace the BatchNorm layers in ``module`` by ``SyncBatchNorm``, in place.
+
+    The new layers share the parameters and statistics of the old ones;
+    returns what :func:`from_sync_batchnorm` needs to put the old layers back
+    (the fitted model keeps plain BatchNorm, which runs without a process
+    group).
+    """
+    replaced = []
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.modules.batchnorm._BatchNorm) \
+                    and not isinstance(child, torch.nn.SyncBatchNorm):
+                sync = torch.nn.SyncBatchNorm.convert_sync_batchnorm(child)
+                setattr(parent, name, sync)
+                replaced.append((parent, name, child))
+    return replaced
+
+
+def from_sync_batchnorm(replaced):
+    """Undo :func:`to_sync_batchnorm`, keeping the trained values and their devices."""
+    for parent, name, original in reversed(replaced):
+        sync = getattr(parent, name)
+        # Moving a module replaces its buffer tensors: take the current ones.
+        original._parameters.update(sync._parameters)
+        original._buffers.update(sync._buffers)
+        original.train(sync.training)
+        setattr(parent, name, original)

@@ -1,0 +1,184 @@
+"""Data-parallel fine-tuning under torchrun: two CPU processes (gloo) in the suite, GPUs marked.
+
+The launch runs tests/ddp_digits.py once per device; each rank writes what
+its fits ended with, and the tests compare the ranks with each other and
+with the same fit in one process.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import sktransfer
+from sktransfer import FineTunedClassifier
+from sktransfer.distributed import LAUNCHED_PID, Launch, launch_environment
+
+sys.path.insert(0, os.path.dirname(__file__))
+from ddp_digits import PARAMS, digits, small_cnn  # noqa: E402
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "ddp_digits.py")
+
+
+def launch(out, n_processes, device):
+    """Run the script under torchrun with ``n_processes`` ranks; the ranks' reports."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", LAUNCHED_PID):
+        env.pop(name, None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={n_processes}", SCRIPT, str(out), "--device", device]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    reports = []
+    for rank in range(n_processes):
+        with open(out / f"rank{rank}.json") as f:
+            report = json.load(f)
+        report["weights"] = dict(np.load(out / f"rank{rank}.npz"))
+        reports.append(report)
+    return reports
+
+
+@pytest.fixture(scope="module")
+def cpu_launch(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp_cpu")
+    return out, launch(out, 2, "cpu")
+
+
+@pytest.fixture(scope="module")
+def single_process():
+    """The main fit of the script, in this process alone."""
+    X, y, X_test, y_test = digits()
+    clf = FineTunedClassifier(small_cnn(), device="cpu", **PARAMS).fit(X, y)
+    return clf, clf.score(X_test, y_test)
+
+
+def test_each_rank_trains_on_its_half_of_every_epoch(cpu_launch, single_process):
+    _, (first, second) = cpu_launch
+    clf, _ = single_process
+    n_train = 400 - 40  # early stopping holds out validation_fraction=0.1
+    batch = PARAMS["batch_size"]
+    assert [sum("train_loss" in b for b in epoch["batches"]) for epoch in clf.history_][0] \
+        == math.ceil(n_train / batch)
+    for report in (first, second):
+        assert set(report["train_batches_per_epoch"]) == {math.ceil(n_train / 2 / batch)}
+
+
+def test_ranks_end_with_identical_weights_and_predictions(cpu_launch):
+    _, (first, second) = cpu_launch
+    assert first["weights"].keys() == second["weights"].keys()
+    for name, value in first["weights"].items():
+        # BatchNorm running statistics included: they are rank 0's on every rank.
+        np.testing.assert_array_equal(value, second["weights"][name], err_msg=name)
+    assert first["proba"] == second["proba"]
+    # partial_fit and the contrastive objective train data-parallel too.
+    assert first["partial_fit_head"] == second["partial_fit_head"]
+    assert first["contrastive_transform"] == second["contrastive_transform"]
+
+
+def test_accuracy_matches_the_single_process_fit(cpu_launch, single_process):
+    _, (first, _) = cpu_launch
+    _, accuracy = single_process
+    # The effective batch is twice as large (16 per process), so the runs
+    # differ; the single-process fit reached 0.9425-0.9675 over seeds 0-2
+    # and 1 or 2 threads.
+    assert abs(first["accuracy"] - accuracy) <= 0.04, (first["accuracy"], accuracy)
+
+
+def test_early_stopping_stops_on_the_same_epoch_on_every_rank(cpu_launch):
+    _, (first, second) = cpu_launch
+    assert first["epochs"] == second["epochs"] < PARAMS["max_epochs"]
+    # The validation loss is the mean over both ranks' shards, the same everywhere.
+    assert first["valid_loss"] == second["valid_loss"]
+
+
+def test_the_model_saved_on_rank_zero_loads_in_a_plain_process(cpu_launch):
+    out, (first, _) = cpu_launch
+    model = sktransfer.load(out / "model.skt")
+    assert not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    np.testing.assert_allclose(model.predict_proba(digits()[2]), first["proba"], atol=1e-6)
+
+
+def test_a_search_gives_every_rank_the_same_best_parameters(cpu_launch):
+    _, (first, second) = cpu_launch
+    assert first["best_params"] == second["best_params"]
+    assert first["cv_scores"] == second["cv_scores"]
+
+
+def test_bad_setups_get_clear_errors_on_every_rank(cpu_launch):
+    _, reports = cpu_launch
+    for report in reports:
+        assert "different data" in report["different_data_error"]
+        assert "rank 1: 399" in report["different_data_error"]
+        assert "SyncBatchNorm" in report["sync_batchnorm_error"]
+        assert "1 training samples cannot be shared among the 2 processes" \
+            in report["too_few_samples_error"]
+        assert "n_jobs=1" in report["n_jobs_error"]
+
+
+@pytest.mark.gpu
+def test_data_parallel_on_gpus(tmp_path, single_process):
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 or more CUDA devices")
+    first, second = launch(tmp_path, 2, "cuda")
+    for name, value in first["weights"].items():
+        np.testing.assert_array_equal(value, second["weights"][name], err_msg=name)
+    assert first["epochs"] == second["epochs"]
+    assert first["best_params"] == second["best_params"]
+    # bf16 autocast on the GPUs: a wider band than on the CPU.
+    assert abs(first["accuracy"] - single_process[1]) <= 0.08
+
+
+# -- without torchrun -------------------------------------------------------
+
+def test_the_launch_is_read_from_torchrun_and_slurm_variables():
+    assert launch_environment({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}) \
+        == Launch(3, 8, 1)
+    slurm = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
+             "MASTER_ADDR": "node1", "MASTER_PORT": "29500"}
+    assert launch_environment(slurm) == Launch(5, 8, 1)
+    # A SLURM job step without a rendezvous address is not a launch.
+    assert launch_environment({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"}) is None
+    with pytest.raises(ValueError, match="malformed"):
+        launch_environment({"RANK": "one", "WORLD_SIZE": "2"})
+
+
+def tiny():
+    X = np.random.RandomState(0).rand(40, 6).astype(np.float32)
+    return X, (X[:, 0] > 0.5).astype(int)
+
+
+def make(**params):
+    torch.manual_seed(0)
+    return FineTunedClassifier(torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU()),
+                               lr=0.05, max_epochs=2, random_state=0, **params)
+
+
+def test_outside_a_launch_auto_trains_alone_exactly_as_before():
+    X, y = tiny()
+    auto, alone = make().fit(X, y), make(distributed=False).fit(X, y)
+    np.testing.assert_array_equal(auto.predict_proba(X), alone.predict_proba(X))
+    with pytest.raises(ValueError, match="distributed=True trains across the processes"):
+        make(distributed=True).fit(X, y)
+    with pytest.raises(ValueError, match="distributed must be 'auto', True or False"):
+        make(distributed="yes").fit(X, y)
+    with pytest.raises(ValueError, match="sync_batchnorm must be True or False"):
+        make(sync_batchnorm="no").fit(X, y)
+
+
+def test_a_worker_process_of_a_launch_refuses_to_join_it(monkeypatch):
+    # What a GridSearchCV(n_jobs=2) worker of a torchrun rank sees: the
+    # launch's variables, and the rank's own pid as the launched process.
+    X, y = tiny()
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999",
+                        LAUNCHED_PID: str(os.getpid() + 1)}.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match="worker process .* n_jobs > 1"):
+        make().fit(X, y)
+    # distributed=False trains each fit alone in its worker.
+    assert make(distributed=False).fit(X, y).score(X, y) > 0.5
