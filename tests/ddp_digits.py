@@ -99,6 +99,15 @@ def main():
     contrastive.fit(X, y)
     report["contrastive_transform"] = contrastive.transform(X_test[:5]).tolist()
 
+    if args.device == "cuda":
+        synced = FineTunedClassifier(small_cnn(), device=args.device, sync_batchnorm=True,
+                                     lr=0.01, max_epochs=2, batch_size=16, random_state=0)
+        synced.fit(X, y)
+        report["sync_batchnorm_layers"] = sorted(
+            {type(m).__name__ for m in synced.backbone_.module.modules() if "Norm" in
+             type(m).__name__})
+        report["sync_batchnorm_proba"] = synced.predict_proba(X_test[:5]).tolist()
+
     # The same search on every rank, each fit distributed.
     search = GridSearchCV(FineTunedClassifier(small_cnn(), device=args.device, max_epochs=2,
                                               batch_size=16, random_state=0),

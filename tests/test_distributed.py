@@ -17,7 +17,8 @@ import torch
 
 import sktransfer
 from sktransfer import FineTunedClassifier
-from sktransfer.distributed import LAUNCHED_PID, Launch, launch_environment
+from sktransfer.distributed import (LAUNCHED_PID, Launch, from_sync_batchnorm,
+                                    launch_environment, to_sync_batchnorm)
 
 sys.path.insert(0, os.path.dirname(__file__))
 from ddp_digits import PARAMS, digits, small_cnn  # noqa: E402
@@ -129,6 +130,9 @@ def test_data_parallel_on_gpus(tmp_path, single_process):
         np.testing.assert_array_equal(value, second["weights"][name], err_msg=name)
     assert first["epochs"] == second["epochs"]
     assert first["best_params"] == second["best_params"]
+    # SyncBatchNorm trains, and the fitted model keeps plain BatchNorm.
+    assert first["sync_batchnorm_layers"] == ["BatchNorm2d"]
+    assert first["sync_batchnorm_proba"] == second["sync_batchnorm_proba"]
     # bf16 autocast on the GPUs: a wider band than on the CPU.
     assert abs(first["accuracy"] - single_process[1]) <= 0.08
 
@@ -182,3 +186,16 @@ def test_a_worker_process_of_a_launch_refuses_to_join_it(monkeypatch):
         make().fit(X, y)
     # distributed=False trains each fit alone in its worker.
     assert make(distributed=False).fit(X, y).score(X, y) > 0.5
+
+
+def test_sync_batchnorm_layers_share_the_weights_and_are_put_back():
+    model = small_cnn()
+    norm = model[2]
+    weight, mean = norm.weight, norm.running_mean
+    replaced = to_sync_batchnorm(model)
+    assert isinstance(model[2], torch.nn.SyncBatchNorm) and len(replaced) == 2
+    assert model[2].weight is weight and model[2].running_mean is mean
+    model[2].running_mean = mean + 1  # as moving the module to a device would
+    from_sync_batchnorm(replaced)
+    assert model[2] is norm and type(norm) is torch.nn.BatchNorm2d
+    torch.testing.assert_close(norm.running_mean, mean + 1)
