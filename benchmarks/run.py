@@ -24,7 +24,8 @@ import torch  # noqa: E402
 from harness import Settings  # noqa: E402
 
 #: Benchmark names, run in this order; ``bench_<name>.py`` holds each.
-BENCHMARKS = ("transform", "text", "memory", "finetune", "cache", "save_load", "ranking", "replica")
+BENCHMARKS = ("transform", "text", "memory", "finetune", "cache", "save_load", "ranking", "replica",
+              "distributed")
 
 
 def machine_description(device):

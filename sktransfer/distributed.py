@@ -89,7 +89,22 @@ def mark_launched_process():
 
 
 def is_main_process():
-    """Whether this process prints: rank 0 of the process group or launch, or no launch."""
+    """Whether this process is the one that prints and saves: rank 0, or the only process.
+
+    True on rank 0 of an initialized process group, else on rank 0 of the
+    launch this process belongs to (see :func:`launch_environment`), and in
+    a process that is not part of a launch.
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> from sktransfer.distributed import is_main_process
+    >>> is_main_process()  # a plain run
+    True
+    """
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank() == 0
     launch = launch_environment()
@@ -165,19 +180,58 @@ class TrainingGroup:
         for buffer in module.buffers():
             dist.broadcast(buffer, src=0)
 
-    def check_same_data(self, target):
-        """Raise a ValueError on every rank unless every rank was given the same targets."""
+    def check_same_data(self, target, params):
+        """Raise a ValueError on every rank unless every rank was given the same fit.
+
+        Compares the number of samples, the targets and the estimator's
+        plain parameters (numbers, strings and their tuples; other values
+        by type): a rank training with another learning rate would silently
+        average gradients of different models, and one with other
+        ``max_epochs`` would leave the others waiting.
+        """
         y = np.ascontiguousarray(target)
-        mine = [len(y), zlib.crc32(y.tobytes())]
+        names = sorted(params)
+        mine = [len(y), zlib.crc32(y.tobytes())] + [
+            zlib.crc32(_plain_repr(params[name]).encode()) for name in names]
         every = self.all_gather(mine)
         if (every == every[0]).all():
             return
         sizes = ", ".join(f"rank {r}: {n}" for r, n in enumerate(every[:, 0]))
+        differing = [name for i, name in enumerate(names) if len(set(every[:, 2 + i])) > 1]
+        if differing:
+            raise ValueError(
+                f"the processes of this distributed fit were given different parameters: "
+                f"{differing} differ between ranks. Every rank must fit the same estimator "
+                "(a RandomizedSearchCV under a launch needs an integer random_state, so that "
+                "every rank draws the same candidates).")
         what = "sizes" if len(set(every[:, 0])) > 1 else "targets"
         raise ValueError(
             f"the processes of this distributed fit were given different data ({what}; "
             f"samples per rank: {sizes}). Every rank must call fit with the same X and y: "
-            "each process trains on its own shard of them, chosen by the fit.")
+            "each process trains on its own shard of them, chosen by the fit. Load the data "
+            "in a fixed order, and give every split that shuffles an integer random_state "
+            "(KFold(shuffle=True, random_state=0)).")
+
+    def broadcast_module(self, module):
+        """Copy rank 0's parameters and buffers of ``module`` to every rank."""
+        with torch.no_grad():
+            for tensor in [*module.parameters(), *module.buffers()]:
+                # NCCL broadcasts CUDA tensors only: go through the device.
+                sent = self._tensor(tensor, tensor.dtype)
+                dist.broadcast(sent, src=0)
+                tensor.copy_(sent)
+
+
+def _plain_repr(value):
+    """``repr`` of plain values; the type of others (their repr may hold an address)."""
+    if value is None or isinstance(value, (bool, int, float, str, np.generic)):
+        return repr(value)
+    if isinstance(value, (tuple, list)):
+        return type(value).__name__ + "(" + ",".join(_plain_repr(v) for v in value) + ")"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{_plain_repr(k)}:{_plain_repr(v)}"
+                              for k, v in sorted(value.items(), key=lambda kv: repr(kv[0]))) + "}"
+    return type(value).__module__ + "." + type(value).__qualname__
 
 
 def join_training_group(distributed, device):

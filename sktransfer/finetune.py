@@ -309,7 +309,7 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
                         raise ValueError(f"sync_batchnorm=True needs CUDA devices: PyTorch's "
                                          f"SyncBatchNorm does not run on {group.device.type}; "
                                          "use sync_batchnorm=False on the CPU.")
-                    group.check_same_data(target)
+                    group.check_same_data(target, self.get_params(deep=False))
                 yield shared_random_state(group, self.random_state)
             finally:
                 self.__dict__.pop("_group", None)
@@ -547,6 +547,11 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
                              "objective='cross_entropy' for a linear probe.")
         self._train(self._pairs(train), self._pairs(valid), epochs)
         self._fit_head_to_convergence(train)
+        group = getattr(self, "_group", None)
+        if group is not None:
+            # Every rank fitted the head on the same embeddings; on GPUs,
+            # non-deterministic kernels could still leave them a rounding apart.
+            group.broadcast_module(self.head_)
 
     def _pairs(self, rows):
         """Pairs of ``rows`` for the contrastive objective, drawn from the seeded stream."""

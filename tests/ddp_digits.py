@@ -120,6 +120,9 @@ def main():
     report["different_data_error"] = refused(
         lambda: FineTunedClassifier(small_cnn(), device=args.device, max_epochs=1),
         X[:n], y[:n])
+    report["different_params_error"] = refused(
+        lambda: FineTunedClassifier(small_cnn(), device=args.device, max_epochs=1,
+                                    lr=1e-3 * (1 + rank)), X, y)
     if args.device == "cpu":
         report["sync_batchnorm_error"] = refused(
             lambda: FineTunedClassifier(small_cnn(), sync_batchnorm=True, max_epochs=1),

@@ -115,6 +115,7 @@ def test_bad_setups_get_clear_errors_on_every_rank(cpu_launch):
     for report in reports:
         assert "different data" in report["different_data_error"]
         assert "rank 1: 399" in report["different_data_error"]
+        assert "different parameters: ['lr']" in report["different_params_error"]
         assert "SyncBatchNorm" in report["sync_batchnorm_error"]
         assert "1 training samples cannot be shared among the 2 processes" \
             in report["too_few_samples_error"]
