@@ -20,8 +20,12 @@ from sklearn.utils.multiclass import type_of_target
 
 from .finetune import FineTunedClassifier, FineTunedRegressor
 
-#: The built-in methods, in the order they are reported.
+#: The built-in methods compared by default, in the order they are reported.
 METHODS = ("scratch", "linear_probe", "fine_tune", "lp_ft", "l2sp")
+
+#: Built-in methods to name in ``methods`` (classification only): not run by
+#: default, to keep the default study's cost.
+MORE_METHODS = ("contrastive",)
 
 #: The method every gain is measured against.
 BASELINE = "scratch"
@@ -32,9 +36,6 @@ CONFIDENCE = 0.95
 #: L2-SP strength of the "l2sp" method: strong enough to keep the weights near
 #: the source's on a small target set, weak enough not to freeze them.
 L2SP_ALPHA = 0.01
-
-#: Backbone learning-rate multiplier of the "lp_ft" method after the head-only epochs.
-LP_FT_LR_MULT = 0.5
 
 _TASKS = {"classification": FineTunedClassifier, "regression": FineTunedRegressor}
 
@@ -67,11 +68,16 @@ def compare_transfer(X, y, backbone, *, methods=METHODS, cv=5, scoring=None,
         - ``"linear_probe"``: the frozen backbone with a new head
           (``freeze="backbone"``);
         - ``"fine_tune"``: the whole network trains;
-        - ``"lp_ft"``: the head alone for the first quarter of the epochs
-          (at least one), then everything, the backbone at half the head's
-          learning rate (``freeze_epochs``, ``backbone_lr_mult=0.5``);
+        - ``"lp_ft"``: the head fitted to convergence on the frozen
+          embeddings and trained alone for the first quarter of the epochs
+          (at least one), then everything (``freeze_epochs``; unless
+          ``estimator_params`` sets ``lr``, at the smaller default rate of
+          head-first training, see :class:`~sktransfer.FineTunedClassifier`);
         - ``"l2sp"``: fine-tuning with the L2-SP penalty towards the
-          pretrained weights (``l2sp=0.01``, ``weight_decay=0``).
+          pretrained weights (``l2sp=0.01``, ``weight_decay=0``);
+        - ``"contrastive"`` (classification; not in the default list): the
+          backbone trained on label pairs, then the head fitted
+          (``objective="contrastive"``), the few-labels recipe.
 
         A dict maps names to estimators, to add your own (any scikit-learn
         estimator, such as a Pipeline on frozen features); a value of
@@ -352,11 +358,12 @@ def _check_methods(methods):
     if not chosen:
         raise ValueError("methods is empty: name at least one method, such as "
                          f"{list(METHODS)}")
-    unknown = [name for name, est in chosen.items() if est is None and name not in METHODS]
+    builtin = METHODS + MORE_METHODS
+    unknown = [name for name, est in chosen.items() if est is None and name not in builtin]
     if unknown:
         raise ValueError(
             f"unknown method {unknown[0]!r}; the built-in methods are "
-            f"{', '.join(map(repr, METHODS))}. To compare your own estimator, pass a dict: "
+            f"{', '.join(map(repr, builtin))}. To compare your own estimator, pass a dict: "
             "methods={'name': estimator, 'scratch': None, ...}")
     bad = [name for name, est in chosen.items() if est is not None and not hasattr(est, "fit")]
     if bad:
@@ -397,6 +404,9 @@ def _build_estimators(chosen, backbone, task, estimator_params, random_state):
                          "compare_transfer's backbone argument")
     if random_state is not None:
         params.setdefault("random_state", random_state)
+    if task == "regression" and "contrastive" in chosen and chosen["contrastive"] is None:
+        raise ValueError("the 'contrastive' method draws pairs from class labels; it compares "
+                         "classifiers only, and y here is continuous")
     base = _TASKS[task](backbone=backbone).set_params(**params)
     # cross_validate clones every estimator: the user's own stay unfitted. A
     # plain loop, not a comprehension, so _builtin's warning points at the caller.
@@ -413,9 +423,10 @@ def _builtin(name, base, user_params):
         "linear_probe": {"freeze": "backbone"},
         "fine_tune": {},
         # Head first for a quarter of the epochs, so a random head does not
-        # wreck the pretrained features, then everything at lower rates.
-        "lp_ft": {"freeze": "none", "freeze_epochs": max(1, base.max_epochs // 4),
-                  "backbone_lr_mult": LP_FT_LR_MULT},
+        # wreck the pretrained features, then everything (at the head-first
+        # default rate unless estimator_params sets lr).
+        "lp_ft": {"freeze": "none", "freeze_epochs": max(1, base._max_epochs() // 4)},
+        "contrastive": {"objective": "contrastive"},
         # Weight decay pulls towards zero, against L2-SP's pull towards the source.
         "l2sp": {"l2sp": L2SP_ALPHA, "weight_decay": 0.0},
     }[name]

@@ -203,7 +203,7 @@ XY = (np.random.RandomState(0).rand(12, 4).astype(np.float32), np.arange(12) % 2
 @pytest.mark.parametrize("kwargs, error, message", [
     ({"methods": ["scratch", "finetune"]}, ValueError,
      "unknown method 'finetune'; the built-in methods are 'scratch', 'linear_probe', "
-     "'fine_tune', 'lp_ft', 'l2sp'"),
+     "'fine_tune', 'lp_ft', 'l2sp', 'contrastive'"),
     ({"methods": "scratch"}, ValueError, "write ['scratch'] for one method"),
     ({"methods": {"mine": "svc"}}, TypeError, "methods['mine'] must be an estimator"),
     ({"cv": [(np.arange(6), np.arange(6, 12))]}, ValueError,
@@ -237,3 +237,11 @@ def test_a_method_setting_that_overrides_estimator_params_is_warned_about():
         compare_transfer(*XY, **{**TINY, "estimator_params": {"max_epochs": 1, "l2sp": 0.01}},
                          methods=["scratch", "l2sp"], cv=2)
 
+
+
+def test_the_contrastive_method_compares_classifiers_only():
+    report = compare_transfer(*XY, **TINY, methods=["scratch", "contrastive"], cv=2,
+                              random_state=0)
+    assert set(report.results["method"]) == {"scratch", "contrastive"}
+    with pytest.raises(ValueError, match="'contrastive' method draws pairs from class labels"):
+        compare_transfer(XY[0], XY[0][:, 0], **TINY, methods=["scratch", "contrastive"], cv=2)
