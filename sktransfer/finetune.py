@@ -327,7 +327,11 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
                         raise ValueError(f"sync_batchnorm=True needs CUDA devices: PyTorch's "
                                          f"SyncBatchNorm does not run on {group.device.type}; "
                                          "use sync_batchnorm=False on the CPU.")
-                    group.check_same_data(target, self.get_params(deep=False))
+                    # Parameters that change how a rank loads or prints, not
+                    # what it trains, may differ (verbose on rank 0 only).
+                    params = {k: v for k, v in self.get_params(deep=False).items()
+                              if k not in ("verbose", "num_workers")}
+                    group.check_same_data(target, params)
                 yield shared_random_state(group, self.random_state)
             finally:
                 self.__dict__.pop("_group", None)

@@ -79,7 +79,8 @@ def main():
     X, y, X_test, y_test = digits()
     report = {"rank": rank}
 
-    clf = FineTunedClassifier(small_cnn(), device=args.device, **PARAMS).fit(X, y)
+    # verbose=1 everywhere: the library prints the epoch table on rank 0 only.
+    clf = FineTunedClassifier(small_cnn(), device=args.device, verbose=1, **PARAMS).fit(X, y)
     report["train_batches_per_epoch"] = train_batches_per_epoch(clf)
     report["valid_loss"] = clf.history_[:, "valid_loss"]
     report["epochs"] = len(clf.history_)
@@ -94,8 +95,10 @@ def main():
     report["partial_fit_head"] = clf.head_[-1].weight.detach().numpy().ravel()[:20].tolist() \
         if isinstance(clf.head_, nn.Sequential) else \
         next(clf.head_.parameters()).detach().numpy().ravel()[:20].tolist()
+    # verbose may differ between ranks (it changes what a rank prints, not what it trains).
     contrastive = FineTunedClassifier(small_cnn(), device=args.device, objective="contrastive",
-                                      lr=0.01, max_epochs=2, batch_size=16, random_state=0)
+                                      lr=0.01, max_epochs=2, batch_size=16, random_state=0,
+                                      verbose=int(rank == 0))
     contrastive.fit(X, y)
     report["contrastive_transform"] = contrastive.transform(X_test[:5]).tolist()
 

@@ -40,6 +40,7 @@ def launch(out, n_processes, device):
         with open(out / f"rank{rank}.json") as f:
             report = json.load(f)
         report["weights"] = dict(np.load(out / f"rank{rank}.npz"))
+        report["stdout"] = done.stdout  # every rank's, together
         reports.append(report)
     return reports
 
@@ -79,6 +80,13 @@ def test_ranks_end_with_identical_weights_and_predictions(cpu_launch):
     # partial_fit and the contrastive objective train data-parallel too.
     assert first["partial_fit_head"] == second["partial_fit_head"]
     assert first["contrastive_transform"] == second["contrastive_transform"]
+
+
+def test_only_rank_zero_prints_the_epoch_table(cpu_launch):
+    _, (first, _) = cpu_launch
+    # Both ranks fit with verbose=1; the main fit's table has a valid_acc column.
+    headers = [line for line in first["stdout"].splitlines() if "valid_acc" in line]
+    assert len(headers) == 1, first["stdout"][-2000:]
 
 
 def test_accuracy_matches_the_single_process_fit(cpu_launch, single_process):
