@@ -11,6 +11,7 @@ with each other and with a fit in one process.
 import argparse
 import json
 import os
+import pickle
 
 import numpy as np
 import torch
@@ -89,6 +90,8 @@ def main():
     np.savez(os.path.join(args.out, f"rank{rank}.npz"), **weights(clf))
     if rank == 0:
         sktransfer.save(clf, os.path.join(args.out, "model.skt"))
+        with open(os.path.join(args.out, "model.pkl"), "wb") as f:
+            pickle.dump(clf, f)
 
     # partial_fit continues data-parallel; the contrastive objective shards its pairs.
     clf.partial_fit(X, y)

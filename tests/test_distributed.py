@@ -8,6 +8,7 @@ with the same fit in one process.
 import json
 import math
 import os
+import pickle
 import subprocess
 import sys
 
@@ -105,11 +106,13 @@ def test_early_stopping_stops_on_the_same_epoch_on_every_rank(cpu_launch):
     assert first["valid_loss"] == second["valid_loss"]
 
 
-def test_the_model_saved_on_rank_zero_loads_in_a_plain_process(cpu_launch):
+def test_the_model_saved_or_pickled_on_rank_zero_loads_in_a_plain_process(cpu_launch):
     out, (first, _) = cpu_launch
-    model = sktransfer.load(out / "model.skt")
     assert not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    np.testing.assert_allclose(model.predict_proba(digits()[2]), first["proba"], atol=1e-6)
+    with open(out / "model.pkl", "rb") as f:
+        pickled = pickle.load(f)
+    for model in (sktransfer.load(out / "model.skt"), pickled):
+        np.testing.assert_allclose(model.predict_proba(digits()[2]), first["proba"], atol=1e-6)
 
 
 def test_a_search_gives_every_rank_the_same_best_parameters(cpu_launch):
