@@ -52,8 +52,9 @@ def weights(clf):
     return {k: v.detach().cpu().numpy() for k, v in state.items()}
 
 
-def train_batches_per_epoch(clf):
-    return [sum("train_loss" in batch for batch in epoch["batches"]) for epoch in clf.history_]
+def batches_per_epoch(clf, kind="train"):
+    return [sum(f"{kind}_loss" in batch for batch in epoch["batches"])
+            for epoch in clf.history_]
 
 
 def refused(make, X, y):
@@ -82,7 +83,8 @@ def main():
 
     # verbose=1 everywhere: the library prints the epoch table on rank 0 only.
     clf = FineTunedClassifier(small_cnn(), device=args.device, verbose=1, **PARAMS).fit(X, y)
-    report["train_batches_per_epoch"] = train_batches_per_epoch(clf)
+    report["train_batches_per_epoch"] = batches_per_epoch(clf)
+    report["valid_batches_per_epoch"] = batches_per_epoch(clf, "valid")
     report["valid_loss"] = clf.history_[:, "valid_loss"]
     report["epochs"] = len(clf.history_)
     report["accuracy"] = clf.score(X_test, y_test)

@@ -60,7 +60,7 @@ def single_process():
     return clf, clf.score(X_test, y_test)
 
 
-def test_each_rank_trains_on_its_half_of_every_epoch(cpu_launch, single_process):
+def test_each_rank_trains_and_validates_on_its_half_of_every_epoch(cpu_launch, single_process):
     _, (first, second) = cpu_launch
     clf, _ = single_process
     n_train = 400 - 40  # early stopping holds out validation_fraction=0.1
@@ -69,6 +69,8 @@ def test_each_rank_trains_on_its_half_of_every_epoch(cpu_launch, single_process)
         == math.ceil(n_train / batch)
     for report in (first, second):
         assert set(report["train_batches_per_epoch"]) == {math.ceil(n_train / 2 / batch)}
+        # Validation is sharded too: 20 of the 40 held-out samples each.
+        assert set(report["valid_batches_per_epoch"]) == {math.ceil(40 / 2 / batch)}
 
 
 def test_ranks_end_with_identical_weights_and_predictions(cpu_launch):
