@@ -66,7 +66,8 @@ LAUNCH_TIMEOUT = 900  # seconds, per launch
 #: to an outer launch (this script run under torchrun by mistake).
 _LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK",
                      "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
-                     "SKTRANSFER_LAUNCHED_PID", "SLURM_PROCID", "SLURM_NTASKS")
+                     "SKTRANSFER_LAUNCHED_PID", "SLURM_PROCID", "SLURM_NTASKS",
+                     "SLURM_STEP_NUM_TASKS")
 
 
 def _sizes(quick, device_type):

@@ -36,7 +36,7 @@ def resolve_device(device="auto"):
     device(type='cpu')
     """
     if isinstance(device, torch.device):
-        return device
+        return launch_device(device)
     if device is None or device == "auto":
         if torch.cuda.is_available():
             return launch_device(torch.device("cuda"))

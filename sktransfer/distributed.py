@@ -48,9 +48,10 @@ def launch_environment(environ=None):
     """The launch this process belongs to, read from its environment, or None.
 
     torchrun and ``accelerate launch`` set ``RANK``, ``WORLD_SIZE`` and
-    ``LOCAL_RANK``; under ``srun`` the ranks come from ``SLURM_PROCID``,
-    ``SLURM_NTASKS`` and ``SLURM_LOCALID`` once ``MASTER_ADDR`` and
-    ``MASTER_PORT`` name the rendezvous.
+    ``LOCAL_RANK``; in a job step started by ``srun`` the ranks come from
+    ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS`` and ``SLURM_LOCALID`` once
+    ``MASTER_ADDR`` and ``MASTER_PORT`` name the rendezvous (the step's task
+    count, not the job's: a batch script itself is not a rank).
 
     Parameters
     ----------
@@ -73,9 +74,9 @@ def launch_environment(environ=None):
         if "RANK" in env and "WORLD_SIZE" in env:
             return Launch(int(env["RANK"]), int(env["WORLD_SIZE"]),
                           int(env.get("LOCAL_RANK", 0)))
-        if ("SLURM_PROCID" in env and "SLURM_NTASKS" in env and "MASTER_ADDR" in env
+        if ("SLURM_PROCID" in env and "SLURM_STEP_NUM_TASKS" in env and "MASTER_ADDR" in env
                 and "MASTER_PORT" in env):
-            return Launch(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]),
+            return Launch(int(env["SLURM_PROCID"]), int(env["SLURM_STEP_NUM_TASKS"]),
                           int(env.get("SLURM_LOCALID", 0)))
     except ValueError as exc:
         raise ValueError(f"the launch environment is malformed: {exc}") from exc
@@ -84,7 +85,11 @@ def launch_environment(environ=None):
 
 def mark_launched_process():
     """Record this process as a rank of its launch (called when sktransfer is imported)."""
-    if launch_environment() is not None and LAUNCHED_PID not in os.environ:
+    try:
+        launch = launch_environment()
+    except ValueError:
+        return  # a malformed launch is reported by the first fit, not by the import
+    if launch is not None and LAUNCHED_PID not in os.environ:
         os.environ[LAUNCHED_PID] = str(os.getpid())
 
 
@@ -244,12 +249,20 @@ def join_training_group(distributed, device):
     ``True`` does the same but raises when there is no launch; ``False``
     returns None.
 
+    Every rank must call the fit: one rank fitting alone (a fit under
+    ``if is_main_process():``) waits for the others until PyTorch's
+    collective timeout; pass ``distributed=False`` to such a fit.
+
     Raises
     ------
     ValueError
-        For a worker process of a launched rank (GridSearchCV with
-        ``n_jobs > 1``), or a device other than CPU or CUDA.
+        For ``distributed=True`` outside a launch, a worker process of a
+        launched rank (GridSearchCV with ``n_jobs > 1``), a device other
+        than CPU or CUDA (or the CPU with an NCCL group), or a PyTorch
+        without ``torch.distributed``.
     """
+    if distributed != "auto":
+        distributed = bool(distributed)
     if distributed is False:
         return None
     initialized = dist.is_available() and dist.is_initialized()
@@ -265,7 +278,8 @@ def join_training_group(distributed, device):
             raise ValueError("distributed=True trains across the processes of a launch, but "
                              "this process was not launched as one of several (run the script "
                              "with torchrun --nproc_per_node=N, accelerate launch or srun), and "
-                             "no process group is initialized; use distributed='auto' or False.")
+                             "no process group of several is initialized; use distributed='auto' "
+                             "or False.")
         return None
     marked = os.environ.get(LAUNCHED_PID)
     if not initialized and marked is not None and marked != str(os.getpid()):

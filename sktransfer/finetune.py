@@ -71,8 +71,9 @@ _PARAMS_DOC = """
         then train the head alone (whole backbone frozen) for this many
         epochs, then apply ``freeze``. Fine-tuning then starts from the linear
         probe's optimum rather than from a random head whose large early
-        gradients distort the pretrained features. Has no further effect with
-        ``freeze="backbone"``.
+        gradients distort the pretrained features. With ``freeze="backbone"``
+        the fitted head is the linear probe, and the epochs only refine it
+        (at the smaller default ``lr`` of head-first training).
     lr : float or None, default=None
         Learning rate of the head (the peak rate under ``"onecycle"``); the
         backbone's groups train at it times ``backbone_lr_mult`` powers.
@@ -323,15 +324,15 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
             self._group = group
             try:
                 if group is not None:
-                    if self.sync_batchnorm and group.device.type != "cuda":
-                        raise ValueError(f"sync_batchnorm=True needs CUDA devices: PyTorch's "
-                                         f"SyncBatchNorm does not run on {group.device.type}; "
-                                         "use sync_batchnorm=False on the CPU.")
                     # Parameters that change how a rank loads or prints, not
                     # what it trains, may differ (verbose on rank 0 only).
                     params = {k: v for k, v in self.get_params(deep=False).items()
                               if k not in ("verbose", "num_workers")}
                     group.check_same_data(target, params)
+                    if self.sync_batchnorm and group.device.type != "cuda":
+                        raise ValueError(f"sync_batchnorm=True needs CUDA devices: PyTorch's "
+                                         f"SyncBatchNorm does not run on {group.device.type}; "
+                                         "use sync_batchnorm=False on the CPU.")
                 yield shared_random_state(group, self.random_state)
             finally:
                 self.__dict__.pop("_group", None)
@@ -695,9 +696,12 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
         try:
             net.partial_fit(train)
         finally:
-            # The net keeps no reference to the data, and the fitted weights
-            # leave the accelerator, trainable again and in evaluation mode.
+            # The net keeps no reference to the data or the process group
+            # (net_.predict sees all rows), and the fitted weights leave the
+            # accelerator, trainable again and in evaluation mode.
             net.train_split = None
+            net.group = None
+            net.iterator_valid__sampler = None
             unfreeze_all(net.module_)
             net.module_.eval()
             net.release_training_state(keep_optimizer=self.keep_optimizer)

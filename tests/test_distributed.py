@@ -156,11 +156,14 @@ def test_data_parallel_on_gpus(tmp_path, single_process):
 def test_the_launch_is_read_from_torchrun_and_slurm_variables():
     assert launch_environment({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}) \
         == Launch(3, 8, 1)
-    slurm = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
-             "MASTER_ADDR": "node1", "MASTER_PORT": "29500"}
+    slurm = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "8",
+             "SLURM_LOCALID": "1", "MASTER_ADDR": "node1", "MASTER_PORT": "29500"}
     assert launch_environment(slurm) == Launch(5, 8, 1)
-    # A SLURM job step without a rendezvous address is not a launch.
-    assert launch_environment({"SLURM_PROCID": "0", "SLURM_NTASKS": "2"}) is None
+    # A job step without a rendezvous address is not a launch, and neither is
+    # the batch script itself (no srun step), even with MASTER_ADDR exported.
+    assert launch_environment({"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "2"}) is None
+    batch_script = {k: v for k, v in slurm.items() if k != "SLURM_STEP_NUM_TASKS"}
+    assert launch_environment({**batch_script, "SLURM_PROCID": "0"}) is None
     with pytest.raises(ValueError, match="malformed"):
         launch_environment({"RANK": "one", "WORLD_SIZE": "2"})
 
