@@ -281,8 +281,10 @@ def join_training_group(distributed, device):
                              "no process group of several is initialized; use distributed='auto' "
                              "or False.")
         return None
+    # Also with a group initialized: a process forked after a first fit
+    # (joblib's multiprocessing backend) inherits its parent's group.
     marked = os.environ.get(LAUNCHED_PID)
-    if not initialized and marked is not None and marked != str(os.getpid()):
+    if marked is not None and marked != str(os.getpid()):
         raise ValueError(
             f"this fit runs in a worker process started by rank {rank} of a distributed launch "
             "(GridSearchCV, cross_validate or joblib with n_jobs > 1?), where a fit cannot "

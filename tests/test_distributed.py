@@ -216,3 +216,17 @@ def test_sync_batchnorm_layers_share_the_weights_and_are_put_back():
     from_sync_batchnorm(replaced)
     assert model[2] is norm and type(norm) is torch.nn.BatchNorm2d
     torch.testing.assert_close(norm.running_mean, mean + 1)
+
+
+def test_a_process_forked_from_a_rank_refuses_its_inherited_group(monkeypatch):
+    # joblib's multiprocessing backend forks after a first distributed fit:
+    # the child inherits an initialized group whose ranks it is not.
+    import sktransfer.distributed as distributed
+
+    X, y = tiny()
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 0)
+    monkeypatch.setenv(LAUNCHED_PID, str(os.getpid() + 1))
+    with pytest.raises(ValueError, match="worker process"):
+        make().fit(X, y)
