@@ -18,7 +18,7 @@ from skorch.callbacks import Callback, EarlyStopping, EpochTimer, PassthroughSco
 from skorch.dataset import unpack_data
 from torch.nn.parallel import DistributedDataParallel
 
-from ._device import autocast, to_device
+from ._utils.device import autocast, to_device
 from .distributed import from_sync_batchnorm, shard_size, to_sync_batchnorm
 
 

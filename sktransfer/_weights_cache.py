@@ -20,7 +20,7 @@ import weakref
 import numpy as np
 import torch
 
-from ._device import seeded
+from ._utils.seeding import seeded
 from .backbones import load_backbone
 
 #: Backbones kept per process; a search over a few backbones fits, and an

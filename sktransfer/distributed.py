@@ -26,71 +26,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
-#: Set in the environment of a launched process when sktransfer is imported
-#: there, so that a worker process it starts (GridSearchCV with ``n_jobs > 1``)
-#: sees the launch's variables but can tell that it is not one of its ranks.
-LAUNCHED_PID = "SKTRANSFER_LAUNCHED_PID"
+from ._utils.launch import (LAUNCHED_PID, Launch, is_worker_of_launch, launch_device,
+                            launch_environment, mark_launched_process)
+from ._utils.seeding import seed_from
 
 _FIT_LOCK = threading.Lock()
-
-
-@dataclass(frozen=True)
-class Launch:
-    """Where this process stands in a launch: its rank, the number of ranks,
-    and its rank on this machine (which GPU it uses)."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-
-
-def launch_environment(environ=None):
-    """The launch this process belongs to, read from its environment, or None.
-
-    torchrun and ``accelerate launch`` set ``RANK``, ``WORLD_SIZE`` and
-    ``LOCAL_RANK``; in a job step started by ``srun`` the ranks come from
-    ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS`` and ``SLURM_LOCALID`` once
-    ``MASTER_ADDR`` and ``MASTER_PORT`` name the rendezvous (the step's task
-    count, not the job's: a batch script itself is not a rank).
-
-    Parameters
-    ----------
-    environ : mapping, optional
-        The environment to read; ``os.environ`` by default.
-
-    Returns
-    -------
-    Launch or None
-
-    Examples
-    --------
-    >>> launch_environment({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
-    Launch(rank=1, world_size=4, local_rank=1)
-    >>> launch_environment({}) is None
-    True
-    """
-    env = os.environ if environ is None else environ
-    try:
-        if "RANK" in env and "WORLD_SIZE" in env:
-            return Launch(int(env["RANK"]), int(env["WORLD_SIZE"]),
-                          int(env.get("LOCAL_RANK", 0)))
-        if ("SLURM_PROCID" in env and "SLURM_STEP_NUM_TASKS" in env and "MASTER_ADDR" in env
-                and "MASTER_PORT" in env):
-            return Launch(int(env["SLURM_PROCID"]), int(env["SLURM_STEP_NUM_TASKS"]),
-                          int(env.get("SLURM_LOCALID", 0)))
-    except ValueError as exc:
-        raise ValueError(f"the launch environment is malformed: {exc}") from exc
-    return None
-
-
-def mark_launched_process():
-    """Record this process as a rank of its launch (called when sktransfer is imported)."""
-    try:
-        launch = launch_environment()
-    except ValueError:
-        return  # a malformed launch is reported by the first fit, not by the import
-    if launch is not None and LAUNCHED_PID not in os.environ:
-        os.environ[LAUNCHED_PID] = str(os.getpid())
 
 
 def is_main_process():
@@ -114,20 +54,6 @@ def is_main_process():
         return dist.get_rank() == 0
     launch = launch_environment()
     return launch is None or launch.rank == 0
-
-
-def launch_device(device):
-    """``device``, with a CUDA device without index mapped to this rank's GPU.
-
-    Under a launch, process ``LOCAL_RANK`` uses GPU ``LOCAL_RANK`` of its
-    machine; elsewhere, or for an explicit index, the device is unchanged.
-    """
-    if device.type != "cuda" or device.index is not None:
-        return device
-    launch = launch_environment()
-    if launch is None:
-        return device
-    return torch.device("cuda", launch.local_rank % max(1, torch.cuda.device_count()))
 
 
 class TrainingGroup:
@@ -283,14 +209,15 @@ def join_training_group(distributed, device):
         return None
     # Also with a group initialized: a process forked after a first fit
     # (joblib's multiprocessing backend) inherits its parent's group.
-    marked = os.environ.get(LAUNCHED_PID)
-    if marked is not None and marked != str(os.getpid()):
+    if is_worker_of_launch():
         raise ValueError(
             f"this fit runs in a worker process started by rank {rank} of a distributed launch "
             "(GridSearchCV, cross_validate or joblib with n_jobs > 1?), where a fit cannot "
             "join the launch's process group. Use n_jobs=1: the search then runs on every rank "
             "and each of its fits trains across all of them; or pass distributed=False to "
             "train each fit alone in its worker.")
+    # From here on, a process this rank starts (a search's workers) knows it is not a rank.
+    mark_launched_process()
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"distributed training runs on CUDA devices (NCCL) or the CPU (gloo); "
                          f"device {device} is neither. Use device='cpu', device='cuda' or "
@@ -343,9 +270,7 @@ def shared_random_state(group, random_state):
     if random_state is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0] % (2**31 - 1))
     else:
-        from ._device import _seed_from
-
-        seed = _seed_from(random_state)
+        seed = seed_from(random_state)
     return group.broadcast_int(seed)
 
 

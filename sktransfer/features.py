@@ -8,7 +8,8 @@ import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._device import resolve_device, resolve_precision, seeded
+from ._utils.device import resolve_device, resolve_precision
+from ._utils.seeding import seeded
 from ._weights_cache import load_backbone_cached
 from .backbones.huggingface import TextEncoder, pool_tokens
 from .backbones.state import pack_modules, unpack_modules

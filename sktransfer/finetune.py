@@ -24,7 +24,8 @@ from sklearn.utils import TransformerTags, compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
-from ._device import _seed_from, resolve_device, resolve_precision, seeded
+from ._utils.device import resolve_device, resolve_precision
+from ._utils.seeding import seed_from, seeded
 from ._net import FineTuningNet, Rows, ValidatedEarlyStopping
 from .distributed import (SeededShuffle, Shard, is_main_process, shard_size,
                           shared_random_state, training_group)
@@ -305,7 +306,7 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
             # A different seed per call: the same seed would repeat the same
             # shuffling and dropout masks every epoch.
             seed = None if random_state is None else (
-                _seed_from(random_state) + len(self.history_)) % (2**31 - 1)
+                seed_from(random_state) + len(self.history_)) % (2**31 - 1)
             with seeded(seed):
                 self._fit_model(samples, None, 1, first=False)
         return self

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ._device import autocast, resolve_device, to_device
+from ._utils.device import autocast, resolve_device, to_device
 from .inputs import Collate
 
 

@@ -17,7 +17,7 @@ from torch import nn
 from conftest import saved_as_if_on_cuda, tiny_mlp
 from sktransfer import (FineTunedClassifier, FineTunedRegressor, PretrainedFeatureTransformer,
                         load_backbone)
-from sktransfer._device import seeded
+from sktransfer._utils.seeding import seeded
 
 FAST = dict(lr=0.1, max_epochs=6, batch_size=16, random_state=0)
 

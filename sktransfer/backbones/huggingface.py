@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .base import Backbone
-from .state import read_folder, temporary_folder, write_folder
+from .._utils.files import read_folder, temporary_folder, write_folder
 from .weights import is_weights_path, load_into, load_state_dict_file, weights_unavailable
 
 TOKEN_POOLINGS = ("avg", "mean", "cls", "max")

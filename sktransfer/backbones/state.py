@@ -759,38 +759,3 @@ def preprocess_from_state(config):
     if kind == "object":
         return config["object"]
     raise ValueError(f"unknown preprocess kind {kind!r}")
-
-
-# -- files --------------------------------------------------------------------------------
-
-def read_folder(path):
-    """Every file under ``path`` as ``{relative path: str (UTF-8 text) or bytes}``."""
-    files = {}
-    for root, _, names in os.walk(path):
-        for name in sorted(names):
-            full = os.path.join(root, name)
-            rel = os.path.relpath(full, path).replace(os.sep, "/")
-            with open(full, "rb") as fh:
-                data = fh.read()
-            try:
-                files[rel] = data.decode("utf-8")
-            except UnicodeDecodeError:
-                files[rel] = data
-    return files
-
-
-def write_folder(files, path):
-    """Write :func:`read_folder` output under ``path`` (refusing paths that leave it)."""
-    root = os.path.realpath(path)
-    for rel, data in files.items():
-        full = os.path.realpath(os.path.join(root, rel))
-        if os.path.commonpath([root, full]) != root:
-            raise ValueError(f"refusing to write {rel!r} outside {path!r}")
-        os.makedirs(os.path.dirname(full), exist_ok=True)
-        with open(full, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else bytes(data))
-
-
-def temporary_folder():
-    """A temporary directory context (files written for a loader, then removed)."""
-    return tempfile.TemporaryDirectory(prefix="sktransfer-")
