@@ -5,9 +5,9 @@ lookup must not read every stored embedding to find a few. Each row below is
 one fresh Python process that opens a cache, looks up ``k`` stored samples
 and exits; it reports how far the lookup raised the process's peak resident
 memory and how long it took. Two caches are built side by side from the same
-embeddings, one with this version of ``sktransfer.cache`` and one with the
-version of a given git revision (``--baseline``, by default ``HEAD``), which
-lets the figure be read as a ratio measured in one run.
+embeddings, one with this version of the feature cache and one with the
+package as a given git revision has it (``--baseline``, by default ``HEAD``),
+which lets the figure be read as a ratio measured in one run.
 
 Peak memory: ``VmHWM`` is reset (``/proc/self/clear_refs``) just before the
 lookup, so importing torch does not hide it; ``resource.getrusage`` gives the
@@ -17,7 +17,6 @@ same figure where the reset is not possible.
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -39,15 +38,29 @@ BLOCK = 512  # samples written per embed call, as a transform's blocks
 
 
 def cache_module(source):
-    """``sktransfer.cache`` (``source=None``) or a copy of another version of it."""
-    if source is None:
-        import sktransfer.cache as module
+    """This version's feature cache (``source=None``), or that of the package under ``source``.
 
-        return module
-    spec = importlib.util.spec_from_file_location("sktransfer._bench_baseline_cache", source)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    ``source`` is a folder holding another revision's ``sktransfer`` package
+    (see :func:`checkout`); its cache module is ``sktransfer.feature_cache``,
+    or ``sktransfer.cache`` in revisions before the package was split.
+    """
+    if source is not None:
+        sys.path.insert(0, source)
+        for name in [m for m in sys.modules if m == "sktransfer" or m.startswith("sktransfer.")]:
+            del sys.modules[name]
+    try:
+        import sktransfer.feature_cache as module
+    except ImportError:
+        import sktransfer.cache as module
     return module
+
+
+def checkout(revision, folder):
+    """Extract ``revision``'s ``sktransfer`` package under ``folder``; returns ``folder``."""
+    archive = subprocess.run(["git", "archive", revision, "sktransfer"], check=True,
+                             capture_output=True, cwd=ROOT).stdout
+    subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+    return folder
 
 
 def samples(rows):
@@ -127,11 +140,9 @@ def run(quick, baseline, repeats):
     n = 8_000 if quick else 75_000
     work = tempfile.mkdtemp(prefix="sktransfer-bench-lookup-")
     try:
-        old_source = os.path.join(work, "baseline_cache.py")
-        with open(old_source, "w") as fh:
-            fh.write(subprocess.run(["git", "show", f"{baseline}:sktransfer/cache.py"],
-                                    check=True, capture_output=True, text=True,
-                                    cwd=ROOT).stdout)
+        old_source = os.path.join(work, "baseline")
+        os.makedirs(old_source)
+        checkout(baseline, old_source)
         versions = {"this version": None, f"baseline ({baseline})": old_source}
         dirs = {}
         for name, source in versions.items():
@@ -177,7 +188,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small run that checks it works")
     parser.add_argument("--baseline", default="HEAD",
-                        help="git revision whose sktransfer/cache.py is compared (default HEAD)")
+                        help="git revision whose feature cache is compared (default HEAD)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     for table in run(args.quick, args.baseline, args.repeats):

@@ -56,7 +56,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 
 from sktransfer import FineTunedClassifier, PretrainedFeatureTransformer  # noqa: E402
 from sktransfer.backbones import load_backbone  # noqa: E402
-from sktransfer.contrastive import make_pairs  # noqa: E402
+from sktransfer.training.contrastive import make_pairs  # noqa: E402
 from test_contrastive import COMPLAINT, PRAISE  # noqa: E402
 
 METHODS = {

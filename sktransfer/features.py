@@ -1,8 +1,5 @@
 """PretrainedFeatureTransformer: a frozen backbone as a scikit-learn transformer."""
 
-import numbers
-import os
-
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
@@ -10,16 +7,27 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._utils.device import resolve_device, resolve_precision
 from ._utils.seeding import seeded
-from ._weights_cache import load_backbone_cached
-from .backbones.huggingface import TextEncoder, pool_tokens
-from .backbones.state import pack_modules, unpack_modules
-from .backbones.pooling import set_image_global_pool
-from .cache import FeatureCache, output_key
+from ._utils.validation import (BACKBONE_CONSTRAINTS, Checked, InvalidParameterError, Options,
+                                validate_params)
+from .backbones.loaded import load_backbone_cached
+from .backbones.huggingface import TextEncoder
+from .backbones.pooling import pool_tokens, set_image_global_pool
+from .feature_cache import FeatureCache, output_key
 from .chaining import KeepsTrainedBackbone
 from .inference import predict_batches
 from .inputs import Collate, estimator_samples
+from .persistence.modules import pack_modules, unpack_modules
 
 POOLINGS = ("avg", "max", "cls")
+
+
+def _check_layers(layers):
+    if isinstance(layers, str) or not layers:
+        raise InvalidParameterError(f"layers must be None or a non-empty list of layer names; "
+                                    f"got layers={layers!r}")
+    if not all(isinstance(n, str) for n in layers):
+        raise InvalidParameterError(f"layers must be a list of layer names (strings); "
+                                    f"got layers={layers!r}")
 
 
 class PretrainedFeatureTransformer(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin,
@@ -105,6 +113,14 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ClassNamePrefixFeatures
     (6, 3)
     """
 
+    #: What each parameter takes, checked at fit (see sktransfer._utils.validation).
+    _parameter_constraints = {
+        **BACKBONE_CONSTRAINTS,
+        "layers": [None, Checked(_check_layers)],
+        "pooling": [Options(POOLINGS)],
+        "cache": [None, Checked(FeatureCache)],
+    }
+
     def __init__(self, backbone="torchvision:resnet18", weights="DEFAULT", layers=None,
                  pooling="avg", batch_size=32, device="auto", precision="auto", num_workers=0,
                  image_size=None, random_state=None, verbose=False, cache=None):
@@ -134,7 +150,7 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ClassNamePrefixFeatures
         -------
         self
         """
-        self._check_params()
+        validate_params(self)
         with seeded(self.random_state):
             # Read from disk once per process, a private copy per fit.
             backbone = load_backbone_cached(self.backbone, self.weights, pooling=self.pooling,
@@ -194,32 +210,6 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ClassNamePrefixFeatures
 
     # -- internals -------------------------------------------------------
 
-    def _check_params(self):
-        """Refuse, at fit and naming it, any parameter that cannot work."""
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling={self.pooling!r} is not one of {POOLINGS}")
-        if self.layers is not None and (isinstance(self.layers, str) or not self.layers):
-            raise ValueError(f"layers must be None or a non-empty list of layer names; "
-                             f"got {self.layers!r}")
-        if self.layers is not None and not all(isinstance(n, str) for n in self.layers):
-            raise ValueError(f"layers must be a list of layer names (strings); "
-                             f"got {self.layers!r}")
-        if not (self.weights is None or isinstance(self.weights, (str, os.PathLike))):
-            raise TypeError(f"weights must be 'DEFAULT', a weights tag, None or a path to a "
-                            f"state dict file; got a {type(self.weights).__name__}: "
-                            f"{self.weights!r}")
-        _check_int("batch_size", self.batch_size, minimum=1)
-        _check_int("num_workers", self.num_workers, minimum=0)
-        if self.image_size is not None:
-            _check_int("image_size", self.image_size, minimum=1)
-        if not isinstance(self.verbose, (bool, np.bool_)):
-            _check_int("verbose", self.verbose, minimum=0)
-        _check_random_state(self.random_state)
-        device = _check_device(self.device)
-        resolve_precision(self.precision, device)  # raises naming precision
-        if self.cache is not None:
-            FeatureCache(self.cache)  # raises for what cannot be a cache
-
     def _samples(self, X, reset):
         return estimator_samples(self, X, self.backbone_, reset=reset)
 
@@ -250,38 +240,6 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ClassNamePrefixFeatures
             num_workers=self.num_workers, layers=self.layers,
             output=pooled_layers if self.layers else None, verbose=self.verbose,
             desc="embedding")
-
-
-def _check_int(name, value, minimum):
-    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral)
-            or value < minimum):
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-
-
-def _check_random_state(random_state):
-    if random_state is None or isinstance(random_state, np.random.RandomState):
-        return
-    if isinstance(random_state, (bool, np.bool_)) or not isinstance(random_state,
-                                                                     numbers.Integral):
-        raise ValueError(f"random_state must be None, an integer or a "
-                         f"numpy.random.RandomState; got {random_state!r}")
-
-
-def _check_device(device):
-    """The ``torch.device`` for ``device``, refusing one this machine does not have."""
-    if not isinstance(device, (str, torch.device)):
-        raise TypeError(f"device must be a string such as 'auto', 'cpu' or 'cuda'; got a "
-                        f"{type(device).__name__}: {device!r}")
-    resolved = resolve_device(device)  # unknown names, CUDA without CUDA
-    if resolved.type == "cuda" and resolved.index is not None \
-            and resolved.index >= torch.cuda.device_count():
-        raise ValueError(f"device={device!r}: this machine has "
-                         f"{torch.cuda.device_count()} CUDA device(s)")
-    mps = getattr(torch.backends, "mps", None)
-    if resolved.type == "mps" and not (mps is not None and mps.is_available()):
-        raise ValueError(f"device={device!r} was asked for but MPS is not available on "
-                         "this machine; use device='auto' or device='cpu'.")
-    return resolved
 
 
 def _pool_embedding(backbone, pooling):

@@ -4,11 +4,15 @@ import copy
 import inspect
 import time
 
-import numpy as np
-from sklearn.exceptions import NotFittedError
-from sklearn.utils.multiclass import type_of_target
-from sklearn.utils.validation import _num_samples, check_is_fitted
+import numbers
 
+import numpy as np
+import pandas as pd
+from sklearn.utils.multiclass import type_of_target
+from sklearn.utils.validation import _num_samples
+
+from ._utils.device import check_device
+from ._utils.validation import Boolean, Checked, Interval, is_fitted, validate_args
 from .features import PretrainedFeatureTransformer
 from .transferability import knn_score, linear_probe_score, logme
 
@@ -18,6 +22,15 @@ METRICS = {
     "knn": lambda F, y, regression, cv: knn_score(F, y, cv=cv, regression=regression),
     "linear_probe": lambda F, y, regression, cv: linear_probe_score(
         F, y, cv=cv, regression=regression),
+}
+
+
+#: What rank_backbones' arguments take, checked before anything is embedded.
+_ARGUMENTS = {
+    "regression": [None, Boolean()],
+    "batch_size": [Interval(numbers.Integral, 1)],
+    "device": [Checked(check_device)],
+    "verbose": [Interval(numbers.Integral, 0), Boolean()],
 }
 
 
@@ -106,7 +119,7 @@ def rank_backbones(candidates, X, y, *, names=None, metrics=("logme", "knn", "li
     >>> list(ranking.index), list(ranking.columns)
     (['pixels', 'random 8-d'], ['knn', 'logme', 'embed_seconds', 'n_features'])
     """
-    pd = _pandas()
+    validate_args(_ARGUMENTS, locals())
     candidates, metrics, names = _check_request(candidates, metrics, rank_by, names)
     y = np.asarray(y)
     n_samples = _num_samples(X)
@@ -167,21 +180,13 @@ def _embed(candidate, X, *, cache, batch_size, device, verbose):
         transformer = copy.copy(candidate)
         if cache is not None and transformer.cache is None:
             transformer.cache = cache
-        if _is_fitted(transformer):
+        if is_fitted(transformer, "backbone_"):
             return transformer.transform(X)
     else:
         transformer = PretrainedFeatureTransformer(
             backbone=candidate, batch_size=batch_size, device=device, verbose=verbose,
             cache=cache)
     return transformer.fit_transform(X)
-
-
-def _is_fitted(estimator):
-    try:
-        check_is_fitted(estimator, "backbone_")
-    except NotFittedError:
-        return False
-    return True
 
 
 def _default_name(candidate):
@@ -207,12 +212,3 @@ def _unique(names):
         seen[name] = seen.get(name, 0) + 1
         out.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
     return out
-
-
-def _pandas():
-    try:
-        import pandas
-    except ImportError:
-        raise ImportError("rank_backbones returns a pandas DataFrame; install pandas "
-                          '(pip install pandas, or pip install "sktransfer[all]")') from None
-    return pandas

@@ -13,6 +13,7 @@ import time
 import warnings
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 from sklearn.base import clone, is_classifier, is_regressor
 from sklearn.model_selection import check_cv, cross_validate
@@ -157,7 +158,6 @@ def compare_transfer(X, y, backbone, *, methods=METHODS, cv=5, scoring=None,
     >>> len(report.results)
     6
     """
-    pd = _import_pandas()
     chosen = _check_methods(methods)
     if isinstance(scoring, (list, tuple, set, dict)):
         raise ValueError("compare_transfer takes one scoring metric (a string or a callable); "
@@ -301,7 +301,6 @@ _VERDICT_COLORS = {"helps": "tab:green", "hurts": "tab:red", "baseline": "black"
 
 def _summarize(results):
     """The summary table of :class:`TransferReport` from its per-split results."""
-    pd = _import_pandas()
     scores = results.pivot(index="split", columns="method", values="score")
     names = list(dict.fromkeys(results["method"]))
     fit_seconds = results.groupby("method")["fit_seconds"].mean()
@@ -447,12 +446,3 @@ def _materialize_splits(cv, X, y, task):
         raise ValueError(f"compare_transfer needs at least 2 cross-validation splits to "
                          f"measure how much the gains vary; cv gave {len(splits)}")
     return splits
-
-
-def _import_pandas():
-    try:
-        import pandas
-    except ImportError as exc:  # pragma: no cover - pandas is in every extra but timm/text
-        raise ImportError("compare_transfer reports as pandas DataFrames: "
-                          'pip install pandas (or "sktransfer[all]")') from exc
-    return pandas

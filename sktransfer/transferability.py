@@ -26,10 +26,19 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.multiclass import type_of_target
 
+from ._utils.validation import Boolean, Interval, validate_args
+
 #: Precisions are kept inside these bounds: a target the features fit exactly
 #: (or do not touch at all) sends one of them to infinity, where the evidence
 #: approaches its supremum; stopping here keeps every result finite.
 _PRECISION_BOUNDS = (1e-100, 1e100)
+
+
+#: What the scores' arguments take (checked before any computation).
+_PROBE_ARGUMENTS = {"regression": [Boolean()]}
+_LOGME_ARGUMENTS = {**_PROBE_ARGUMENTS, "tol": [Interval(numbers.Real, 0, closed="neither")],
+                    "max_iter": [Interval(numbers.Integral, 1)]}
+_KNN_ARGUMENTS = {**_PROBE_ARGUMENTS, "n_neighbors": [Interval(numbers.Integral, 1)]}
 
 
 def logme(features, y, regression=False, *, tol=1e-10, max_iter=1000):
@@ -100,6 +109,7 @@ def logme(features, y, regression=False, *, tol=1e-10, max_iter=1000):
     >>> bool(logme(informative, y) > logme(noise, y))
     True
     """
+    validate_args(_LOGME_ARGUMENTS, locals())
     F = _check_features(features)
     targets = _target_columns(y, len(F), regression)
     spectrum = _spectral_projections(F, targets)
@@ -149,6 +159,7 @@ def knn_score(features, y, *, n_neighbors=5, cv=5, regression=False, metric="euc
     >>> round(knn_score(X[:300], y[:300]), 2)
     0.98
     """
+    validate_args(_KNN_ARGUMENTS, locals())
     F = _check_features(features)
     y = _check_y(y, len(F), regression)
     splitter = _splitter(cv, y, regression)
@@ -189,6 +200,7 @@ def linear_probe_score(features, y, *, cv=5, regression=False):
     >>> round(linear_probe_score(X[:200], y[:200]), 2)
     0.97
     """
+    validate_args(_PROBE_ARGUMENTS, locals())
     F = _check_features(features)
     y = _check_y(y, len(F), regression)
     splitter = _splitter(cv, y, regression)

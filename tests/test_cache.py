@@ -22,12 +22,13 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from torch import nn
 
 from sktransfer import PretrainedFeatureTransformer
-from sktransfer import _weights_cache
-from sktransfer import cache as cache_module
 from sktransfer.backbones import Backbone, load_backbone
+from sktransfer.backbones import loaded as loaded_backbones
 from sktransfer.backbones import torchvision as tv_source
 from sktransfer.backbones.preprocess import TensorPreprocess
-from sktransfer.cache import NAMESPACE, FeatureCache, output_key, sample_digests
+from sktransfer.feature_cache import NAMESPACE, FeatureCache, output_key, sample_digests
+from sktransfer.feature_cache import store as cache_store
+from sktransfer.feature_cache.keys import weights_digest
 from sktransfer.inputs import as_samples
 
 from conftest import tiny_mlp  # noqa: E402
@@ -267,7 +268,7 @@ def test_a_corrupt_entry_is_recomputed_not_trusted(tmp_path, damage):
         fh.write(blob)
     SEEN.clear()
     # A fresh process has not read the entry yet; forget what this one knows.
-    cache_module._INDEXES.clear()
+    cache_store._INDEXES.clear()
 
     out = PretrainedFeatureTransformer(counting_backbone(), cache=tmp_path).fit(X).transform(X)
     np.testing.assert_allclose(out, expected, rtol=1e-6)
@@ -344,7 +345,7 @@ def test_a_tampered_entry_runs_no_code_and_is_recomputed(tmp_path):
     marker.unlink()
     for path in entry_files(cache_dir):  # whatever file the entry is, it now holds a pickle
         path.write_bytes(payload)
-    cache_module._INDEXES.clear()
+    cache_store._INDEXES.clear()
     SEEN.clear()
 
     out = PretrainedFeatureTransformer(counting_backbone(), cache=cache_dir).fit(X).transform(X)
@@ -374,7 +375,7 @@ def test_an_interrupted_embedding_keeps_its_finished_blocks(tmp_path):
     assert calls == [4, 4, 4]  # memory is bounded by a block
     assert entry_files(tmp_path) and stored_rows(tmp_path) == 8
 
-    cache_module._INDEXES.clear()  # the rerun, as in a new session
+    cache_store._INDEXES.clear()  # the rerun, as in a new session
     rerun = []
 
     def counted(samples):
@@ -432,10 +433,10 @@ def test_a_fresh_lookup_reads_features_only_from_the_chunk_holding_them(tmp_path
     X = np.arange(40.0).reshape(20, 2)
     FeatureCache(tmp_path, block_size=4).embed(as_samples(X, "tensor"), "key", _rows_sum)
     assert len(chunk_files(tmp_path)) == 5
-    cache_module._INDEXES.clear()  # a fresh process
+    cache_store._INDEXES.clear()  # a fresh process
     reads = []
-    monkeypatch.setattr(cache_module, "safe_open",
-                        _RecordingSafeOpen(cache_module.safe_open, reads))
+    monkeypatch.setattr(cache_store, "safe_open",
+                        _RecordingSafeOpen(cache_store.safe_open, reads))
 
     def never(samples):
         raise AssertionError("a stored row was computed again")
@@ -457,7 +458,7 @@ def test_a_fresh_lookup_keeps_a_compact_index_of_numpy_arrays(tmp_path):
     X = np.arange(float(n)).reshape(n, 1)
     FeatureCache(tmp_path, block_size=2_000).embed(as_samples(X, "tensor"), "key", _rows_sum)
     FeatureCache(tmp_path).embed(as_samples(X[:1], "tensor"), "key", _rows_sum)  # warm up
-    cache_module._INDEXES.clear()  # a fresh process
+    cache_store._INDEXES.clear()  # a fresh process
 
     def never(samples):
         raise AssertionError("a stored row was computed again")
@@ -470,7 +471,7 @@ def test_a_fresh_lookup_keeps_a_compact_index_of_numpy_arrays(tmp_path):
     finally:
         tracemalloc.stop()
     np.testing.assert_array_equal(out, [[7.0]])
-    (index,) = cache_module._INDEXES.values()
+    (index,) = cache_store._INDEXES.values()
     arrays = [value for value in index.sorted if isinstance(value, np.ndarray)]
     assert sum(len(a) for a in arrays) == 3 * n  # digests, chunk numbers, rows
     assert sum(a.nbytes for a in arrays) < 64 * n
@@ -487,7 +488,7 @@ def test_a_digest_stored_in_several_chunks_is_found(tmp_path):
 
     def store(rows):
         samples = as_samples(X[rows], "tensor")
-        index = cache_module._index(os.path.join(tmp_path, "joblib", NAMESPACE), "key")
+        index = cache_store.chunk_index(os.path.join(tmp_path, "joblib", NAMESPACE), "key")
         index.store(sample_digests(samples), _rows_sum(samples))
 
     def never(samples):
@@ -498,7 +499,7 @@ def test_a_digest_stored_in_several_chunks_is_found(tmp_path):
     store(np.arange(10, 14)[::-1])
     for fresh in (True, False):
         if fresh:
-            cache_module._INDEXES.clear()
+            cache_store._INDEXES.clear()
         order = np.random.RandomState(0).permutation(20)
         out = FeatureCache(tmp_path).embed(as_samples(X[order], "tensor"), "key", never)
         np.testing.assert_array_equal(out, _rows_sum(as_samples(X[order], "tensor")))
@@ -512,7 +513,7 @@ def test_digests_that_share_their_first_half_are_told_apart(tmp_path):
     # (rare, but a large cache may hold two) must still be found, each at
     # its own row.
     digests = [bytes(8) + bytes([i]) * 8 for i in (3, 1, 2)] + [b"\x01" * 16]
-    index = cache_module._index(os.path.join(tmp_path, "joblib", NAMESPACE), "key")
+    index = cache_store.chunk_index(os.path.join(tmp_path, "joblib", NAMESPACE), "key")
     index.store(digests, np.arange(4.0).reshape(4, 1))
     index.refresh()
     numbers, rows = index.locate(digests[::-1] + [bytes(8) + b"\x04" * 8])
@@ -568,7 +569,7 @@ def test_a_killed_writers_temporary_file_is_ignored_then_removed_when_old(tmp_pa
         with open(path, "wb") as fh:
             fh.write(b"half a chunk")
     os.utime(old, (0, 0))
-    cache_module._INDEXES.clear()
+    cache_store._INDEXES.clear()
 
     out = FeatureCache(tmp_path).embed(as_samples(X, "tensor"), "key", _rows_sum)
     np.testing.assert_array_equal(out, _rows_sum(as_samples(X, "tensor")))
@@ -583,7 +584,7 @@ def test_the_key_tells_architectures_with_the_same_weights_apart():
     def key(module):
         return output_key(load_backbone(module), layers=None, pooling="avg", precision=None)
 
-    assert _weights_cache.weights_digest(relu) == _weights_cache.weights_digest(tanh)
+    assert weights_digest(relu) == weights_digest(tanh)
     assert key(relu) != key(tanh)
     assert key(relu) == key(relu) == key(pickle.loads(pickle.dumps(relu)))
 
@@ -654,7 +655,7 @@ def test_a_file_rewritten_while_embedded_does_not_poison_the_cache(tmp_path, dig
 
     with open(paths[1], "wb") as fh:  # the old picture again
         fh.write(original)
-    cache_module._INDEXES.clear()
+    cache_store._INDEXES.clear()
     again = FeatureCache(cache_dir).embed(as_samples(paths, "image"), "key", _mean_pixel)
     np.testing.assert_array_equal(again, expected)
 
@@ -679,7 +680,7 @@ def test_a_fitted_pipeline_with_a_cache_pickles(tmp_path, digits):
 
 
 def test_weights_file_is_read_once_per_process(tmp_path, monkeypatch, digits):
-    _weights_cache.clear()
+    loaded_backbones.clear()
     model = tv_source.load("resnet18", weights=None, image_size=32)
     path = tmp_path / "resnet18.pt"
     torch.save(model.module.state_dict(), path)
@@ -725,12 +726,12 @@ def test_random_weights_without_a_seed_differ_per_fit(digits):
 
 def test_weights_digest_follows_training_steps():
     net = nn.Linear(3, 2)
-    digest = _weights_cache.weights_digest(net)
-    assert _weights_cache.weights_digest(pickle.loads(pickle.dumps(net))) == digest
+    digest = weights_digest(net)
+    assert weights_digest(pickle.loads(pickle.dumps(net))) == digest
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
     net(torch.ones(4, 3)).sum().backward()
     opt.step()
-    assert _weights_cache.weights_digest(net) != digest
+    assert weights_digest(net) != digest
 
 
 @pytest.mark.gpu

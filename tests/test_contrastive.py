@@ -12,8 +12,8 @@ from sklearn.model_selection import GridSearchCV
 from torch import nn
 
 from sktransfer import FineTunedClassifier, PretrainedFeatureTransformer
-from sktransfer.contrastive import make_pairs
-from sktransfer.probe import fit_head
+from sktransfer.training.contrastive import make_pairs
+from sktransfer.training.probe import fit_head
 
 # Short reviews, praise or complaint, of 48 different everyday things each (a hotel,
 # a phone, a film...; no subject in both classes): neither a topic nor a keyword

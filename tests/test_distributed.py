@@ -18,8 +18,9 @@ import torch
 
 import sktransfer
 from sktransfer import FineTunedClassifier
-from sktransfer.distributed import (LAUNCHED_PID, Launch, from_sync_batchnorm,
-                                    launch_environment, to_sync_batchnorm)
+from sktransfer._utils.launch import LAUNCHED_PID
+from sktransfer.distributed import Launch, launch_environment
+from sktransfer.training.distributed import from_sync_batchnorm, to_sync_batchnorm
 
 sys.path.insert(0, os.path.dirname(__file__))
 from ddp_digits import PARAMS, digits, small_cnn  # noqa: E402
@@ -191,6 +192,45 @@ def test_outside_a_launch_auto_trains_alone_exactly_as_before():
         make(sync_batchnorm="no").fit(X, y)
 
 
+WORKER_BEFORE_ANY_FIT = """
+import json, multiprocessing, os
+import sktransfer
+from sktransfer._utils.launch import LAUNCHED_PID, is_worker_of_launch
+
+def child(queue):
+    queue.put(is_worker_of_launch())
+
+if __name__ == "__main__":
+    marked_at_import = LAUNCHED_PID in os.environ
+    results = {}
+    for method in ("spawn", "fork"):
+        context = multiprocessing.get_context(method)
+        queue = context.Queue()
+        process = context.Process(target=child, args=(queue,))
+        process.start()
+        results[method] = queue.get(timeout=120)
+        process.join()
+    print(json.dumps({"rank_is_worker": is_worker_of_launch(), "children": results,
+                      "marked_at_import": marked_at_import}))
+"""
+
+
+def test_a_worker_started_by_a_rank_before_any_fit_knows_it_is_not_a_rank(tmp_path):
+    # A rank that starts a search's workers before its first fit has not
+    # marked itself yet (importing sktransfer writes no environment): the
+    # workers tell from their parent's environment that they inherited the
+    # launch, while the rank itself, started by torchrun, is a rank.
+    script = tmp_path / "rank.py"
+    script.write_text(WORKER_BEFORE_ANY_FIT)
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
+    env.pop(LAUNCHED_PID, None)
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                         text=True, check=True, timeout=300)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"rank_is_worker": False, "children": {"spawn": True, "fork": True},
+                      "marked_at_import": False}
+
+
 def test_a_worker_process_of_a_launch_refuses_to_join_it(monkeypatch):
     # What a GridSearchCV(n_jobs=2) worker of a torchrun rank sees: the
     # launch's variables, and the rank's own pid as the launched process.
@@ -221,7 +261,7 @@ def test_sync_batchnorm_layers_share_the_weights_and_are_put_back():
 def test_a_process_forked_from_a_rank_refuses_its_inherited_group(monkeypatch):
     # joblib's multiprocessing backend forks after a first distributed fit:
     # the child inherits an initialized group whose ranks it is not.
-    import sktransfer.distributed as distributed
+    import sktransfer.training.distributed as distributed
 
     X, y = tiny()
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)

@@ -412,12 +412,12 @@ def resnet_file(tmp_path_factory):
 
 def test_same_seed_same_model_first_fit_or_later_in_any_process(digits, resnet_file):
     from joblib import Parallel, delayed
-    from sktransfer import _weights_cache
+    from sktransfer.backbones import loaded as loaded_backbones
 
     images, labels = digits
     X, y = images[:24], labels[:24] % 3
     for weights in (None, resnet_file):  # a random init, and a weights file
-        _weights_cache.clear()
+        loaded_backbones.clear()
         first = _fit_resnet_proba(X, y, weights)  # the loader's cache misses
         np.testing.assert_array_equal(_fit_resnet_proba(X, y, weights), first)  # and hits
         # A fresh loky worker starts with an empty cache.

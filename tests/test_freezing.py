@@ -7,8 +7,8 @@ from torch import nn
 
 from sktransfer import FineTunedClassifier
 from sktransfer.backbones import ordered_param_groups
-from sktransfer.freezing import check_freeze, freeze_groups, n_frozen_groups
-from sktransfer.heads import BackboneWithHead, make_head
+from sktransfer.training.freezing import check_freeze, freeze_groups, n_frozen_groups
+from sktransfer.training.heads import BackboneWithHead, make_head
 
 
 def body():

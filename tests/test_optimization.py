@@ -5,10 +5,10 @@ from skorch.callbacks import Callback
 from torch import nn
 
 from sktransfer import FineTunedClassifier
-from sktransfer.augment import FlipAndResizedCrop
+from sktransfer.training.augment import FlipAndResizedCrop
 from sktransfer.backbones import ordered_param_groups
-from sktransfer.heads import BackboneWithHead, make_head
-from sktransfer.optimization import cosine, one_cycle, param_groups, resolve_optimizer
+from sktransfer.training.heads import BackboneWithHead, make_head
+from sktransfer.training.optimization import cosine, one_cycle, param_groups, resolve_optimizer
 
 
 def body():

@@ -19,9 +19,10 @@ from torch import nn
 
 from sktransfer import FineTunedClassifier, FineTunedRegressor, PretrainedFeatureTransformer
 from sktransfer.backbones import load_backbone
-from sktransfer.backbones.state import (UntrustedTypeError, backbone_from_state, backbone_state,
-                                        class_name, is_json_able, module_from_state,
-                                        module_state, non_json_values)
+from sktransfer.backbones.base import backbone_from_state, backbone_state
+from sktransfer.persistence.codec import is_json_able, non_json_values
+from sktransfer.persistence.modules import module_from_state, module_state
+from sktransfer.persistence.trust import UntrustedTypeError, class_name
 
 
 class Net(nn.Module):

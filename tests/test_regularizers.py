@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from sktransfer import FineTunedClassifier
-from sktransfer.heads import BackboneWithHead, make_head
+from sktransfer.training.heads import BackboneWithHead, make_head
 from sktransfer.regularizers import L2SP
 
 

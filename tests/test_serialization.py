@@ -25,8 +25,8 @@ from torch import nn
 import sktransfer
 from sktransfer import (FineTunedClassifier, FineTunedRegressor, PretrainedFeatureTransformer,
                         load, save)
-from sktransfer.backbones.state import UntrustedTypeError, class_name
-from sktransfer.serialization import FORMAT_VERSION
+from sktransfer.persistence.format import FORMAT_VERSION
+from sktransfer.persistence.trust import UntrustedTypeError, class_name
 
 
 class TinyNet(nn.Module):

@@ -108,3 +108,20 @@ def to_device(batch, device):
     if isinstance(batch, dict):
         return {k: to_device(v, device) for k, v in batch.items()}
     raise TypeError(f"cannot move a {type(batch).__name__} to a device")
+
+
+def check_device(device):
+    """The ``torch.device`` for ``device``, refusing one this machine does not have."""
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a string such as 'auto', 'cpu' or 'cuda'; got a "
+                        f"{type(device).__name__}: {device!r}")
+    resolved = resolve_device(device)  # unknown names, CUDA without CUDA
+    if resolved.type == "cuda" and resolved.index is not None \
+            and resolved.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r}: this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s)")
+    mps = getattr(torch.backends, "mps", None)
+    if resolved.type == "mps" and not (mps is not None and mps.is_available()):
+        raise ValueError(f"device={device!r} was asked for but MPS is not available on "
+                         "this machine; use device='auto' or device='cpu'.")
+    return resolved

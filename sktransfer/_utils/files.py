@@ -5,7 +5,7 @@ import os
 import tempfile
 
 
-def write_atomically(path, write, *, temporary=None):
+def write_atomically(path, write, *, temporary=None, make_folder=True):
     """Write ``path`` through a temporary file beside it, then rename it into place.
 
     ``write(temporary_path)`` writes the content. Its bytes reach the disk
@@ -23,6 +23,9 @@ def write_atomically(path, write, *, temporary=None):
     temporary : str, optional
         The temporary file's path, which must not exist (created exclusively).
         By default a fresh name beside ``path``.
+    make_folder : bool, default=True
+        Create ``path``'s folder when missing; False raises
+        ``FileNotFoundError`` instead (a mistyped destination is the caller's).
 
     Examples
     --------
@@ -37,7 +40,8 @@ def write_atomically(path, write, *, temporary=None):
     """
     path = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
+    if make_folder:
+        os.makedirs(folder, exist_ok=True)
     if temporary is None:
         fd, temporary = tempfile.mkstemp(prefix=".sktransfer-", suffix=".tmp", dir=folder)
     else:

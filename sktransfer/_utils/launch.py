@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 #: Set in the environment of a rank when its first fit starts, so that a
 #: worker process it starts later (GridSearchCV with ``n_jobs > 1``) sees the
@@ -126,3 +127,26 @@ def launch_device(device):
     if launch is None:
         return device
     return torch.device("cuda", launch.local_rank % max(1, torch.cuda.device_count()))
+
+
+def is_main_process():
+    """Whether this process is the one that prints and saves: rank 0, or the only process.
+
+    True on rank 0 of an initialized process group, else on rank 0 of the
+    launch this process belongs to (see :func:`launch_environment`), and in
+    a process that is not part of a launch.
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> from sktransfer.distributed import is_main_process
+    >>> is_main_process()  # a plain run
+    True
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    launch = launch_environment()
+    return launch is None or launch.rank == 0

@@ -14,16 +14,13 @@ A spec is one of:
 
 from torch import nn
 
-from . import huggingface, timm, torchvision
+# Imported for what they register: each source, when imported, puts its
+# loader in SOURCES and how it saves and rebuilds its networks in the
+# registry (in this order: SOURCES' order before there was a registry).
+from . import torchvision, timm, huggingface  # noqa: F401
 from .base import Backbone, ordered_param_groups
 from .module import from_backbone, from_module
-
-#: Loaders for string specs, keyed by the prefix before the colon.
-SOURCES = {
-    "torchvision": torchvision.load,
-    "timm": timm.load,
-    "hf": huggingface.load,
-}
+from .registry import SOURCES
 
 ACCEPTED = (
     "'torchvision:<name>', 'timm:<name>', 'hf:<model id or local directory>', an "

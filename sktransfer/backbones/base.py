@@ -1,12 +1,24 @@
 """The Backbone: what every source (torchvision, timm, Hugging Face, a user's
 module, a fitted estimator) resolves to, so the estimators never branch on
-where a network came from."""
+where a network came from; and the Backbone as plain data
+(:func:`backbone_state` / :func:`backbone_from_state`), which is what its
+pickles and ``sktransfer.save`` files hold.
+
+The state functions live beside the class rather than in a module of their
+own: the class's pickling needs them and they build the class, so two
+modules would import each other.
+"""
 
 import copy
 
 from torch import nn
 from torch.nn.parameter import is_lazy
 
+from ..persistence.codec import VIEW_AS, array_to_tensor, dtype_name, tensor_to_array
+from ..persistence.modules import (STATE_VERSION, check_state_version, module_from_state,
+                                   module_state)
+from ..persistence.trust import user_classes
+from .registry import get_source, preprocess_from_state, preprocess_state, spec_source
 
 MODALITIES = ("image", "text", "tensor")
 
@@ -92,26 +104,153 @@ class Backbone:
         clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
         return clone
 
-    # Pickling: the state is plain data (see backbones/state.py): a config of
-    # specs and constants, the weights as numpy arrays (so a model dumped
+    # Pickling: the state is plain data (see backbone_state below): a config
+    # of specs and constants, the weights as numpy arrays (so a model dumped
     # from a GPU loads on a machine without one) and the class objects of
     # the user's own modules (so cloudpickle ships a class defined in
     # __main__, and an audit such as skops lists them). No pickled module
     # object, no torch.save bytes: unpickling runs no code hidden inside.
     def __getstate__(self):
-        from .state import backbone_state, user_classes
-
         config, tensors = backbone_state(self)
         classes = user_classes(self.module) if config["network"]["kind"] == "module" else {}
         return {"config": config, "tensors": tensors, "classes": classes}
 
     def __setstate__(self, state):
-        from .state import backbone_from_state
-
         # The user chose to load this pickle, so its classes are trusted.
         rebuilt = backbone_from_state(state["config"], state["tensors"],
                                       classes=state.get("classes"))
         self.__dict__.update(rebuilt.__dict__)
+
+
+def backbone_state(backbone):
+    """Describe a :class:`Backbone` as config + arrays.
+
+    Parameters
+    ----------
+    backbone : Backbone
+
+    Returns
+    -------
+    config : dict
+        ``spec``, ``modality``, ``weights_id``, ``out_dim``,
+        ``input_channels``, ``param_groups`` (None when computed from the
+        module), ``preprocess`` (its constants) and ``network``: for
+        ``"torchvision:"``, ``"timm:"`` and ``"hf:"`` specs
+        ``{"kind": "spec", ...}`` (what rebuilds the architecture, as its
+        source describes it: for Hugging Face also the model config), for
+        any other module ``{"kind": "module", "module": <module_state
+        config>}``.
+    tensors : dict of {str: numpy.ndarray}
+        The module's state dict as CPU arrays (for modules: as
+        :func:`~sktransfer.persistence.modules.module_state` gives them).
+
+    Examples
+    --------
+    >>> from sktransfer.backbones import load_backbone
+    >>> bb = load_backbone("torchvision:resnet18", weights=None, image_size=32)
+    >>> config, tensors = backbone_state(bb)
+    >>> config["network"]["kind"], config["preprocess"]["crop_size"]
+    ('spec', 32)
+    >>> backbone_from_state(config, tensors).preprocess.crop_size
+    32
+    """
+    source = spec_source(backbone.spec)
+    if source is not None:
+        network, tensors = _spec_network_state(backbone, *source)
+    else:
+        module_config, tensors = module_state(backbone.module)
+        network = {"kind": "module", "module": module_config}
+    groups = backbone.__dict__.get("_param_groups")
+    config = {
+        "version": STATE_VERSION,
+        "spec": backbone.spec,
+        "modality": backbone.modality,
+        "weights_id": backbone.weights_id,
+        "out_dim": None if backbone.out_dim is None else int(backbone.out_dim),
+        "input_channels": (None if backbone.input_channels is None
+                           else int(backbone.input_channels)),
+        "param_groups": None if groups is None else [[g, list(n)] for g, n in groups],
+        "preprocess": preprocess_state(backbone.preprocess),
+        "network": network,
+    }
+    return config, tensors
+
+
+def backbone_from_state(config, tensors, *, classes=None, trusted=()):
+    """Rebuild the :class:`Backbone` :func:`backbone_state` described.
+
+    String specs are rebuilt by their source with random weights (no
+    download, no original directory needed), then the carried state dict is
+    loaded strictly; it holds tensors only. Other modules are rebuilt with
+    :func:`~sktransfer.persistence.modules.module_from_state`.
+
+    Parameters
+    ----------
+    config, tensors
+        As returned by :func:`backbone_state`.
+    classes, trusted
+        As for :func:`~sktransfer.persistence.modules.module_from_state`
+        (user modules only).
+
+    Returns
+    -------
+    Backbone
+
+    Raises
+    ------
+    UntrustedTypeError
+        When a user module's classes are neither given nor trusted.
+    """
+    check_state_version(config, "backbone")
+    network = config["network"]
+    if network["kind"] == "spec":
+        module = _spec_network_from_state(network, tensors)
+    else:
+        module = module_from_state(network["module"], tensors, classes=classes, trusted=trusted)
+    groups = config.get("param_groups")
+    return Backbone(
+        module, preprocess_from_state(config["preprocess"]), config["modality"],
+        config["spec"], config.get("weights_id", ""), out_dim=config.get("out_dim"),
+        input_channels=config.get("input_channels"),
+        param_groups=None if groups is None else [(g, list(n)) for g, n in groups],
+    )
+
+
+def _spec_network_state(backbone, source, name):
+    """A spec network: what its source adds, which parts train, and the state dict."""
+    module = backbone.module
+    # Per submodule and per parameter: a fine-tuner may have frozen some, and
+    # a wrapper may be in training mode around an eval model.
+    network = {"kind": "spec", "source": source, "name": name,
+               "training": [n for n, m in module.named_modules() if m.training],
+               "frozen": [n for n, p in module.named_parameters() if not p.requires_grad]}
+    network.update(get_source(source).network_state(backbone))
+    state = module.state_dict()
+    tensors = {k: tensor_to_array(v) for k, v in state.items()}
+    # The dtypes numpy lacks travel as integers: their names say how to view them back.
+    network["dtypes"] = {k: dtype_name(v.dtype) for k, v in state.items() if v.dtype in VIEW_AS}
+    return network, tensors
+
+
+def _spec_network_from_state(network, tensors):
+    source, name = network["source"], network["name"]
+    module = get_source(source).network_from_state(name, network)
+    dtypes = network.get("dtypes", {})
+    state = {k: array_to_tensor(v, dtypes.get(k)) for k, v in tensors.items()}
+    result = module.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"the saved weights do not fit {source}:{name} as this version builds it: "
+            f"missing keys {result.missing_keys[:5]}, unexpected keys "
+            f"{result.unexpected_keys[:5]}"
+        )
+    frozen = set(network.get("frozen", ()))
+    for pname, param in module.named_parameters():
+        param.requires_grad_(pname not in frozen)
+    training = set(network.get("training", ()))
+    for mname, sub in module.named_modules():
+        sub.training = mname in training
+    return module
 
 
 def ordered_param_groups(module, max_share=0.3):

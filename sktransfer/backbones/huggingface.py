@@ -7,14 +7,14 @@ import json
 import os
 import threading
 
-import torch
 from torch import nn
 
-from .base import Backbone
 from .._utils.files import read_folder, temporary_folder, write_folder
-from .weights import is_weights_path, load_into, load_state_dict_file, weights_unavailable
-
-TOKEN_POOLINGS = ("avg", "mean", "cls", "max")
+from .base import Backbone
+from .pooling import TOKEN_POOLINGS, pool_tokens
+from .registry import register_preprocess, register_source
+from .weights import (hub_cache_location, is_weights_path, load_into, load_state_dict_file,
+                      weights_unavailable)
 
 
 def _import_transformers():
@@ -26,26 +26,6 @@ def _import_transformers():
             "pip install \"sktransfer[text]\""
         ) from exc
     return transformers
-
-
-def pool_tokens(hidden, mask, pooling):
-    """Pool token states ``(B, T, D)`` into ``(B, D)`` over real (unmasked) tokens.
-
-    Examples
-    --------
-    >>> import torch
-    >>> h = torch.tensor([[[1.0], [3.0], [100.0]]])
-    >>> pool_tokens(h, torch.tensor([[1, 1, 0]]), "avg")
-    tensor([[2.]])
-    """
-    if pooling == "cls":
-        return hidden[:, 0]
-    if mask is None:
-        mask = torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device)
-    mask = mask.unsqueeze(-1).to(hidden.dtype)
-    if pooling == "max":
-        return hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).amax(1)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
 class TextEncoder(nn.Module):
@@ -140,22 +120,28 @@ class Tokenize:
         self.__dict__.update(type(self).from_state(state).__dict__)
 
 
-def encoder_state(encoder):
-    """What rebuilds a :class:`TextEncoder` offline: pooling and the model config."""
+def network_state(backbone):
+    """What rebuilds a backbone's :class:`TextEncoder` offline: pooling and the model config."""
+    encoder = backbone.module
     # Through JSON: label maps are keyed by int, which JSON (and skops) writes as str.
     config = json.loads(encoder.model.config.to_json_string(use_diff=False))
     return {"pooling": encoder.pooling, "model_config": config}
 
 
-def encoder_from_state(state):
-    """A randomly initialized :class:`TextEncoder` from :func:`encoder_state` output."""
+def network_from_state(name, network):
+    """A randomly initialized :class:`TextEncoder` from :func:`network_state` output.
+
+    ``name`` (the model id or directory) is not read: the model config came
+    with the state, so no hub or original directory is needed.
+    """
     transformers = _import_transformers()
-    model_config = dict(state["model_config"])
+    model_config = dict(network["model_config"])
     config_class = type(transformers.AutoConfig.for_model(model_config["model_type"]))
     with _quiet_loading(transformers), _skipped_init():
-        model = transformers.AutoModel.from_config(config_class.from_dict(model_config), trust_remote_code=False)
+        model = transformers.AutoModel.from_config(config_class.from_dict(model_config),
+                                                   trust_remote_code=False)
     model.eval()
-    return TextEncoder(model, state["pooling"])
+    return TextEncoder(model, network["pooling"])
 
 
 def _skipped_init():
@@ -217,9 +203,7 @@ def _load(transformers, name, weights, pooling):
     except OSError as exc:
         if os.path.isdir(name) or (weights is not None and weights != "DEFAULT"):
             raise
-        from .timm import _hub_cache_location
-
-        raise weights_unavailable(f"hf:{name}", _hub_cache_location(name), exc) from exc
+        raise weights_unavailable(f"hf:{name}", hub_cache_location(name), exc) from exc
     model.eval()
     encoder = TextEncoder(model, "avg" if pooling == "mean" else pooling)
     hidden = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)
@@ -242,3 +226,7 @@ def _max_length(name, tokenizer, config):
     limits = [tokenizer.model_max_length, getattr(config, "max_position_embeddings", None)]
     limits = [x for x in limits if isinstance(x, int) and 0 < x < 100_000]
     return min(limits) if limits else 512
+
+
+register_source("hf", load, network_state, network_from_state)
+register_preprocess("tokenize", Tokenize.from_state)

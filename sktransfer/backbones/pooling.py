@@ -1,15 +1,22 @@
-"""The global pool that ends an image backbone's embedding.
+"""How an embedding ends: the global pool of an image network, the pooling of tokens.
 
 ``pooling="max"`` on an image backbone (without ``layers=``) swaps the
 network's global average pool of its last feature map for a global max
 pool. The swap is part of the architecture, so a backbone rebuilt from its
 spec (a pickle, a saved model) re-applies it: :func:`image_global_pool`
-reads it back from a module, :func:`set_image_global_pool` applies it.
+reads it back from a module, :func:`set_image_global_pool` applies it, and
+:func:`image_network_state` / :func:`image_network_from_state` are what the
+image sources (torchvision, timm) save and rebuild of it.
+
+Token states of a text encoder, ``(B, T, D)``, become one vector per text
+by :func:`pool_tokens`, over the real (unmasked) tokens.
 """
 
+import torch
 from torch import nn
 
 IMAGE_POOLS = ("avg", "max")
+TOKEN_POOLINGS = ("avg", "mean", "cls", "max")
 
 
 def set_image_global_pool(module, pooling, spec):
@@ -67,6 +74,29 @@ def image_global_pool(module):
     return "avg"
 
 
+def image_network_state(backbone):
+    """What an image source saves beyond spec and weights: ``{"global_pool": ...}``.
+
+    ``pooling="max"`` swapped the final pool: that is neither in the spec nor
+    in the state dict (pools have no weights).
+
+    Examples
+    --------
+    >>> from sktransfer.backbones import load_backbone
+    >>> image_network_state(load_backbone("torchvision:resnet18", weights=None))
+    {'global_pool': 'avg'}
+    """
+    if backbone.modality != "image":
+        return {}
+    return {"global_pool": image_global_pool(backbone.module)}
+
+
+def image_network_from_state(module, network, spec):
+    """``module`` (just built from ``spec``) with the pool :func:`image_network_state` saved."""
+    set_image_global_pool(module, network.get("global_pool", "avg"), spec)
+    return module
+
+
 def _is_timm(module):
     return (type(module).__module__.startswith("timm.") and hasattr(module, "reset_classifier")
             and hasattr(module, "global_pool"))
@@ -79,3 +109,23 @@ def _top_level_global_pool(module):
                 and child.output_size in (1, (1, 1))):
             last = name
     return last
+
+
+def pool_tokens(hidden, mask, pooling):
+    """Pool token states ``(B, T, D)`` into ``(B, D)`` over real (unmasked) tokens.
+
+    Examples
+    --------
+    >>> import torch
+    >>> h = torch.tensor([[[1.0], [3.0], [100.0]]])
+    >>> pool_tokens(h, torch.tensor([[1, 1, 0]]), "avg")
+    tensor([[2.]])
+    """
+    if pooling == "cls":
+        return hidden[:, 0]
+    if mask is None:
+        mask = torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device)
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    if pooling == "max":
+        return hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).amax(1)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

@@ -10,6 +10,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from .registry import register_preprocess
+
 
 class ImagePreprocess:
     """Resize the shorter side, center-crop, scale to [0, 1] and normalize.
@@ -118,3 +120,7 @@ class TensorPreprocess:
     def from_state(cls, state):
         """The preprocess :meth:`state` described."""
         return cls()
+
+
+register_preprocess("image", ImagePreprocess.from_state)
+register_preprocess("tensor", TensorPreprocess.from_state)

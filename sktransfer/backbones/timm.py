@@ -5,8 +5,11 @@ import math
 import os
 
 from .base import Backbone
+from .pooling import image_network_from_state, image_network_state
 from .preprocess import ImagePreprocess
-from .weights import is_weights_path, load_into, load_state_dict_file, weights_unavailable
+from .registry import register_source
+from .weights import (hub_cache_location, is_weights_path, load_into, load_state_dict_file,
+                      weights_unavailable)
 
 
 def _import_timm():
@@ -32,7 +35,7 @@ def load(name, weights="DEFAULT", *, image_size=None, **_):
         except (OSError, RuntimeError) as exc:
             cfg = timm.models.get_pretrained_cfg(name.split(".")[0])
             hub = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or name
-            raise weights_unavailable(f"timm:{name}", _hub_cache_location(hub), exc) from exc
+            raise weights_unavailable(f"timm:{name}", hub_cache_location(hub), exc) from exc
         weights_id = f"timm-pretrained:{model.pretrained_cfg.get('hf_hub_id') or name}"
     elif weights is None:
         model = timm.create_model(name, pretrained=False, num_classes=0)
@@ -77,9 +80,9 @@ def _timm_groups(model):
     return groups
 
 
-def _hub_cache_location(hub_id):
-    try:
-        from huggingface_hub.constants import HF_HUB_CACHE
-    except ImportError:
-        HF_HUB_CACHE = os.path.expanduser("~/.cache/huggingface/hub")
-    return f"{hub_id} in the Hugging Face cache {HF_HUB_CACHE}"
+def network_from_state(name, network):
+    """A randomly initialized ``timm:<name>`` network as ``network`` describes it."""
+    return image_network_from_state(load(name, None).module, network, f"timm:{name}")
+
+
+register_source("timm", load, image_network_state, network_from_state)

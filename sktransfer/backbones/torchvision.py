@@ -6,7 +6,9 @@ import os
 import torch
 
 from .base import Backbone, replace_last_linear
+from .pooling import image_network_from_state, image_network_state
 from .preprocess import ImagePreprocess
+from .registry import register_source
 from .weights import is_weights_path, load_into, load_state_dict_file, weights_unavailable
 
 
@@ -64,3 +66,11 @@ def load(name, weights="DEFAULT", *, image_size=None, **_):
                                  interpolation=preset.interpolation.value)
     return Backbone(model, preprocess, "image", f"torchvision:{name}", weights_id,
                     out_dim=out_dim, input_channels=3)
+
+
+def network_from_state(name, network):
+    """A randomly initialized ``torchvision:<name>`` network as ``network`` describes it."""
+    return image_network_from_state(load(name, None).module, network, f"torchvision:{name}")
+
+
+register_source("torchvision", load, image_network_state, network_from_state)

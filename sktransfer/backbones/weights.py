@@ -154,3 +154,21 @@ def weights_unavailable(what, where, exc):
         "local state dict with weights='/path/to/weights.pth' (.pt, .pth or "
         ".safetensors), or weights=None for random initialization."
     )
+
+
+def hub_cache_location(hub_id):
+    """Where the Hugging Face hub caches ``hub_id``, as :func:`weights_unavailable` names it.
+
+    timm and Hugging Face sources both download through the hub, so both
+    name this place when weights cannot be had.
+
+    Examples
+    --------
+    >>> hub_cache_location("org/model")  # doctest: +ELLIPSIS
+    'org/model in the Hugging Face cache ...'
+    """
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:
+        HF_HUB_CACHE = os.path.expanduser("~/.cache/huggingface/hub")
+    return f"{hub_id} in the Hugging Face cache {HF_HUB_CACHE}"

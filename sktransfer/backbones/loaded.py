@@ -1,36 +1,28 @@
-"""In-process cache of loaded backbones, and the digest of a module's weights.
+"""Backbones loaded once per process, handed out as private copies.
 
 ``GridSearchCV`` clones and refits an estimator once per candidate and fold.
 Without this cache every clone would read the same weights file again and
 rebuild the same network; here a backbone is loaded once per process and each
 fit gets its own deep copy, so no two estimators ever share a module that one
 of them might move to a device or train.
-
-:func:`weights_digest` is the identity of a module's weights by content. The
-feature cache keys embeddings on it, so the same weights under another name
-hit and changed weights (fine-tuned, another seed, a rewritten file) miss.
 """
 
 import collections
-import hashlib
 import os
 import threading
-import weakref
 
 import numpy as np
-import torch
 
-from ._utils.seeding import seeded
-from .backbones import load_backbone
+from .._utils.seeding import seeded
+from ..feature_cache.keys import remember_weights_digest, weights_digest
+from . import load_backbone
 
 #: Backbones kept per process; a search over a few backbones fits, and an
 #: old one is dropped before memory fills with networks nobody uses.
 MAX_ENTRIES = 4
 
-_LOCK = threading.RLock()
-_BACKBONES = collections.OrderedDict()
-# module -> (fingerprint, digest); weak, so a dropped estimator frees its module.
-_DIGESTS = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+_BACKBONES = collections.OrderedDict()  # cache key -> template Backbone, oldest first
 
 
 def load_backbone_cached(spec, weights="DEFAULT", *, pooling="avg", image_size=None,
@@ -45,7 +37,7 @@ def load_backbone_cached(spec, weights="DEFAULT", *, pooling="avg", image_size=N
         The seed of a random initialization (``weights=None``): an integer
         seeds it and names it in the cache; otherwise nothing is cached and
         the backbone is drawn from torch's RNG as the caller left it (call
-        this inside :func:`~sktransfer._device.seeded`, as
+        this inside :func:`~sktransfer._utils.seeding.seeded`, as
         ``PretrainedFeatureTransformer.fit`` does).
 
     Returns
@@ -86,6 +78,8 @@ def load_backbone_cached(spec, weights="DEFAULT", *, pooling="avg", image_size=N
         # drawn from exactly that seed, as a caller's own seeding would.
         with seeded(random_state if weights is None else None):
             template = load_backbone(spec, weights, pooling=pooling, image_size=image_size)
+        # Hashed once here, so that the feature cache's key of every copy
+        # below costs nothing.
         weights_digest(template.module)
         with _LOCK:
             _BACKBONES[key] = template
@@ -95,7 +89,7 @@ def load_backbone_cached(spec, weights="DEFAULT", *, pooling="avg", image_size=N
     backbone = template.copy()
     # A deep copy holds the same values, so it inherits the template's digest
     # instead of hashing every tensor again.
-    _remember(backbone.module, weights_digest(template.module))
+    remember_weights_digest(backbone.module, weights_digest(template.module))
     return backbone
 
 
@@ -103,74 +97,6 @@ def clear():
     """Forget every cached backbone (they are reloaded on next use)."""
     with _LOCK:
         _BACKBONES.clear()
-
-
-def weights_digest(module):
-    """A hex digest of a module's parameters and buffers, by value.
-
-    Computed once per module and remembered while its tensors are untouched:
-    any in-place change (an optimizer step, ``load_state_dict``) bumps the
-    tensors' version counters and the digest is computed anew.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from torch import nn
-    >>> net = nn.Linear(2, 1)
-    >>> before = weights_digest(net)
-    >>> with torch.no_grad():
-    ...     _ = net.bias.add_(1.0)
-    >>> weights_digest(net) == before
-    False
-    """
-    fingerprint = _fingerprint(module)
-    with _LOCK:
-        known = _DIGESTS.get(module)
-    if known is not None and fingerprint is not None and known[0] == fingerprint:
-        return known[1]
-    digest = hashlib.blake2b(digest_size=16)
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        if isinstance(tensor, torch.nn.parameter.UninitializedTensorMixin):
-            digest.update(b"\0uninitialized")
-            continue
-        digest.update(f"\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
-        digest.update(_tensor_bytes(tensor))
-    value = digest.hexdigest()
-    if fingerprint is not None:
-        with _LOCK:
-            _DIGESTS[module] = (fingerprint, value)
-    return value
-
-
-def _remember(module, digest):
-    fingerprint = _fingerprint(module)
-    if fingerprint is not None:
-        with _LOCK:
-            _DIGESTS[module] = (fingerprint, digest)
-
-
-def _fingerprint(module):
-    """Where each tensor lives and how often it was changed in place.
-
-    ``None`` when a tensor has no storage to point at (lazy parameters):
-    such a module is hashed on every call instead of trusted.
-    """
-    try:
-        return tuple((name, t.device.type, t.data_ptr(), t._version)
-                     for name, t in module.state_dict(keep_vars=True).items())
-    except (RuntimeError, ValueError, AttributeError):
-        return None
-
-
-def _tensor_bytes(tensor):
-    tensor = tensor.detach()
-    if tensor.is_sparse or tensor.is_quantized:
-        tensor = tensor.to_dense() if tensor.is_sparse else tensor.dequantize()
-    flat = tensor.cpu().contiguous().reshape(-1)
-    if flat.numel() == 0:
-        return b""
-    return memoryview(np.ascontiguousarray(flat.view(torch.uint8).numpy()))
 
 
 def _cache_key(spec, weights, pooling, image_size, random_state):

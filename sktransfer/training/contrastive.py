@@ -107,7 +107,7 @@ class PairRows(torch.utils.data.Dataset):
     ----------
     rows : Dataset with ``__getitems__``
         The samples (a :class:`~sktransfer.inputs.Samples` or
-        :class:`~sktransfer._net.Rows`); their own targets, if any, are
+        :class:`~sktransfer.training.net.Rows`); their own targets, if any, are
         ignored.
     y : array-like of shape (len(rows),)
         The rows' labels.

@@ -13,10 +13,7 @@
 """
 
 import math
-from functools import partial
-
 import torch
-from skorch.callbacks import Callback
 
 OPTIMIZERS = {
     "adamw": torch.optim.AdamW,
@@ -48,12 +45,6 @@ def resolve_optimizer(optimizer):
                      f"torch.optim.Optimizer class; got {optimizer!r}")
 
 
-def check_schedule(schedule):
-    """Raise a ValueError naming the choices when ``schedule`` is unknown."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule={schedule!r} is not one of {SCHEDULES}")
-
-
 def param_groups(model, backbone_groups, lr, backbone_lr_mult=1.0, weight_decay=0.0):
     """The optimizer's parameter groups for ``model`` (a ``BackboneWithHead``).
 
@@ -80,7 +71,7 @@ def param_groups(model, backbone_groups, lr, backbone_lr_mult=1.0, weight_decay=
     Examples
     --------
     >>> from torch import nn
-    >>> from sktransfer.heads import BackboneWithHead
+    >>> from sktransfer.training.heads import BackboneWithHead
     >>> model = BackboneWithHead(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)),
     ...                          nn.Linear(2, 1))
     >>> groups = [("0", ["0.weight", "0.bias"]), ("1", ["1.weight", "1.bias"])]
@@ -115,43 +106,6 @@ def param_groups(model, backbone_groups, lr, backbone_lr_mult=1.0, weight_decay=
     return groups
 
 
-class LRSchedule(Callback):
-    """skorch callback stepping a learning-rate schedule after every batch.
-
-    At the start of each ``fit`` / ``partial_fit`` call the rates go back to
-    each group's ``base_lr`` and a fresh schedule spans that call's epochs, so
-    continuing training never starts from a rate annealed to zero. The head's
-    current rate is recorded in the history as ``event_lr`` per batch.
-
-    Parameters
-    ----------
-    schedule : {"onecycle", "cosine", None}
-        See :func:`one_cycle` and :func:`cosine`; ``None``: constant rates.
-    """
-
-    def __init__(self, schedule):
-        self.schedule = schedule
-
-    def on_train_begin(self, net, X=None, **kwargs):
-        optimizer = net.optimizer_
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"]
-            group.pop("initial_lr", None)
-        self.scheduler_ = None
-        if self.schedule is not None:
-            total = max(1, net.max_epochs * net.batches_per_epoch(len(X)))
-            shape = one_cycle if self.schedule == "onecycle" else cosine
-            self.scheduler_ = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, partial(shape, total=total))
-
-    def on_batch_end(self, net, training=False, **kwargs):
-        if training:
-            net.history.record_batch("event_lr", net.optimizer_.param_groups[-1]["lr"])
-            if self.scheduler_ is not None:
-                self.scheduler_.step()
-
-
-
 def one_cycle(step, total, warmup=0.25, div=25.0, final_div=1e4):
     """The one-cycle multiplier of the base rate after ``step`` of ``total`` steps.
 
@@ -181,3 +135,8 @@ def cosine(step, total):
     [1.0, 0.5, 0.0]
     """
     return (1 + math.cos(math.pi * min(step, total) / total)) / 2
+
+
+def constant(step, total):
+    """The multiplier of a constant rate (``schedule=None``): always 1."""
+    return 1.0

@@ -8,30 +8,37 @@ pretrained while the task-specific later layers adapt.
 Frozen parameters get ``requires_grad=False``: autograd then computes no
 gradient for them, and the optimizers skip parameters without a gradient, so
 neither the update nor weight decay moves them. Frozen BatchNorm layers are
-also kept in evaluation mode (see :class:`~sktransfer.heads.BackboneWithHead`)
+also kept in evaluation mode (see :class:`~sktransfer.training.heads.BackboneWithHead`)
 so that their running statistics do not drift either.
 """
 
 import numbers
 
 import torch
-from skorch.callbacks import Callback
 from torch import nn
+
+from .._utils.validation import AnyOf, Interval, Options, check_param
 
 FREEZE_MODES = ("none", "backbone")
 
 
-def check_freeze(freeze):
-    """Raise a ValueError unless ``freeze`` is a mode or a count >= 0.
+#: What ``freeze`` takes; a count is checked against a backbone by :func:`n_frozen_groups`.
+FREEZE_RULE = AnyOf(Options(FREEZE_MODES), Interval(numbers.Integral, 0),
+                    description="'none', 'backbone' or a number of parameter groups to freeze")
 
-    The count is checked against a backbone by :func:`n_frozen_groups`.
+
+def check_freeze(freeze):
+    """Raise an InvalidParameterError unless ``freeze`` is a mode or a count >= 0.
+
+    Examples
+    --------
+    >>> check_freeze(2)
+    >>> check_freeze("all")
+    Traceback (most recent call last):
+    ...
+    sktransfer._utils.validation.InvalidParameterError: freeze must be 'none', 'backbone' or a number of parameter groups to freeze; got freeze='all'
     """
-    if isinstance(freeze, numbers.Integral) and not isinstance(freeze, bool):
-        if freeze < 0:
-            raise ValueError(f"freeze must be >= 0 parameter groups; got {freeze}")
-    elif not (isinstance(freeze, str) and freeze in FREEZE_MODES):
-        raise ValueError(f"freeze must be 'none', 'backbone' or a number of parameter groups "
-                         f"to freeze; got {freeze!r}")
+    check_param("freeze", freeze, FREEZE_RULE)
 
 
 def n_frozen_groups(freeze, param_groups):
@@ -89,7 +96,7 @@ def freeze_groups(model, param_groups, n_frozen):
 
     Examples
     --------
-    >>> from sktransfer.heads import BackboneWithHead
+    >>> from sktransfer.training.heads import BackboneWithHead
     >>> body = nn.Sequential(nn.Linear(2, 4), nn.BatchNorm1d(4), nn.Linear(4, 4))
     >>> model = BackboneWithHead(body, nn.Linear(4, 1))
     >>> groups = [("0", ["0.weight", "0.bias"]), ("1", ["1.weight", "1.bias"]),
@@ -157,7 +164,7 @@ def norms_needing_two_samples(model, param_groups, n_frozen, inputs):
     Examples
     --------
     >>> import torch
-    >>> from sktransfer.heads import BackboneWithHead
+    >>> from sktransfer.training.heads import BackboneWithHead
     >>> body = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.AdaptiveAvgPool2d(1),
     ...                      nn.Flatten(), nn.BatchNorm1d(2))
     >>> model = BackboneWithHead(body, nn.Linear(2, 1))
@@ -197,39 +204,3 @@ def unfreeze_all(module):
     """Make every parameter of ``module`` trainable again (after training ends)."""
     for param in module.parameters():
         param.requires_grad_(True)
-
-
-class FreezeSchedule(Callback):
-    """skorch callback applying ``freeze``, after ``freeze_epochs`` head-only epochs.
-
-    For the first ``freeze_epochs`` epochs (counted over the estimator's whole
-    history, so ``partial_fit`` continues the count) the whole backbone is
-    frozen and only the head trains; from then on the first ``n_frozen``
-    groups stay frozen. This is the LP-FT recipe (fastai's ``fine_tune``): a
-    trained head first, so the random head's large early gradients do not
-    distort the pretrained features. The estimators fit the head to
-    convergence on the frozen embeddings before the first epoch
-    (:func:`sktransfer.probe.fit_head`): a few epochs of stochastic steps on
-    a few samples leave it far from the linear probe's optimum.
-
-    Parameters
-    ----------
-    param_groups : list of (str, list of str)
-        The backbone's groups, ordered input -> output.
-    n_frozen : int
-        Groups frozen after the head-only phase.
-    freeze_epochs : int, default=0
-        Length of the head-only phase.
-    """
-
-    def __init__(self, param_groups, n_frozen, freeze_epochs=0):
-        self.param_groups = param_groups
-        self.n_frozen = n_frozen
-        self.freeze_epochs = freeze_epochs
-
-    def on_epoch_begin(self, net, **kwargs):
-        # The net has already opened this epoch in its history.
-        done = len(net.history) - 1
-        head_only = done < self.freeze_epochs
-        n_frozen = len(self.param_groups) if head_only else self.n_frozen
-        freeze_groups(net.module_, self.param_groups, n_frozen)

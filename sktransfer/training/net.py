@@ -14,11 +14,13 @@ import math
 import numpy as np
 import torch
 from skorch import NeuralNet
-from skorch.callbacks import Callback, EarlyStopping, EpochTimer, PassthroughScoring, PrintLog
+from skorch.callbacks import EarlyStopping, EpochTimer, PrintLog
 from skorch.dataset import unpack_data
+from skorch.helper import predefined_split
 from torch.nn.parallel import DistributedDataParallel
 
-from ._utils.device import autocast, to_device
+from .._utils.device import autocast, to_device
+from .callbacks import RankMeanScoring, ValidScore
 from .distributed import from_sync_batchnorm, shard_size, to_sync_batchnorm
 
 
@@ -82,6 +84,7 @@ class FineTuningNet(NeuralNet):
         self.group = group
         self.sync_batchnorm = sync_batchnorm
         self.ddp_ = None
+        self.call_loader_options_ = {}
         super().__init__(module, criterion, **kwargs)
 
     @property
@@ -158,22 +161,68 @@ class FineTuningNet(NeuralNet):
         object.__setattr__(self, "ddp_", ddp)
         self.ddp_trainable_ = trainable
 
+    def train_call(self, train, valid=None, *, epochs, group=None, sampler=None,
+                   generator=None, valid_sampler=None, drop_last=False):
+        """Train for ``epochs`` more epochs: one ``fit`` or ``partial_fit`` of an estimator.
+
+        The settings of this call (its validation data, its process group and
+        how its loaders draw batches) hold for this call only: afterwards the
+        net keeps no reference to the data or the group.
+
+        Parameters
+        ----------
+        train, valid : Dataset
+            ``valid`` None: no validation pass (and no early stopping).
+        epochs : int
+        group : TrainingGroup, optional
+        sampler, generator, drop_last
+            The training loader's; ``valid_sampler`` the validation loader's.
+        """
+        self.set_params(max_epochs=epochs, group=group,
+                        train_split=None if valid is None else predefined_split(valid))
+        self.call_loader_options_ = {
+            "iterator_train": {"sampler": sampler, "generator": generator,
+                               "drop_last": drop_last},
+            "iterator_valid": {"sampler": valid_sampler}}
+        try:
+            self.partial_fit(train)
+        finally:
+            self.set_params(train_split=None, group=None)
+            self.call_loader_options_ = {}
+
+    def get_params_for(self, prefix):
+        params = super().get_params_for(prefix)
+        # The loaders of the current training call (train_call) draw with its sampler.
+        params.update(self.call_loader_options_.get(prefix, {}))
+        return params
+
+    def notify(self, method_name, **cb_kwargs):
+        if method_name != "on_epoch_end":
+            return super().notify(method_name, **cb_kwargs)
+        # skorch's EarlyStopping ends training by raising KeyboardInterrupt
+        # from on_epoch_end, which skorch's partial_fit swallows like a real
+        # interrupt: note which one it was.
+        getattr(self, method_name)(self, **cb_kwargs)
+        for _, callback in self.callbacks_:
+            try:
+                getattr(callback, method_name)(self, **cb_kwargs)
+            except KeyboardInterrupt:
+                self.stopped_early_ = isinstance(callback, EarlyStopping)
+                raise
+        return None
+
     def fit_loop(self, X, y=None, **fit_params):
+        self.stopped_early_ = False
         try:
             return super().fit_loop(X, y, **fit_params)
         except KeyboardInterrupt:
-            # skorch's EarlyStopping stops training by raising KeyboardInterrupt
-            # when its misses reach the patience; anything else is a real interrupt.
-            self.interrupted_ = not any(
-                isinstance(cb, EarlyStopping) and cb.misses_ == cb.patience
-                for _, cb in self.callbacks_)
+            self.interrupted_ = not self.stopped_early_
             raise
 
     def release_training_state(self, keep_optimizer=False):
         """Free what only training needs, and move what stays to the CPU.
 
-        Gradients, the loss scaler, early stopping's copy of the best weights
-        and, unless ``keep_optimizer``, the optimizer's state (Adam's moments:
+        Gradients, the loss scaler and, unless ``keep_optimizer``, the optimizer's state (Adam's moments:
         twice the model) are dropped; the network, the criterion, the penalty
         and a kept optimizer state go to the CPU, so a fitted model holds no
         accelerator memory between calls.
@@ -183,9 +232,6 @@ class FineTuningNet(NeuralNet):
         self.ddp_ = None
         from_sync_batchnorm(getattr(self, "synced_norms_", []))
         self.synced_norms_ = []
-        for _, callback in self.callbacks_:
-            if isinstance(callback, EarlyStopping):
-                callback.best_model_weights_ = None
         if keep_optimizer:
             for state in self.optimizer_.state.values():
                 for key, value in state.items():
@@ -254,94 +300,6 @@ class FineTuningNet(NeuralNet):
         scaler.step(self.optimizer_)
         scaler.update()
         return None
-
-
-class RankMeanScoring(PassthroughScoring):
-    """skorch's ``PassthroughScoring``, averaged over all ranks' samples in a data-parallel fit.
-
-    Each rank sees its own shard of the training and validation data; the
-    loss recorded (and the ``_best`` flag, and so early stopping) must be the
-    same on every rank, so the sums and counts are added across ranks before
-    the mean is taken.
-    """
-
-    def on_epoch_end(self, net, **kwargs):
-        self.group_ = getattr(net, "group", None)
-        super().on_epoch_end(net, **kwargs)
-
-    def get_avg_score(self, history):
-        if self.group_ is None:
-            return super().get_avg_score(history)
-        key = "train_batch_size" if self.on_train else "valid_batch_size"
-        sizes, scores = map(np.asarray, zip(*history[-1, "batches", :, [key, self.name]]))
-        total, count = self.group_.all_reduce([(sizes * scores).sum(), sizes.sum()])
-        return float(total / count)
-
-
-class ValidatedEarlyStopping(EarlyStopping):
-    """skorch's ``EarlyStopping``, idle in training calls without validation data.
-
-    ``partial_fit`` trains on every sample given, so its epochs have no
-    validation loss to monitor; the estimator's net keeps its callbacks
-    between calls, so the callback must simply wait for a ``fit``.
-    """
-
-    def on_epoch_end(self, net, **kwargs):
-        if self.monitor in net.history[-1]:
-            super().on_epoch_end(net, **kwargs)
-
-
-class ValidScore(Callback):
-    """Record ``valid_acc`` or ``valid_r2`` from the validation pass's outputs.
-
-    The sums are kept on the device and read once per epoch, so scoring adds
-    no forward pass and no synchronization per batch. ``valid_r2`` is the
-    coefficient of determination averaged over outputs, as
-    :func:`sklearn.metrics.r2_score` computes it.
-
-    Parameters
-    ----------
-    score : {"accuracy", "r2"} or None
-        None records nothing.
-    """
-
-    def __init__(self, score=None):
-        self.score = score
-
-    def on_epoch_begin(self, net, **kwargs):
-        self.sums_ = None
-
-    def on_batch_end(self, net, batch=None, training=False, y_pred=None, **kwargs):
-        if training or self.score is None:
-            return
-        y_true = batch[1].to(y_pred.device)
-        y_pred = y_pred.detach().double()
-        if self.score == "accuracy":
-            sums = torch.stack([(y_pred.argmax(1) == y_true).sum().double(),
-                                torch.tensor(float(len(y_true)), device=y_pred.device,
-                                             dtype=torch.float64)])
-        else:
-            y_true = y_true.double()
-            sums = torch.stack([((y_true - y_pred) ** 2).sum(0), y_true.sum(0),
-                                (y_true ** 2).sum(0),
-                                torch.full_like(y_true[0], float(len(y_true)))])
-        self.sums_ = sums if self.sums_ is None else self.sums_ + sums
-
-    def on_epoch_end(self, net, dataset_valid=None, **kwargs):
-        if self.score is None or self.sums_ is None:
-            return
-        group = getattr(net, "group", None)
-        # In a data-parallel fit each rank scored its shard: add them up.
-        sums = self.sums_.cpu().numpy() if group is None else group.all_reduce(self.sums_)
-        self.sums_ = None  # no device memory held after training
-        if self.score == "accuracy":
-            net.history.record("valid_acc", float(sums[0] / sums[1]))
-            return
-        sse, total, squares, count = sums
-        sst = squares - total ** 2 / count
-        # A constant target is predicted perfectly or not at all (sklearn's convention).
-        r2 = np.where(sst > 0, 1 - sse / np.where(sst > 0, sst, 1), np.where(sse > 0, 0.0, 1.0))
-        net.history.record("valid_r2", float(r2.mean()))
 
 
 class Rows(torch.utils.data.Dataset):

@@ -10,26 +10,22 @@ import numbers
 from torch import nn
 
 
-def check_head(head, dropout):
-    """Validate the ``head`` and ``dropout`` parameters of a fine-tuner.
+def check_head(head):
+    """Validate the ``head`` parameter of a fine-tuner.
 
     Raises
     ------
     ValueError
-        When ``head`` is not None or a sequence of positive integers, or
-        ``dropout`` is not a probability in ``[0, 1)``.
+        When ``head`` is not None or a sequence of positive integers.
     """
-    if head is not None:
-        if isinstance(head, (str, bytes)) or not hasattr(head, "__iter__"):
-            raise ValueError(f"head must be None (one linear layer) or a tuple of hidden "
-                             f"layer sizes such as (256,); got {head!r}")
-        sizes = list(head)
-        if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1
-               for s in sizes):
-            raise ValueError(f"head sizes must be positive integers; got {head!r}")
-    if (isinstance(dropout, bool) or not isinstance(dropout, numbers.Real)
-            or not 0 <= dropout < 1):
-        raise ValueError(f"dropout must be a probability in [0, 1); got {dropout!r}")
+    if head is None:
+        return
+    if isinstance(head, (str, bytes)) or not hasattr(head, "__iter__"):
+        raise ValueError(f"head must be None (one linear layer) or a tuple of hidden "
+                         f"layer sizes such as (256,); got {head!r}")
+    sizes = list(head)
+    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in sizes):
+        raise ValueError(f"head sizes must be positive integers; got {head!r}")
 
 
 def make_head(in_features, n_outputs, hidden=None, dropout=0.0):

@@ -1,0 +1,395 @@
+"""What FineTunedClassifier and FineTunedRegressor share: everything but the target.
+
+The estimator contract lives here: ``__init__`` stores, ``fit`` validates
+the parameters (``_parameter_constraints``), loads the backbone, builds the
+head and the penalty, and hands the training to a
+:class:`~sktransfer.training.run.TrainingRun`; ``transform`` embeds with the
+fine-tuned backbone. The training itself (the skorch net, its callbacks,
+freezing, rates, objectives) is in :mod:`sktransfer.training`.
+"""
+
+import contextlib
+import numbers
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.model_selection import train_test_split
+from sklearn.utils import TransformerTags
+from sklearn.utils.validation import check_is_fitted
+
+from ._utils.device import resolve_device, resolve_precision
+from ._utils.launch import is_main_process
+from ._utils.seeding import seed_from, seeded
+from ._utils.validation import (BACKBONE_CONSTRAINTS, AnyOf, Boolean, Checked, InstanceOf,
+                                Interval, Options, validate_params)
+from .backbones.loaded import load_backbone_cached
+from .chaining import KeepsTrainedBackbone
+from .inference import predict_batches
+from .inputs import Collate, estimator_samples
+from .persistence.codec import from_plain, to_plain
+from .persistence.modules import pack_modules, unpack_modules
+from .training.distributed import shared_random_state, training_group
+from .training.freezing import FREEZE_RULE, n_frozen_groups
+from .training.heads import BackboneWithHead, check_head, make_head
+from .training.l2sp import L2SP
+from .training.net import Rows
+from .training.optimization import SCHEDULES, resolve_optimizer
+from .training.run import TrainingRun
+
+#: The training objectives of FineTunedClassifier.
+OBJECTIVES = ("cross_entropy", "contrastive")
+
+#: Pairs per sample and epoch of objective="contrastive" (see FineTunedClassifier).
+N_PAIRS = 8
+
+#: ``lr=None``: the rate for a head trained from random weights, for fine-tuning
+#: from a head fitted first (freeze_epochs > 0), and for contrastive training.
+#: Measured at 8 labels per class (benchmarks/bench_fewshot.py).
+DEFAULT_LR = {"new_head": 1e-3, "fitted_head": 1e-4, "contrastive": 2e-4}
+
+#: ``max_epochs=None``: the epochs of each objective.
+DEFAULT_MAX_EPOCHS = {"cross_entropy": 10, "contrastive": 3}
+
+#: The patience of ``early_stopping=True``: a few epochs of a noisy validation
+#: loss on small data sets, without paying for many epochs past the best one.
+DEFAULT_PATIENCE = 5
+
+
+class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
+                 BaseEstimator):
+    """What the classifier and the regressor share: everything but the target."""
+
+    _score_name = None  # "accuracy" or "r2": the validation score recorded per epoch
+
+    #: What each parameter takes, checked at fit (see sktransfer._utils.validation).
+    _parameter_constraints = {
+        **BACKBONE_CONSTRAINTS,
+        "head": [None, Checked(check_head)],
+        "dropout": AnyOf(Interval(numbers.Real, 0, 1), description="a probability in [0, 1)"),
+        "freeze": FREEZE_RULE,
+        "freeze_epochs": [Interval(numbers.Integral, 0)],
+        "lr": [Interval(numbers.Real, 0, closed="neither"), None],
+        "backbone_lr_mult": [Interval(numbers.Real, 0, closed="neither")],
+        "weight_decay": [Interval(numbers.Real, 0)],
+        "optimizer": [Checked(resolve_optimizer)],
+        "schedule": [Options(SCHEDULES)],
+        "l2sp": [Interval(numbers.Real, 0)],
+        "max_epochs": [Interval(numbers.Integral, 1), None],
+        "early_stopping": AnyOf(
+            Interval(numbers.Integral, 1), Boolean(), None,
+            description=f"an integer >= 1 (a patience in epochs, True for a patience of "
+                        f"{DEFAULT_PATIENCE}, or None to train without holding data out)"),
+        "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
+        "augment": [Boolean()],
+        "callbacks": [None, InstanceOf((list, tuple), "a list of skorch callbacks")],
+        "keep_optimizer": [Boolean()],
+        "distributed": [Options(("auto",)), Boolean()],
+        "sync_batchnorm": [Boolean()],
+    }
+
+    def __init__(self, backbone="torchvision:resnet18", weights="DEFAULT", head=None, dropout=0.0,
+                 freeze="none", freeze_epochs=0, lr=None, backbone_lr_mult=1.0,
+                 weight_decay=0.01, optimizer="adamw", schedule="onecycle", l2sp=0.0,
+                 max_epochs=None, batch_size=32, early_stopping=None, validation_fraction=0.1,
+                 augment=False, device="auto", precision="auto", num_workers=0, image_size=None,
+                 random_state=None, verbose=0, callbacks=None, keep_optimizer=False,
+                 distributed="auto", sync_batchnorm=False):
+        self.backbone = backbone
+        self.weights = weights
+        self.head = head
+        self.dropout = dropout
+        self.freeze = freeze
+        self.freeze_epochs = freeze_epochs
+        self.lr = lr
+        self.backbone_lr_mult = backbone_lr_mult
+        self.weight_decay = weight_decay
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.l2sp = l2sp
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.augment = augment
+        self.device = device
+        self.precision = precision
+        self.num_workers = num_workers
+        self.image_size = image_size
+        self.random_state = random_state
+        self.verbose = verbose
+        self.callbacks = callbacks
+        self.keep_optimizer = keep_optimizer
+        self.distributed = distributed
+        self.sync_batchnorm = sync_batchnorm
+
+    # -- public API ------------------------------------------------------
+
+    def fit(self, X, y):
+        """Load the backbone, put a new head on it and train for ``max_epochs``.
+
+        Parameters
+        ----------
+        X : array-like, list of paths, PIL images or strings
+            Samples of the kind the backbone takes.
+        y : array-like
+            Targets.
+
+        Returns
+        -------
+        self
+
+        Raises
+        ------
+        KeyboardInterrupt
+            When training is interrupted (Ctrl-C, or a callback raising it).
+            The estimator is then fitted with the weights trained so far,
+            back on the CPU and in evaluation mode, and ``history_`` ends at
+            the epoch where it stopped (the last row is incomplete when the
+            interrupt came mid-epoch): ``partial_fit`` continues from there.
+            Early stopping ends training without an exception.
+        """
+        validate_params(self)
+        target = self._check_y(y, reset=True)
+        with self._training_group(target) as (group, random_state):
+            samples = self._start(X, target, random_state)
+            with seeded(random_state):
+                train, valid = self._split(samples)
+                TrainingRun(self, group).fit_model(train, valid, self._max_epochs(), first=True)
+        return self
+
+    def _partial_fit(self, X, y):
+        first = not self.__sklearn_is_fitted__()
+        if first:
+            validate_params(self)
+        target = self._check_y(y, reset=first)
+        with self._training_group(target) as (group, random_state):
+            if first:
+                samples = self._start(X, target, random_state)
+                with seeded(random_state):
+                    TrainingRun(self, group).fit_model(samples, None, 1, first=True)
+                return self
+            samples = self._samples(X, reset=False, target=target)
+            # A different seed per call: the same seed would repeat the same
+            # shuffling and dropout masks every epoch.
+            seed = None if random_state is None else (
+                seed_from(random_state) + len(self.history_)) % (2**31 - 1)
+            with seeded(seed):
+                TrainingRun(self, group).fit_model(samples, None, 1, first=False)
+        return self
+
+    @contextlib.contextmanager
+    def _training_group(self, target):
+        """Join the processes this training call runs over; yields ``(group, random_state)``.
+
+        Outside a launch (or with ``distributed=False``) the group is None
+        and ``random_state`` is the parameter. In a data-parallel fit, every
+        rank checks that all were given the same targets and trains with
+        rank 0's seed, so that the head's initialization, the validation
+        split and the shuffling agree.
+        """
+        with training_group(self.distributed, resolve_device(self.device)) as group:
+            if group is not None:
+                # Parameters that change how a rank loads or prints, not
+                # what it trains, may differ (verbose on rank 0 only).
+                params = {k: v for k, v in self.get_params(deep=False).items()
+                          if k not in ("verbose", "num_workers")}
+                group.check_same_data(target, params)
+                if self.sync_batchnorm and group.device.type != "cuda":
+                    raise ValueError(f"sync_batchnorm=True needs CUDA devices: PyTorch's "
+                                     f"SyncBatchNorm does not run on {group.device.type}; "
+                                     "use sync_batchnorm=False on the CPU.")
+            yield group, shared_random_state(group, self.random_state)
+
+    def fit_transform(self, X, y):
+        """Fit, then embed ``X`` with the fine-tuned backbone.
+
+        Parameters
+        ----------
+        X : array-like, list of paths, PIL images or strings
+        y : array-like
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features_out_), float32
+        """
+        return self.fit(X, y).transform(X)
+
+    def transform(self, X):
+        """Embed ``X`` with the fine-tuned backbone.
+
+        Parameters
+        ----------
+        X : array-like, list of paths, PIL images or strings
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features_out_), float32
+        """
+        check_is_fitted(self)
+        samples = self._samples(X, reset=False)
+        return self._predict(self.backbone_.module, samples)
+
+    def __sklearn_is_fitted__(self):
+        # history_ is set when the net is built, after the head: an interrupt
+        # before then leaves the estimator unfitted rather than half-built.
+        return hasattr(self, "head_") and hasattr(self, "history_")
+
+    @property
+    def _n_features_out(self):
+        # Read by get_feature_names_out: "finetunedclassifier0", ...
+        return self.n_features_out_
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        # transform() gives the fine-tuned embeddings, as float32.
+        tags.transformer_tags = TransformerTags(preserves_dtype=["float32"])
+        return tags
+
+    # -- pickling --------------------------------------------------------
+    # The skorch net is rebuilt when needed; pickles hold the networks as
+    # config + numpy arrays (no torch.save bytes, so they load without CUDA
+    # and run no inner pickle), the history and, only when keep_optimizer is
+    # set, the optimizer's state.
+
+    def __getstate__(self):
+        # A copy: BaseEstimator may hand back the live __dict__.
+        state = dict(super().__getstate__())
+        net = state.pop("net_", None)
+        if net is not None and self.keep_optimizer:
+            state["_optimizer_state"] = net.optimizer_.state_dict()
+        elif not self.keep_optimizer:
+            state.pop("_optimizer_state", None)
+        if state.get("_optimizer_state") is not None:
+            # Tensors as numpy arrays, the rest plain values: no torch.save bytes.
+            state["_optimizer_state"] = to_plain(state["_optimizer_state"])
+        # The head, the penalty and a module given as ``backbone`` travel as
+        # config + arrays (backbone_ handles itself: Backbone.__getstate__).
+        return pack_modules(state, ("head_", "l2sp_", "backbone"))
+
+    def __setstate__(self, state):
+        state = unpack_modules(state)
+        if state.get("_optimizer_state") is not None:
+            state["_optimizer_state"] = from_plain(state["_optimizer_state"])
+        super().__setstate__(state)
+
+    # -- parameters and data ---------------------------------------------
+
+    def _patience(self):
+        """The early-stopping patience in epochs, or None without early stopping."""
+        if isinstance(self.early_stopping, (bool, np.bool_)):
+            return DEFAULT_PATIENCE if self.early_stopping else None
+        if self.early_stopping is None:
+            return None
+        return int(self.early_stopping)
+
+    def _samples(self, X, reset, target=None):
+        return estimator_samples(self, X, self.backbone_, reset=reset, y=target)
+
+    def _split(self, samples):
+        """Training and validation rows (validation only with early stopping)."""
+        if self._patience() is None:
+            return samples, None
+        n = len(samples)
+        n_valid = max(1, int(round(self.validation_fraction * n)))
+        if n - n_valid < 1:
+            raise ValueError(f"early_stopping holds out validation_fraction="
+                             f"{self.validation_fraction} of the data, which leaves no "
+                             f"training sample out of {n}; give more samples or set "
+                             "early_stopping=None.")
+        stratify = self._stratify(samples.y, n_valid)
+        seed = int(torch.randint(0, 2**31 - 1, ()).item())  # drawn from the seeded RNG
+        train_idx, valid_idx = train_test_split(np.arange(n), test_size=n_valid,
+                                                random_state=seed, stratify=stratify)
+        return Rows(samples, np.sort(train_idx)), Rows(samples, np.sort(valid_idx))
+
+    def _stratify(self, target, n_valid):
+        """The labels to stratify the validation split by (classes), or None."""
+        return None
+
+    # -- building ----------------------------------------------------------
+
+    def _start(self, X, target, random_state):
+        """Load the backbone and build the head and the penalty.
+
+        The backbone is loaded in a seeded block of its own: building a
+        network draws random initial values even when pretrained weights
+        replace them, and only a cache miss builds one, so drawing them from
+        the training stream would make the first fit in a process differ
+        from later ones. The head and the penalty are drawn from a fresh
+        stream seeded by ``random_state`` (the training call's: rank 0's
+        seed in a data-parallel fit).
+        """
+        # A new fit starts from nothing: no history, optimizer state or head
+        # of an earlier fit carries over.
+        for name in ("net_", "_optimizer_state", "history_", "head_", "l2sp_", "backbone_"):
+            self.__dict__.pop(name, None)
+        # The objective of this fit; a partial_fit continues with it even if
+        # the parameter changed since (parameters take effect at fit).
+        self._fitted_objective = self._objective()
+        # Read from disk once per process (a search fits many clones); each fit
+        # trains its own private copy. A random init still follows the seed.
+        with seeded(random_state):
+            backbone = load_backbone_cached(self.backbone, self.weights,
+                                            image_size=self.image_size,
+                                            random_state=random_state)
+        if self.augment and backbone.modality != "image":
+            raise ValueError(f"augment=True applies to image backbones; {backbone.spec} "
+                             f"takes {backbone.modality} input. Use augment=False.")
+        n_frozen_groups(self.freeze, backbone.param_groups)
+        self.backbone_ = backbone
+        samples = self._samples(X, reset=True, target=target)
+        with seeded(random_state):
+            self.n_features_out_ = self._embedding_width(samples)
+            self.l2sp_ = L2SP(self.l2sp, backbone.module) if self.l2sp > 0 else None
+            self.head_ = make_head(self.n_features_out_, self._n_outputs(), self.head,
+                                   self.dropout)
+        return samples
+
+    def _embedding_width(self, samples):
+        if self.backbone_.out_dim is not None:
+            return int(self.backbone_.out_dim)
+        # One forward pass over two samples tells the width, and initializes
+        # lazy layers (under the fit's seed) before the optimizer sees them.
+        module = self.backbone_.module
+        n = min(2, len(samples))
+        inputs, _ = Collate(self.backbone_.preprocess)(samples.__getitems__(np.arange(n)))
+        was_training = module.training
+        module.eval()
+        with torch.no_grad():
+            width = module(inputs).reshape(n, -1).shape[1]
+        module.train(was_training)
+        return int(width)
+
+    def _model(self):
+        return BackboneWithHead(self.backbone_.module, self.head_)
+
+    def _objective(self):
+        """The training objective: the classifier's ``objective`` parameter."""
+        return "cross_entropy"
+
+    def _contrastive(self):
+        return getattr(self, "_fitted_objective", self._objective()) == "contrastive"
+
+    def _lr(self):
+        """``lr``, or the default for how this training starts (see ``DEFAULT_LR``)."""
+        if self.lr is not None:
+            return self.lr
+        if self._contrastive():
+            return DEFAULT_LR["contrastive"]
+        return DEFAULT_LR["fitted_head" if self.freeze_epochs > 0 else "new_head"]
+
+    def _max_epochs(self):
+        """``max_epochs``, or the default of the objective (see ``DEFAULT_MAX_EPOCHS``)."""
+        if self.max_epochs is not None:
+            return self.max_epochs
+        return DEFAULT_MAX_EPOCHS["contrastive" if self._contrastive() else "cross_entropy"]
+
+    def _predict(self, module, samples, output=None):
+        device = resolve_device(self.device)
+        return predict_batches(module, samples, self.backbone_.preprocess,
+                               batch_size=self.batch_size, device=device,
+                               amp_dtype=resolve_precision(self.precision, device),
+                               num_workers=self.num_workers, output=output,
+                               verbose=self.verbose >= 2 and is_main_process())

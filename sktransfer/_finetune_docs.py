@@ -1,0 +1,159 @@
+"""The parameter and attribute sections shared by the fine-tuners' docstrings.
+
+FineTunedClassifier and FineTunedRegressor take the same parameters but
+their own target ones; their docstrings are built from these sections so
+the two never drift apart.
+"""
+
+PARAMS_DOC = """
+    backbone : str, nn.Module, callable or fitted estimator, default="torchvision:resnet18"
+        ``"torchvision:<name>"``, ``"timm:<name>"``, ``"hf:<model id or local
+        directory>"``, an ``nn.Module`` (its forward output is the embedding),
+        a zero-argument callable returning one, or a fitted sktransfer
+        estimator, whose (fine-tuned) backbone is the starting point.
+    weights : "DEFAULT", str, None or path, default="DEFAULT"
+        ``"DEFAULT"`` loads the source's pretrained weights (for a module or a
+        fitted estimator: the weights it has); a torchvision tag such as
+        ``"IMAGENET1K_V2"``; ``None`` for random initialization (training from
+        scratch); or a path to a local ``.pt``/``.pth``/``.safetensors`` file.
+    head : tuple of int, optional
+        ``None``: one linear layer on the embedding. A tuple of hidden sizes,
+        such as ``(256,)``: an MLP with ReLU activations.
+    dropout : float, default=0.0
+        Dropout probability before each linear layer of the head.
+    freeze : {"none", "backbone"} or int, default="none"
+        ``"none"``: the whole network trains. ``"backbone"``: only the head
+        trains (a linear probe with the default head). An int N: the first N
+        parameter groups of the backbone (``backbone_.param_groups``, input
+        first) stay frozen. Frozen BatchNorm layers stay in evaluation mode, so
+        their running statistics do not drift either.
+    freeze_epochs : int, default=0
+        Head first (LP-FT, Kumar et al. 2022): before training, fit the head
+        to convergence on the frozen backbone's embeddings (full-batch
+        L-BFGS, the solution ``LogisticRegression`` / ``Ridge`` with their
+        default penalty would find; see :func:`sktransfer.training.probe.fit_head`),
+        then train the head alone (whole backbone frozen) for this many
+        epochs, then apply ``freeze``. Fine-tuning then starts from the linear
+        probe's optimum rather than from a random head whose large early
+        gradients distort the pretrained features. With ``freeze="backbone"``
+        the fitted head is the linear probe, and the epochs only refine it
+        (at the smaller default ``lr`` of head-first training).
+    lr : float or None, default=None
+        Learning rate of the head (the peak rate under ``"onecycle"``); the
+        backbone's groups train at it times ``backbone_lr_mult`` powers.
+        ``None`` picks it by how training starts, from measurements at few
+        labels per class (user guide, "Few labels"): ``1e-3`` when a new head
+        trains from random weights; ``1e-4`` when the head is first fitted to
+        convergence (``freeze_epochs > 0``): only the pretrained features
+        move then, and larger steps wreck them (LP-FT on all-MiniLM-L6-v2 at
+        8 labels per class: 0.681 at 1e-4 against 0.584 at 1e-3, frozen
+        features 0.650); ``2e-4`` with ``objective="contrastive"``, where it
+        is the backbone's rate (the head is fitted afterwards).
+    backbone_lr_mult : float, default=1.0
+        Discriminative learning rates: backbone group ``i`` (0-based, input
+        first) of ``G`` trains at ``lr * backbone_lr_mult ** (G - i)``. A value
+        such as 0.5 gives the last backbone group half the head's rate and
+        earlier groups geometrically smaller ones.
+    weight_decay : float, default=0.01
+        Weight decay of weight matrices and kernels; biases and normalization
+        parameters are never decayed.
+    optimizer : {"adamw", "adam", "sgd"} or torch.optim.Optimizer class, default="adamw"
+        ``"sgd"`` uses Nesterov momentum 0.9. A class is called as
+        ``optimizer(param_groups, lr=lr)``.
+    schedule : {"onecycle", "cosine"} or None, default="onecycle"
+        Learning-rate schedule stepped every batch, spanning the epochs of one
+        ``fit`` (or ``partial_fit``) call: ``"onecycle"`` warms up over the
+        first 25% of steps then anneals; ``"cosine"`` decays from ``lr``
+        towards zero; ``None`` keeps the rates constant.
+    l2sp : float, default=0.0
+        Strength alpha of the L2-SP penalty added to the training loss:
+        ``alpha/2 * sum ||w - w_pretrained||^2`` over the backbone's
+        (transferred) parameters plus ``alpha/2 * sum ||w||^2`` over the head's
+        (see :class:`~sktransfer.regularizers.L2SP`). It keeps the weights
+        near the pretrained ones; consider ``weight_decay=0`` with it, since
+        weight decay pulls towards zero instead.
+    max_epochs : int or None, default=None
+        Epochs of ``fit``. ``None``: 10, or 3 with ``objective="contrastive"``
+        (each of its epochs passes over ``n_pairs`` pairs per sample).
+    batch_size : int, default=32
+        Samples per training and prediction batch.
+    early_stopping : int or bool, optional
+        Patience: hold out ``validation_fraction`` of the training data, stop
+        when the validation loss has not improved for this many epochs, and
+        restore the weights of the best epoch. ``True`` means a patience of 5
+        epochs: enough to ride out the noisy validation loss of a small
+        held-out set, few enough not to train long past the best epoch.
+        ``None`` or ``False``: train on all data for ``max_epochs`` epochs.
+    validation_fraction : float, default=0.1
+        Share of the data held out when ``early_stopping`` is set (stratified
+        by class for classifiers when possible).
+    augment : bool, default=False
+        Light augmentation of training batches for image backbones: random
+        horizontal flip and random resized crop (area 60-100%), applied to the
+        preprocessed batch on the training device.
+    device : str, default="auto"
+        ``"auto"`` uses CUDA, then Apple MPS, then the CPU; or any torch device
+        string. Fitted weights are kept on the CPU between calls.
+    precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
+        Autocast dtype (automatic mixed precision); ``"auto"`` is bf16 (fp16
+        with loss scaling on GPUs without bf16) on CUDA and fp32 elsewhere.
+    num_workers : int, default=0
+        DataLoader worker processes that decode and preprocess batches.
+    image_size : int, optional
+        Crop side fed to an image backbone instead of its weights' own.
+    random_state : int, RandomState or None, default=None
+        Seeds initialization, shuffling, dropout, augmentation and the
+        validation split: on the CPU, the same seed and data give the same
+        model.
+    verbose : int, default=0
+        0: silent; 1: a table of losses and scores after every epoch; 2: also
+        a progress bar over batches.
+    callbacks : list of skorch callbacks, optional
+        Extra skorch callbacks (instances or ``(name, callback)`` pairs), for
+        example ``skorch.callbacks.GradientNormClipping``. They are copied at
+        the start of each ``fit``.
+    keep_optimizer : bool, default=False
+        Keep the optimizer's state (such as Adam's moment estimates) after
+        training, on the CPU and in pickles, so that ``partial_fit`` continues
+        exactly. Off by default, the state is released when training ends (it
+        is twice the size of the model), and a ``partial_fit`` after ``fit``
+        starts with fresh optimizer moments.
+    distributed : {"auto", True, False}, default="auto"
+        Data-parallel training when the script runs as several processes,
+        launched by ``torchrun --nproc_per_node=N`` (or ``accelerate
+        launch``, or ``srun`` with ``MASTER_ADDR`` and ``MASTER_PORT`` set):
+        every rank calls ``fit`` with the same data, trains on its own shard
+        of each epoch (``batch_size`` samples per step and process, so the
+        effective batch is ``N * batch_size``), gradients are averaged, and
+        every rank ends with the same weights. ``"auto"`` joins the launch's
+        process group (initializing it, NCCL on CUDA and gloo on the CPU,
+        when nothing else did) and trains alone outside a launch; ``True``
+        raises outside one; ``False`` trains in this process alone even under
+        a launch. See the user guide, "Multi-GPU and multi-node fine-tuning".
+    sync_batchnorm : bool, default=False
+        In a data-parallel fit on CUDA, compute BatchNorm statistics over the
+        batches of all processes (``SyncBatchNorm``) instead of each
+        process's own; frozen BatchNorm layers stay frozen."""
+
+ATTRIBUTES_DOC = """
+    backbone_ : Backbone
+        The fine-tuned backbone (network, preprocessing and layer groups);
+        pass the fitted estimator as ``backbone=`` to another estimator to
+        start from it.
+    head_ : torch.nn.Module
+        The trained head.
+    l2sp_ : L2SP or None
+        The L2-SP penalty and its reference weights (when ``l2sp > 0``).
+    net_ : skorch.NeuralNet
+        The skorch net that trains the model; rebuilt when needed, never
+        pickled.
+    history_ : skorch.History
+        Per epoch: ``train_loss`` (including the L2-SP penalty), and with
+        early stopping ``valid_loss`` and the validation score, ``dur``, and
+        per batch the losses and the head's learning rate ``event_lr``.
+    n_features_out_ : int
+        Width of the embeddings :meth:`transform` returns.
+    n_features_in_ : int
+        Columns seen in ``fit`` (tensor backbones only).
+    feature_names_in_ : ndarray of str
+        Column names seen in ``fit`` (tensor backbones given a DataFrame)."""

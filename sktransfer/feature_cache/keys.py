@@ -1,0 +1,346 @@
+"""What identifies a cached embedding: the computation's key and each sample's digest.
+
+An embedding is found again only if both halves match: the *output key*
+(:func:`output_key`: the backbone's spec, architecture and code, weights by
+content, layers, pooling, preprocessing, precision) names the directory, and
+the *sample digest* (:func:`sample_digests`: a hash of the sample's own
+content) names the row. Anything that can change an embedding must enter one
+of the two, or a stale embedding would be served.
+
+Every hash here, and every checksum of the store, is a 16-byte blake2b made
+by :func:`hash_of`. Changing what enters a key, or how, changes which stored
+entries are served: bump :data:`FORMAT` with it.
+"""
+
+import hashlib
+import inspect
+import itertools
+import threading
+import weakref
+
+import joblib
+import numpy as np
+import torch
+
+from ..inputs import DECODING
+
+#: Changes whenever the stored layout or the key's meaning changes, so an old
+#: cache is never read with new rules.
+FORMAT = 2
+#: Bytes of every digest and checksum (blake2b's ``digest_size``).
+DIGEST_SIZE = 16
+# Image files are hashed in blocks of this many bytes, never read whole.
+_READ_BLOCK = 1 << 20
+# A file path, the bytes of that file and a decoded copy of them share a digest.
+_IMAGE = b"image\0"
+
+
+def hash_of(parts):
+    """The blake2b hash (``DIGEST_SIZE`` bytes) of ``parts``, fed in turn.
+
+    Parameters
+    ----------
+    parts : iterable of bytes-like
+        Consumed lazily, so a generator of file blocks or of tensors is
+        never held in memory at once.
+
+    Returns
+    -------
+    hashlib.blake2b
+        Call ``digest()`` or ``hexdigest()`` on it.
+
+    Examples
+    --------
+    >>> hash_of([b"ab", b"c"]).hexdigest() == hash_of([b"abc"]).hexdigest()
+    True
+    >>> len(hash_of([b"abc"]).digest())
+    16
+    """
+    h = hashlib.blake2b(digest_size=DIGEST_SIZE)
+    for part in parts:
+        h.update(part)
+    return h
+
+
+# -- the computation -----------------------------------------------------------
+
+
+def output_key(backbone, *, layers, pooling, precision):
+    """Hash of everything that changes the embeddings a backbone gives.
+
+    Parameters
+    ----------
+    backbone : Backbone
+        Its spec, modality, preprocessing constants, architecture (the
+        module's ``repr`` and the source code of every module class in it;
+        see :func:`module_fingerprint`) and weights (by content, through
+        :func:`weights_digest`) enter the key.
+    layers : list of str or None
+    pooling : str
+    precision : torch.dtype or None
+        The autocast dtype actually used (``None`` for fp32).
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from sktransfer.backbones import load_backbone
+    >>> bb = load_backbone(nn.Linear(3, 2))
+    >>> a = output_key(bb, layers=None, pooling="avg", precision=None)
+    >>> b = output_key(bb, layers=None, pooling="max", precision=None)
+    >>> a == output_key(bb, layers=None, pooling="avg", precision=None), a == b
+    (True, False)
+    """
+    preprocess = backbone.preprocess
+    config = preprocess.config() if hasattr(preprocess, "config") else preprocess
+    return joblib.hash({
+        "format": FORMAT,
+        "spec": backbone.spec,
+        "modality": backbone.modality,
+        "architecture": module_fingerprint(backbone.module),
+        "weights": weights_digest(backbone.module),
+        "preprocess": (type(preprocess).__name__, config),
+        # How image files are decoded (16-bit scaling, modes): entries made
+        # under older, wrong decoding rules are never served.
+        "decoding": DECODING,
+        "layers": None if layers is None else list(layers),
+        "pooling": pooling,
+        "precision": str(precision),
+    })
+
+
+def module_fingerprint(module):
+    """What a module computes apart from its weights: its structure and code.
+
+    The module's ``repr`` (submodules, their order and settings) and, for
+    every class in it (and their bases up to ``nn.Module``), the qualified
+    name and a hash of its source code, so two networks with the same
+    weights but another activation, or another ``forward``, differ. Code
+    outside the module classes (a helper function ``forward`` calls) is not
+    seen.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+
+    Returns
+    -------
+    str
+        A hex digest.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> relu = module_fingerprint(nn.Sequential(nn.Linear(3, 2), nn.ReLU()))
+    >>> tanh = module_fingerprint(nn.Sequential(nn.Linear(3, 2), nn.Tanh()))
+    >>> relu == module_fingerprint(nn.Sequential(nn.Linear(3, 2), nn.ReLU())), relu == tanh
+    (True, False)
+    """
+    classes = set()
+    for sub in module.modules():
+        for cls in type(sub).__mro__:
+            if cls is torch.nn.Module or cls is object:
+                break
+            classes.add(cls)
+    text = "\0".join([repr(module), *sorted(_class_code(cls) for cls in classes)])
+    return hash_of([text.encode()]).hexdigest()
+
+
+_CLASS_CODE = weakref.WeakKeyDictionary()
+
+
+def _class_code(cls):
+    """``module.qualname`` and a hash of the class's source (cached per class)."""
+    code = _CLASS_CODE.get(cls)
+    if code is None:
+        name = f"{cls.__module__}.{cls.__qualname__}"
+        try:
+            source = inspect.getsource(cls)
+        except (OSError, TypeError):  # built in, made by exec, or no file
+            source = ""
+        code = _CLASS_CODE[cls] = f"{name}:{hash_of([source.encode()]).hexdigest()}"
+    return code
+
+
+# module -> (tensors' state, digest); weak, so a dropped estimator frees its module.
+_DIGESTS = weakref.WeakKeyDictionary()
+_DIGESTS_LOCK = threading.Lock()
+
+
+def weights_digest(module):
+    """A hex digest of a module's parameters and buffers, by value.
+
+    The identity of a module's weights by content: the same weights under
+    another name hit, changed weights (fine-tuned, another seed, a rewritten
+    file) miss. Computed once per module and remembered while its tensors are
+    untouched: any in-place change (an optimizer step, ``load_state_dict``)
+    bumps the tensors' version counters and the digest is computed anew.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Linear(2, 1)
+    >>> before = weights_digest(net)
+    >>> with torch.no_grad():
+    ...     _ = net.bias.add_(1.0)
+    >>> weights_digest(net) == before
+    False
+    """
+    state = _tensors_state(module)
+    with _DIGESTS_LOCK:
+        known = _DIGESTS.get(module)
+    if known is not None and state is not None and known[0] == state:
+        return known[1]
+    value = hash_of(_weights_parts(module)).hexdigest()
+    if state is not None:
+        with _DIGESTS_LOCK:
+            _DIGESTS[module] = (state, value)
+    return value
+
+
+def remember_weights_digest(module, digest):
+    """Record that ``module``'s weights, as they are now, have ``digest``.
+
+    For a deep copy of a module whose digest is known: it holds the same
+    values, so it inherits the digest instead of hashing every tensor again.
+    Like a computed digest, it is dropped as soon as a tensor changes.
+    """
+    state = _tensors_state(module)
+    if state is not None:
+        with _DIGESTS_LOCK:
+            _DIGESTS[module] = (state, digest)
+
+
+def _weights_parts(module):
+    """The bytes :func:`weights_digest` hashes, one tensor at a time."""
+    for name, tensor in module.state_dict().items():
+        yield name.encode()
+        if isinstance(tensor, torch.nn.parameter.UninitializedTensorMixin):
+            yield b"\0uninitialized"
+            continue
+        yield f"\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode()
+        yield _tensor_bytes(tensor)
+
+
+def _tensors_state(module):
+    """Where each tensor lives and how often it was changed in place.
+
+    ``None`` when a tensor has no storage to point at (lazy parameters):
+    such a module is hashed on every call instead of trusted.
+    """
+    try:
+        return tuple((name, t.device.type, t.data_ptr(), t._version)
+                     for name, t in module.state_dict(keep_vars=True).items())
+    except (RuntimeError, ValueError, AttributeError):
+        return None
+
+
+def _tensor_bytes(tensor):
+    tensor = tensor.detach()
+    if tensor.is_sparse or tensor.is_quantized:
+        tensor = tensor.to_dense() if tensor.is_sparse else tensor.dequantize()
+    flat = tensor.cpu().contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return b""
+    return memoryview(np.ascontiguousarray(flat.view(torch.uint8).numpy()))
+
+
+# -- the samples ---------------------------------------------------------------
+
+
+def sample_digests(samples):
+    """One 16-byte digest per sample, by content.
+
+    Arrays are hashed row by row with their dtype, layout and shape; file
+    paths by the bytes of the file (a file rewritten in place gets a new
+    digest; two copies of one file share it), and the bytes of image files
+    (kind ``"encoded"``) alike; PIL images by mode, size, palette and pixels;
+    strings by their UTF-8 bytes.
+
+    Parameters
+    ----------
+    samples : Samples
+        From :func:`sktransfer.inputs.as_samples`.
+
+    Returns
+    -------
+    list of bytes
+
+    Raises
+    ------
+    ValueError
+        For samples of a kind that cannot be cached.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sktransfer.inputs import as_samples
+    >>> d = sample_digests(as_samples(np.array([[1, 2], [3, 4], [1, 2]]), "tensor"))
+    >>> len(d[0]), d[0] == d[2], d[0] == d[1]
+    (16, True, False)
+    """
+    kind, data = samples.kind, samples.data
+    if kind in ("nchw", "nhwc", "tensor"):
+        array = np.asarray(data)
+        prefix = f"{kind}\0{array.dtype.str}\0{array.shape[1:]}\0".encode()
+        return [hash_of([prefix, np.ascontiguousarray(row)]).digest() for row in array]
+    if kind == "text":
+        return [hash_of([b"text\0", s.encode("utf-8", "surrogatepass")]).digest()
+                for s in data]
+    if kind == "paths":
+        return [_file_digest(path) for path in data]
+    if kind == "encoded":
+        return [hash_of([_IMAGE, blob]).digest() for blob in data]
+    if kind == "pil":
+        return [_image_digest(img) for img in data]
+    raise ValueError(f"cannot cache samples of kind {kind!r}")
+
+
+def block_digests(samples, positions):
+    """Digests of ``samples[positions]``, and for files the bytes they digest.
+
+    An image file is read once: its digest and its embedding come from the
+    same bytes, so a file rewritten meanwhile cannot be stored under the
+    digest of its old content.
+
+    Returns
+    -------
+    digests : list of bytes
+    payloads : list of bytes or None
+        The file's bytes for samples of kind ``"paths"``, else None.
+    """
+    if samples.kind == "paths":
+        blobs = [_read_file(samples.data[i]) for i in positions]
+        return [hash_of([_IMAGE, blob]).digest() for blob in blobs], blobs
+    return sample_digests(samples.subset(positions)), [None] * len(positions)
+
+
+def _read_file(path):
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def _file_digest(path):
+    # Decoded images depend on the bytes only, so the bytes are the key; the
+    # same digest as the file's bytes given whole (kind "encoded").
+    with open(path, "rb") as fh:
+        blocks = iter(lambda: fh.read(_READ_BLOCK), b"")
+        return hash_of(itertools.chain([_IMAGE], blocks)).digest()
+
+
+def _image_digest(img):
+    palette = img.getpalette() if img.mode in ("P", "PA") else None
+    header = f"pil\0{img.mode}\0{img.size}\0{palette}\0".encode()
+    return hash_of([header, img.tobytes()]).digest()

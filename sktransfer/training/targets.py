@@ -1,0 +1,90 @@
+"""Targets as the training loop takes them: class labels as codes, regression targets scaled.
+
+The fine-tuners train on int64 class codes (cross-entropy) or standardized
+float32 targets (mean squared error); these functions check what the user
+gave and encode it, with errors that name what is wrong.
+"""
+
+import numpy as np
+from sklearn.utils import compute_class_weight
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, column_or_1d
+
+
+def _check_given(y, estimator_name):
+    if y is None:
+        raise ValueError(f"{estimator_name} requires y to be passed, but the target y is None.")
+
+
+def check_labels(y, estimator_name):
+    """``y`` as a 1-D array of class labels (strings or integers), checked."""
+    _check_given(y, estimator_name)
+    y = check_array(y, ensure_2d=False, dtype=None, input_name="y")
+    y = column_or_1d(y, warn=True)
+    check_classification_targets(y)
+    return y
+
+
+def fit_classes(y, classes=None):
+    """The sorted classes of a first fit: ``classes`` when given, else those of ``y``."""
+    classes = np.unique(y) if classes is None else classes
+    if len(classes) < 2:
+        raise ValueError(f"y has only one class ({classes[0]!r}); a classifier needs "
+                         "samples of at least 2 classes.")
+    unknown = np.setdiff1d(y, classes)
+    if unknown.size:
+        raise ValueError(f"y has labels {unknown.tolist()} that are not in classes")
+    return classes
+
+
+def encode_labels(y, classes):
+    """The int64 codes of ``y`` among ``classes``, refusing labels of no class."""
+    unknown = np.setdiff1d(y, classes)
+    if unknown.size:
+        raise ValueError(f"y has labels {unknown.tolist()} that were not seen in the "
+                         f"first fit; the classes are {classes.tolist()}")
+    return np.searchsorted(classes, y).astype(np.int64)
+
+
+def class_weights(class_weight, classes, y):
+    """The loss weight of each class for ``class_weight`` (None, "balanced" or a dict)."""
+    if class_weight is None:
+        return None
+    full = np.ones(len(classes))
+    if isinstance(class_weight, dict):
+        unknown = [label for label in class_weight if label not in set(classes)]
+        if unknown:
+            raise ValueError(f"class_weight names labels {unknown} that are not classes; "
+                             f"the classes are {classes.tolist()}")
+        for label, weight in class_weight.items():
+            full[np.searchsorted(classes, label)] = weight
+    else:
+        present = np.unique(y)
+        full[np.searchsorted(classes, present)] = compute_class_weight(
+            "balanced", classes=present, y=y)
+    return full.astype(np.float32)
+
+
+def stratification(codes, n_valid):
+    """The labels to stratify a validation split of ``n_valid`` by, or None where it cannot."""
+    counts = np.bincount(codes)
+    counts = counts[counts > 0]
+    if counts.min() >= 2 and n_valid >= len(counts) and len(codes) - n_valid >= len(counts):
+        return np.asarray(codes)
+    return None
+
+
+def check_regression_targets(y, estimator_name):
+    """``y`` as float64 of shape (n_samples,) or (n_samples, n_outputs), checked."""
+    _check_given(y, estimator_name)
+    y = check_array(y, ensure_2d=False, dtype=np.float64, input_name="y")
+    if y.ndim not in (1, 2) or (y.ndim == 2 and y.shape[1] == 0):
+        raise ValueError(f"y must have shape (n_samples,) or (n_samples, n_outputs); got "
+                         f"{y.shape}")
+    return y
+
+
+def target_scaling(y2d):
+    """The mean and scale that standardize each column of ``y2d`` (scale 1 where constant)."""
+    std = y2d.std(axis=0)
+    return y2d.mean(axis=0), np.where(std > 0, std, 1.0)
