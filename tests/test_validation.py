@@ -61,3 +61,16 @@ def test_module_backbones_are_not_validated_as_parameters():
     # Any nn.Module or factory is a backbone; it is not declared, not refused.
     X = np.random.RandomState(0).rand(4, 4).astype(np.float32)
     assert PretrainedFeatureTransformer(nn.Linear(4, 2)).fit_transform(X).shape == (4, 2)
+
+
+def test_numpy_values_from_a_search_grid_are_accepted():
+    # GridSearchCV over numpy arrays sets numpy scalars: np.str_, np.int64, np.bool_.
+    X = np.random.RandomState(0).rand(12, 4).astype(np.float32)
+    y = np.arange(12) % 2
+    PretrainedFeatureTransformer(tiny_mlp, pooling=np.array(["avg"])[0],
+                                 batch_size=np.int64(4), precision=np.str_("fp32"),
+                                 verbose=np.int64(0)).fit(X)
+    FineTunedClassifier(tiny_mlp, max_epochs=np.int64(1), lr=np.float32(0.01),
+                        schedule=np.str_("cosine"), early_stopping=np.True_,
+                        freeze=np.int64(0), distributed=np.str_("auto"),
+                        objective=np.str_("cross_entropy")).fit(X, y)

@@ -106,14 +106,32 @@ class Interval(Constraint):
 
 
 class Options(Constraint):
-    """One of a few values, compared by equality and type (``True`` is not ``1``)."""
+    """One of a few values, by equality within a kind: ``True`` is not ``1``.
+
+    Numpy scalars count as their Python kind (a search over a numpy array of
+    names sets ``np.str_`` values).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Options(("avg", "max")).accepts(np.str_("max")), Options((1,)).accepts(True)
+    (True, False)
+    """
 
     def __init__(self, values):
         self.values = tuple(values)
 
     def accepts(self, value):
-        return any(type(value) is type(option) and value == option for option in self.values
-                   if not isinstance(value, np.ndarray))
+        if isinstance(value, np.ndarray):
+            return False
+        for option in self.values:
+            if option is None or value is None:
+                if option is value:
+                    return True
+            elif (_is_bool(option) == _is_bool(value)
+                  and isinstance(option, str) == isinstance(value, str) and value == option):
+                return True
+        return False
 
     def phrases(self):
         return [repr(v) for v in self.values]
