@@ -65,6 +65,8 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
     #: What each parameter takes, checked at fit (see sktransfer._utils.validation).
     _parameter_constraints = {
         **BACKBONE_CONSTRAINTS,
+        # None has always meant "auto" here (not in the transformer).
+        "device": [None, *BACKBONE_CONSTRAINTS["device"]],
         "head": [None, Checked(check_head)],
         "dropout": AnyOf(Interval(numbers.Real, 0, 1), description="a probability in [0, 1)"),
         "freeze": FREEZE_RULE,
@@ -149,7 +151,7 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
             interrupt came mid-epoch): ``partial_fit`` continues from there.
             Early stopping ends training without an exception.
         """
-        validate_params(self)
+        validate_params(self, unused=self._unused_params())
         target = self._check_y(y, reset=True)
         with self._training_group(target) as (group, random_state):
             samples = self._start(X, target, random_state)
@@ -161,7 +163,7 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
     def _partial_fit(self, X, y):
         first = not self.__sklearn_is_fitted__()
         if first:
-            validate_params(self)
+            validate_params(self, unused=self._unused_params())
         target = self._check_y(y, reset=first)
         with self._training_group(target) as (group, random_state):
             if first:
@@ -275,6 +277,13 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
         super().__setstate__(state)
 
     # -- parameters and data ---------------------------------------------
+
+    def _unused_params(self):
+        """Parameters this fit ignores: ``validation_fraction`` holds nothing out
+        without early stopping, so any value (0, None) is left as it is."""
+        stops = (bool(self.early_stopping) if isinstance(self.early_stopping, (bool, np.bool_))
+                 else self.early_stopping is not None)
+        return () if stops else ("validation_fraction",)
 
     def _patience(self):
         """The early-stopping patience in epochs, or None without early stopping."""

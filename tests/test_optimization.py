@@ -116,3 +116,21 @@ def test_augmentation_flips_and_crops_each_image_on_its_own():
     assert all(f or s for f, s in zip(flipped, same)) and any(flipped) and any(same)
     with pytest.raises(ValueError, match="preprocessed"):
         mirror(torch.zeros(3, 8, 8))
+
+
+def test_the_schedule_callback_clones_and_a_users_early_stopping_keeps_no_weights():
+    from sklearn.base import clone
+    from skorch.callbacks import EarlyStopping
+
+    from sktransfer.training.callbacks import LRSchedule
+
+    assert clone(LRSchedule("cosine")).get_params() == {"schedule": "cosine"}
+    X = np.random.RandomState(0).rand(30, 4).astype(np.float32)
+    y = np.arange(30) % 2
+    stop = EarlyStopping(monitor="train_loss", load_best=True)
+    clf = FineTunedClassifier(nn.Linear(4, 3), max_epochs=2, callbacks=[("stop", stop)],
+                              random_state=0).fit(X, y)
+    clone(clf.net_)  # a search may clone the fitted net's settings
+    # No second copy of the model is held after training, the user's callback's included.
+    assert all(cb.best_model_weights_ is None for _, cb in clf.net_.callbacks_
+               if isinstance(cb, EarlyStopping))

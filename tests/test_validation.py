@@ -74,3 +74,13 @@ def test_numpy_values_from_a_search_grid_are_accepted():
                         schedule=np.str_("cosine"), early_stopping=np.True_,
                         freeze=np.int64(0), distributed=np.str_("auto"),
                         objective=np.str_("cross_entropy")).fit(X, y)
+
+
+def test_validation_fraction_is_not_checked_by_a_fit_that_holds_nothing_out():
+    # A grid over early_stopping in [None, 5] and validation_fraction in [0, .2].
+    X = np.random.RandomState(0).rand(12, 4).astype(np.float32)
+    y = np.arange(12) % 2
+    FineTunedClassifier(tiny_mlp, max_epochs=1, validation_fraction=0).fit(X, y)
+    with pytest.raises(InvalidParameterError, match="validation_fraction must be"):
+        FineTunedClassifier(tiny_mlp, max_epochs=1, early_stopping=2,
+                            validation_fraction=0).fit(X, y)

@@ -252,12 +252,19 @@ def check_param(name, value, rule):
     raise InvalidParameterError(f"{name} must be {description}; got {name}={value!r}")
 
 
-def validate_params(estimator):
+def validate_params(estimator, unused=()):
     """Check every parameter ``estimator`` declares in ``_parameter_constraints``.
 
     Called first thing in ``fit`` (scikit-learn's convention: ``__init__``
     stores, ``fit`` validates), so a search can set anything and a bad value
     fails the fit that uses it, naming the parameter.
+
+    Parameters
+    ----------
+    estimator : estimator
+    unused : collection of str
+        Parameters this fit does not use (``validation_fraction`` without
+        early stopping), left unchecked so that a search may set any value.
 
     Raises
     ------
@@ -266,7 +273,8 @@ def validate_params(estimator):
     """
     params = estimator.get_params(deep=False)
     for name, rule in type(estimator)._parameter_constraints.items():
-        check_param(name, params[name], rule)
+        if name not in unused:
+            check_param(name, params[name], rule)
 
 
 def validate_args(constraints, arguments):

@@ -46,18 +46,12 @@ class ValidatedEarlyStopping(EarlyStopping):
 
     ``partial_fit`` trains on every sample given, so its epochs have no
     validation loss to monitor; the estimator's net keeps its callbacks
-    between calls, so the callback must simply wait for a ``fit``. Once
-    training ends and the best weights are back in the network, the copy of
-    them is dropped: a fitted model holds one set of weights, not two.
+    between calls, so the callback must simply wait for a ``fit``.
     """
 
     def on_epoch_end(self, net, **kwargs):
         if self.monitor in net.history[-1]:
             super().on_epoch_end(net, **kwargs)
-
-    def on_train_end(self, net, **kwargs):
-        super().on_train_end(net, **kwargs)
-        self.best_model_weights_ = None
 
 
 class ValidScore(Callback):
@@ -149,6 +143,9 @@ class FreezeSchedule(Callback):
         freeze_groups(net.module_, self.param_groups, n_frozen)
 
 
+_SHAPES = {"onecycle": one_cycle, "cosine": cosine, None: constant}
+
+
 class LRSchedule(LRScheduler):
     """skorch's ``LRScheduler`` stepping a fine-tuning schedule after every batch.
 
@@ -173,18 +170,32 @@ class LRSchedule(LRScheduler):
                          step_every="batch")
         self.schedule = schedule
 
+    def get_params(self, deep=True):
+        # Only what __init__ takes: skorch's default lists every attribute,
+        # so clone() would pass the fixed policy and step_every back to it.
+        return {"schedule": self.schedule}
+
+    def set_params(self, **params):
+        for name, value in params.items():
+            if name != "schedule":
+                raise ValueError(f"LRSchedule has no parameter {name!r}; it takes schedule")
+            self.schedule = value
+        return self
+
     @property
     def kwargs(self):
-        # What LambdaLR is built with: this call's multiplier, from step 0.
-        return {"lr_lambda": self.lr_lambda_, "last_epoch": -1}
+        # What LambdaLR is built with: this call's multiplier, from step 0
+        # (before any training, as simulate() asks, one step long).
+        lr_lambda = getattr(self, "lr_lambda_", None) or partial(_SHAPES[self.schedule],
+                                                                  total=1)
+        return {"lr_lambda": lr_lambda, "last_epoch": -1}
 
     def on_train_begin(self, net, X=None, **kwargs):
         for group in net.optimizer_.param_groups:
             group["lr"] = group["base_lr"]
             group.pop("initial_lr", None)
         total = max(1, net.max_epochs * net.batches_per_epoch(len(X)))
-        shape = {"onecycle": one_cycle, "cosine": cosine, None: constant}[self.schedule]
-        self.lr_lambda_ = partial(shape, total=total)
+        self.lr_lambda_ = partial(_SHAPES[self.schedule], total=total)
         super().on_train_begin(net, X=X, **kwargs)
 
     def on_batch_end(self, net, training=False, **kwargs):

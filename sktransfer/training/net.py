@@ -187,8 +187,8 @@ class FineTuningNet(NeuralNet):
         try:
             self.partial_fit(train)
         finally:
-            self.set_params(train_split=None, group=None)
             self.call_loader_options_ = {}
+            self.set_params(train_split=None, group=None)
 
     def get_params_for(self, prefix):
         params = super().get_params_for(prefix)
@@ -222,7 +222,9 @@ class FineTuningNet(NeuralNet):
     def release_training_state(self, keep_optimizer=False):
         """Free what only training needs, and move what stays to the CPU.
 
-        Gradients, the loss scaler and, unless ``keep_optimizer``, the optimizer's state (Adam's moments:
+        Gradients, the loss scaler, early stopping's copy of the best weights
+        (skorch keeps it in any ``EarlyStopping`` callback, the user's too, and
+        an exception skips the ``on_train_end`` that would restore it) and, unless ``keep_optimizer``, the optimizer's state (Adam's moments:
         twice the model) are dropped; the network, the criterion, the penalty
         and a kept optimizer state go to the CPU, so a fitted model holds no
         accelerator memory between calls.
@@ -232,6 +234,9 @@ class FineTuningNet(NeuralNet):
         self.ddp_ = None
         from_sync_batchnorm(getattr(self, "synced_norms_", []))
         self.synced_norms_ = []
+        for _, callback in self.callbacks_:
+            if isinstance(callback, EarlyStopping):
+                callback.best_model_weights_ = None
         if keep_optimizer:
             for state in self.optimizer_.state.values():
                 for key, value in state.items():
