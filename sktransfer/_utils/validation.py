@@ -15,6 +15,7 @@ parameter of X must be an int in the range [1, inf)") are not the ones our
 users already match on.
 """
 
+import abc
 import numbers
 import os
 
@@ -44,15 +45,16 @@ def is_fitted(estimator, attributes=None):
 
 # -- constraints ---------------------------------------------------------------------------
 
-class Constraint:
+class Constraint(abc.ABC):
     """What one parameter may be; subclasses say which values and how to name them."""
 
+    @abc.abstractmethod
     def accepts(self, value):
-        raise NotImplementedError
+        """Whether ``value`` is allowed."""
 
+    @abc.abstractmethod
     def phrases(self):
         """How the allowed values read in a message, one phrase per alternative."""
-        raise NotImplementedError
 
 
 def _is_bool(value):
