@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from harness import Settings  # noqa: E402
 
 #: Benchmark names, run in this order; ``bench_<name>.py`` holds each.
-BENCHMARKS = ("transform", "text", "memory", "finetune", "cache", "save_load", "ranking", "replica",
+BENCHMARKS = ("transform", "text", "engine", "memory", "finetune", "cache", "save_load", "ranking",
               "distributed")
 
 

@@ -18,13 +18,14 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import TransformerTags
 from sklearn.utils.validation import check_is_fitted
 
-from ._utils.device import resolve_device, resolve_precision
+from ._utils.device import resolve_device
 from ._utils.launch import is_main_process
 from ._utils.seeding import seed_from, seeded
 from ._utils.validation import (BACKBONE_CONSTRAINTS, AnyOf, Boolean, Checked, InstanceOf,
                                 Interval, Options, validate_params)
 from .backbones.loaded import load_backbone_cached
 from .chaining import KeepsTrainedBackbone
+from .engine.resident import ENGINE_CONSTRAINTS, ServesFromEngine
 from .inference import predict_batches
 from .inputs import Collate, estimator_samples
 from .persistence.codec import from_plain, to_plain
@@ -56,8 +57,8 @@ DEFAULT_MAX_EPOCHS = {"cross_entropy": 10, "contrastive": 3}
 DEFAULT_PATIENCE = 5
 
 
-class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, TransformerMixin,
-                 BaseEstimator):
+class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeaturesOutMixin,
+                 TransformerMixin, BaseEstimator):
     """What the classifier and the regressor share: everything but the target."""
 
     _score_name = None  # "accuracy" or "r2": the validation score recorded per epoch
@@ -88,6 +89,7 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
         "keep_optimizer": [Boolean()],
         "distributed": [Options(("auto",)), Boolean()],
         "sync_batchnorm": [Boolean()],
+        **ENGINE_CONSTRAINTS,
     }
 
     def __init__(self, backbone="torchvision:resnet18", weights="DEFAULT", head=None, dropout=0.0,
@@ -96,7 +98,7 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
                  max_epochs=None, batch_size=32, early_stopping=None, validation_fraction=0.1,
                  augment=False, device="auto", precision="auto", num_workers=0, image_size=None,
                  random_state=None, verbose=0, callbacks=None, keep_optimizer=False,
-                 distributed="auto", sync_batchnorm=False):
+                 distributed="auto", sync_batchnorm=False, runtime="torch", quantize=None):
         self.backbone = backbone
         self.weights = weights
         self.head = head
@@ -124,6 +126,8 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
         self.keep_optimizer = keep_optimizer
         self.distributed = distributed
         self.sync_batchnorm = sync_batchnorm
+        self.runtime = runtime
+        self.quantize = quantize
 
     # -- public API ------------------------------------------------------
 
@@ -152,6 +156,7 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
             Early stopping ends training without an exception.
         """
         validate_params(self, unused=self._unused_params())
+        self._check_engine_params()
         target = self._check_y(y, reset=True)
         with self._training_group(target) as (group, random_state):
             samples = self._start(X, target, random_state)
@@ -164,6 +169,7 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
         first = not self.__sklearn_is_fitted__()
         if first:
             validate_params(self, unused=self._unused_params())
+            self._check_engine_params()
         target = self._check_y(y, reset=first)
         with self._training_group(target) as (group, random_state):
             if first:
@@ -190,6 +196,9 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
         rank 0's seed, so that the head's initialization, the validation
         split and the shuffling agree.
         """
+        # Training changes the weights: the engines of the old ones go now,
+        # not at the next prediction (on a GPU they hold its memory).
+        self.release_engine()
         with training_group(self.distributed, resolve_device(self.device)) as group:
             if group is not None:
                 # Parameters that change how a rank loads or prints, not
@@ -230,7 +239,7 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
         """
         check_is_fitted(self)
         samples = self._samples(X, reset=False)
-        return self._predict(self.backbone_.module, samples)
+        return self._predict("transform", samples)
 
     def __sklearn_is_fitted__(self):
         # history_ is set when the net is built, after the head: an interrupt
@@ -395,10 +404,28 @@ class _FineTuned(KeepsTrainedBackbone, ClassNamePrefixFeaturesOutMixin, Transfor
             return self.max_epochs
         return DEFAULT_MAX_EPOCHS["contrastive" if self._contrastive() else "cross_entropy"]
 
-    def _predict(self, module, samples, output=None):
-        device = resolve_device(self.device)
-        return predict_batches(module, samples, self.backbone_.preprocess,
-                               batch_size=self.batch_size, device=device,
-                               amp_dtype=resolve_precision(self.precision, device),
-                               num_workers=self.num_workers, output=output,
+    def _predict(self, purpose, samples, resident=True):
+        """Run the fitted network over ``samples``.
+
+        ``purpose`` is ``"transform"`` (the backbone's embeddings),
+        ``"proba"`` (the model, softmax) or ``"raw"`` (the model's outputs).
+        Inside ``fit`` (``resident=False``) the weights still change, so the
+        engine is a one-off eager one.
+        """
+        if purpose == "transform":
+            sources, network = (self.backbone_.module,), _itself
+        else:
+            sources, network = (self.backbone_.module, self.head_), BackboneWithHead
+        engine = self._engine_for(purpose, sources, network, resident=resident,
+                                  output=_softmax if purpose == "proba" else None)
+        return predict_batches(engine, samples, self.backbone_.preprocess,
+                               batch_size=self.batch_size, num_workers=self.num_workers,
                                verbose=self.verbose >= 2 and is_main_process())
+
+
+def _itself(module):
+    return module
+
+
+def _softmax(out, _inputs):
+    return out.float().softmax(1)

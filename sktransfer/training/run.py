@@ -83,7 +83,8 @@ class TrainingRun:
         """Fit ``head_`` on the backbone's embeddings of ``rows`` (no augmentation)."""
         est = self.estimator
         plain = rows.samples.subset(rows.indices) if isinstance(rows, Rows) else rows
-        embeddings = est._predict(est.backbone_.module, Samples(plain.data, plain.kind))
+        embeddings = est._predict("transform", Samples(plain.data, plain.kind),
+                                  resident=False)
         fit_head(est.head_, embeddings, targets_of(rows), est._criterion())
 
     def build_net(self):

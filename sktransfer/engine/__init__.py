@@ -1,0 +1,18 @@
+"""The inference engine: a fitted network made ready to run, once, and reused.
+
+An estimator builds an engine on its first ``transform`` / ``predict`` after
+``fit`` or loading (:mod:`~sktransfer.engine.resident`), for its device,
+``runtime``, ``quantize`` and precision, and every later call (from any
+thread) runs through it:
+
+- :mod:`~sktransfer.engine.module` holds the network an engine runs: a
+  private, eval-mode copy of the fitted one (weights shared on the CPU,
+  resident on an accelerator), with the layer taps and output head of the
+  call built in, so the whole computation is one ``nn.Module``;
+- :mod:`~sktransfer.engine.runtimes` runs it eagerly or through
+  ``torch.compile``;
+- :mod:`~sktransfer.engine.onnx` exports it once to ONNX Runtime (fp32, or
+  dynamically quantized to int8).
+
+This package imports no estimator; the estimators import it.
+"""

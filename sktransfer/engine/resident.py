@@ -1,0 +1,203 @@
+"""Engines that stay with a fitted estimator: built on first use, reused, never pickled.
+
+:class:`ServesFromEngine` gives an estimator ``_engine_for``, which returns
+the engine for one kind of call (``"transform"``, ``"proba"``, ...) and
+builds it only when there is none yet for the estimator's current network,
+weights, device, ``runtime``, ``quantize``, precision and call settings. So
+the first call after ``fit`` or loading builds (copies the weights to the
+GPU, compiles, exports), and every later call, from any thread, reuses.
+
+On an accelerator the weights are copied there once per estimator and
+shared by all of its engines; :meth:`ServesFromEngine.release_engine` (or
+dropping the estimator) gives the memory back. Engines are left out of
+pickles and deep copies, and ``clone`` never sees them (they are not
+parameters), so a search's clones build their own and free them with the
+clone.
+"""
+
+import threading
+import weakref
+
+import torch
+
+from .._utils.device import resolve_device
+from .._utils.validation import Options
+from .module import InferenceModule, private_copy, uses_convolutions, weights_version
+from .runtimes import QUANTIZATIONS, RUNTIMES, Engine, build_engine, check_runtime
+
+#: The constraints of ``runtime`` and ``quantize`` (see sktransfer._utils.validation).
+ENGINE_CONSTRAINTS = {
+    "runtime": [Options(RUNTIMES)],
+    "quantize": [None, Options(QUANTIZATIONS)],
+}
+
+#: Each estimator's engines, outside its ``__dict__``: a prediction leaves the
+#: estimator's attributes as they were (scikit-learn checks it), pickles,
+#: deep copies and saved files never see them, and they go with the estimator.
+_HELD = weakref.WeakKeyDictionary()
+_HELD_LOCK = threading.Lock()
+
+
+class _Held:
+    """What one estimator's engines keep: by call kind, the resident copies, a build lock."""
+
+    def __init__(self):
+        self.engines = {}
+        self.resident = None
+        self.lock = threading.Lock()
+
+
+def _held(estimator):
+    held = _HELD.get(estimator)
+    if held is None:
+        with _HELD_LOCK:
+            held = _HELD.setdefault(estimator, _Held())
+    return held
+
+
+class ServesFromEngine:
+    """Mixin: resident inference engines for an estimator with ``device``,
+    ``precision``, ``runtime`` and ``quantize`` parameters."""
+
+    def release_engine(self):
+        """Free what inference keeps between calls: device weights, compiled code, ONNX sessions.
+
+        The next ``transform`` or ``predict`` builds them again. Dropping the
+        estimator (``del``) frees the same memory. On CUDA the memory goes
+        back to the device, not only to torch's cache.
+
+        Returns
+        -------
+        self
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from torch import nn
+        >>> from sktransfer import PretrainedFeatureTransformer
+        >>> X = np.ones((4, 3), dtype=np.float32)
+        >>> pft = PretrainedFeatureTransformer(nn.Linear(3, 2)).fit(X)
+        >>> pft.transform(X).shape
+        (4, 2)
+        >>> pft.release_engine().transform(X).shape
+        (4, 2)
+        """
+        held = _HELD.pop(self, None)
+        on_cuda = held is not None and held.resident is not None \
+            and held.resident["device"].type == "cuda"
+        del held
+        if on_cuda:
+            torch.cuda.empty_cache()
+        return self
+
+    def _check_engine_params(self):
+        """Refuse, at fit, a ``runtime``/``quantize``/device combination that cannot run."""
+        return check_runtime(self.runtime, self.quantize, resolve_device(self.device),
+                             self.precision)
+
+    def _engine_for(self, purpose, sources, network, *, layers=None, output=None, settings=(),
+                    resident=True):
+        """The engine that runs ``network(*sources)`` for calls of kind ``purpose``.
+
+        Parameters
+        ----------
+        purpose : str
+            The kind of call; each has its own engine.
+        sources : tuple of torch.nn.Module
+            The fitted modules the network is made of. The engine is rebuilt
+            when any of them is replaced or its weights change.
+        network : callable
+            ``network(*copies)`` builds the network from the engine's
+            private copies of ``sources``. Must not hold the estimator (a
+            reference cycle would keep device memory until gc).
+        layers, output : see :class:`~sktransfer.engine.module.InferenceModule`
+        settings : tuple
+            Call settings that the engine bakes in (pooling, ...).
+        resident : bool, default=True
+            False gives a one-off eager engine that is not kept (predictions
+            inside ``fit``, while the weights still change).
+        """
+        device = resolve_device(self.device)
+        if not resident:
+            amp_dtype = check_runtime("torch", None, device, self.precision)
+            copies = [private_copy(m, device) for m in sources]
+            return Engine(InferenceModule(network(*copies), layers, output), device, amp_dtype)
+        amp_dtype = check_runtime(self.runtime, self.quantize, device, self.precision)
+        key = (device, self.runtime, self.quantize, amp_dtype, tuple(layers or ()),
+               tuple(settings))
+        version = weights_version(sources)
+        engine = self._current_engine(purpose, key, sources, version)
+        if engine is not None:
+            return engine
+        held = _held(self)
+        with held.lock:
+            engine = self._current_engine(purpose, key, sources, version)
+            if engine is None:
+                channels_last = self.runtime != "onnx" and uses_convolutions(sources[0])
+                copies = _resident_copies(held, sources, device, channels_last)
+                # A tree of its own per engine (sharing the resident tensors),
+                # so one engine's layer hooks never fire in another's calls.
+                body = private_copy(network(*copies), device, channels_last)
+                module = InferenceModule(body, layers, output, channels_last=channels_last)
+                engine = build_engine(module, device, self.runtime, self.quantize, amp_dtype,
+                                      name=_name(self))
+                held.engines[purpose] = (key, tuple(sources), version, engine)
+        return engine
+
+    def _current_engine(self, purpose, key, sources, version):
+        held = _HELD.get(self)
+        entry = None if held is None else held.engines.get(purpose)
+        if entry is None:
+            return None
+        kept_key, kept_sources, kept_version, engine = entry
+        if kept_key == key and _same(kept_sources, sources) and kept_version == version:
+            return engine
+        if not _same(kept_sources, sources) or kept_version != version:
+            # Refitted, or the weights changed: every engine is out of date.
+            self.release_engine()
+        return None
+
+    def __setstate__(self, state):
+        # Files written before these parameters existed ran eager torch.
+        state = dict(state)
+        state.setdefault("runtime", "torch")
+        state.setdefault("quantize", None)
+        super().__setstate__(state)
+
+
+def _resident_copies(held, sources, device, channels_last):
+    """Copies of ``sources`` on ``device``, shared by every engine of these weights.
+
+    The fine-tuners' transform and predict_proba engines share the
+    backbone's copy: calls alternating between them copy nothing. Called
+    under ``held.lock``.
+    """
+    resident = held.resident
+    if resident is not None and (resident["device"] != device
+                                 or resident["channels_last"] != channels_last):
+        # One device copy at a time: the engines built on the old one go.
+        held.engines.clear()
+        resident = None
+    if resident is None:
+        resident = held.resident = {"device": device, "channels_last": channels_last,
+                                    "modules": []}
+    copies = []
+    for module in sources:
+        version = weights_version([module])
+        copy = next((c for m, v, c in resident["modules"] if m is module and v == version),
+                    None)
+        if copy is None:
+            copy = private_copy(module, device, channels_last)
+            resident["modules"] = [entry for entry in resident["modules"]
+                                   if entry[0] is not module] + [(module, version, copy)]
+        copies.append(copy)
+    return copies
+
+
+def _name(estimator):
+    backbone = getattr(estimator, "backbone", None)
+    return repr(backbone) if isinstance(backbone, str) else type(backbone).__name__
+
+
+def _same(kept, sources):
+    return len(kept) == len(sources) and all(a is b for a, b in zip(kept, sources))
