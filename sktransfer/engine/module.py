@@ -74,25 +74,31 @@ def uses_convolutions(module):
     return any(isinstance(m, nn.Conv2d) for m in module.modules())
 
 
-def weights_version(modules):
-    """A value that changes whenever any weight of ``modules`` is replaced or changed in place.
+def weights_of(modules):
+    """Every parameter and buffer of ``modules``, in order (tied ones repeated)."""
+    return tuple(t for m in modules for t in itertools.chain(m.parameters(), m.buffers()))
+
+
+def weights_version(tensors):
+    """A value that changes whenever one of ``tensors`` is replaced or changed in place.
 
     Every in-place change of a tensor (an optimizer step, ``load_state_dict``,
-    BatchNorm statistics) bumps its version counter, and replacing it
-    (``module.to``, a new Parameter) changes its storage: an engine built
-    from the old values is then out of date.
+    BatchNorm statistics) bumps its version counter, and moving it
+    (``module.to``) changes its storage: an engine built from the old
+    values is then out of date. Reading the counters of a list of tensors
+    costs microseconds, so every call can check.
 
     Examples
     --------
     >>> lin = nn.Linear(2, 2)
-    >>> before = weights_version([lin])
+    >>> tensors = weights_of([lin])
+    >>> before = weights_version(tensors)
     >>> with torch.no_grad():
     ...     _ = lin.weight.add_(1)
-    >>> before == weights_version([lin])
+    >>> before == weights_version(tensors)
     False
     """
-    return hash(tuple((t.data_ptr(), t._version) for m in modules
-                      for t in itertools.chain(m.parameters(), m.buffers())))
+    return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
 class InferenceModule(nn.Module):

@@ -10,6 +10,7 @@ Nothing here writes a graph by hand, and nothing is kept on disk: the graph
 lives in the session, in memory, for as long as the engine does.
 """
 
+import logging
 import os
 import tempfile
 import threading
@@ -143,8 +144,20 @@ def _quantized(path):
     # Per-channel weight scales: a per-tensor scale costs transformer
     # embeddings several points of cosine similarity (0.92 against 0.98 on
     # all-MiniLM-L6-v2, measured).
-    quantize_dynamic(path, target, weight_type=QuantType.QInt8, per_channel=True)
+    root = logging.getLogger()
+    # The quantizer advises (on the root logger) a shape pre-processing pass,
+    # which cannot infer the exported graphs' symbolic shapes: not advice a
+    # user of the estimator can act on.
+    root.addFilter(_pre_processing_advice)
+    try:
+        quantize_dynamic(path, target, weight_type=QuantType.QInt8, per_channel=True)
+    finally:
+        root.removeFilter(_pre_processing_advice)
     return target
+
+
+def _pre_processing_advice(record):
+    return "pre-processing before quantization" not in record.getMessage()
 
 
 def _flat(inputs):

@@ -22,7 +22,7 @@ import torch
 
 from .._utils.device import resolve_device
 from .._utils.validation import Options
-from .module import InferenceModule, private_copy, uses_convolutions, weights_version
+from .module import InferenceModule, private_copy, uses_convolutions, weights_of, weights_version
 from .runtimes import QUANTIZATIONS, RUNTIMES, Engine, build_engine, check_runtime
 
 #: The constraints of ``runtime`` and ``quantize`` (see sktransfer._utils.validation).
@@ -125,14 +125,15 @@ class ServesFromEngine:
         amp_dtype = check_runtime(self.runtime, self.quantize, device, self.precision)
         key = (device, self.runtime, self.quantize, amp_dtype, tuple(layers or ()),
                tuple(settings))
-        version = weights_version(sources)
-        engine = self._current_engine(purpose, key, sources, version)
+        engine = self._current_engine(purpose, key, sources)
         if engine is not None:
             return engine
         held = _held(self)
         with held.lock:
-            engine = self._current_engine(purpose, key, sources, version)
+            engine = self._current_engine(purpose, key, sources)
             if engine is None:
+                tensors = weights_of(sources)
+                version = weights_version(tensors)
                 channels_last = self.runtime != "onnx" and uses_convolutions(sources[0])
                 copies = _resident_copies(held, sources, device, channels_last)
                 # A tree of its own per engine (sharing the resident tensors),
@@ -141,21 +142,20 @@ class ServesFromEngine:
                 module = InferenceModule(body, layers, output, channels_last=channels_last)
                 engine = build_engine(module, device, self.runtime, self.quantize, amp_dtype,
                                       name=_name(self))
-                held.engines[purpose] = (key, tuple(sources), version, engine)
+                held.engines[purpose] = (key, tuple(sources), tensors, version, engine)
         return engine
 
-    def _current_engine(self, purpose, key, sources, version):
+    def _current_engine(self, purpose, key, sources):
         held = _HELD.get(self)
         entry = None if held is None else held.engines.get(purpose)
         if entry is None:
             return None
-        kept_key, kept_sources, kept_version, engine = entry
-        if kept_key == key and _same(kept_sources, sources) and kept_version == version:
-            return engine
-        if not _same(kept_sources, sources) or kept_version != version:
-            # Refitted, or the weights changed: every engine is out of date.
+        kept_key, kept_sources, tensors, version, engine = entry
+        if not _same(kept_sources, sources) or weights_version(tensors) != version:
+            # Refitted, or the weights changed in place: every engine is out of date.
             self.release_engine()
-        return None
+            return None
+        return engine if kept_key == key else None
 
     def __setstate__(self, state):
         # Files written before these parameters existed ran eager torch.
@@ -183,7 +183,7 @@ def _resident_copies(held, sources, device, channels_last):
                                     "modules": []}
     copies = []
     for module in sources:
-        version = weights_version([module])
+        version = weights_version(weights_of([module]))
         copy = next((c for m, v, c in resident["modules"] if m is module and v == version),
                     None)
         if copy is None:
