@@ -93,7 +93,9 @@ PARAMS_DOC = """
         preprocessed batch on the training device.
     device : str, default="auto"
         ``"auto"`` uses CUDA, then Apple MPS, then the CPU; or any torch device
-        string. Fitted weights are kept on the CPU between calls.
+        string. The fitted network is kept on the CPU; predictions on an
+        accelerator run on a copy of it there, made once and reused (see
+        ``release_engine``).
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         Autocast dtype (automatic mixed precision); ``"auto"`` is bf16 (fp16
         with loss scaling on GPUs without bf16) on CUDA and fp32 elsewhere.
