@@ -23,6 +23,7 @@ Every contender does the same work from the same raw input: sentences in,
 embeddings out; uint8 images in, features out.
 """
 
+import os
 import statistics
 import time
 
@@ -35,6 +36,9 @@ from bench_text import make_sentences
 from sktransfer import PretrainedFeatureTransformer
 
 NAME = "engine"
+#: Seconds between timed calls: ONNX Runtime's worker threads spin after a run
+#: and would slow the contender timed right after one (harness.interleaved).
+SETTLE = 0.3
 
 
 def _sizes(quick):
@@ -54,7 +58,8 @@ def _per_call(fn, calls):
 def _latency_table(title, contenders, reference, calls, repeats, notes):
     for fn in contenders.values():
         fn()  # build engines, compile, export: the first call is not timed
-    wall, _ = interleaved({k: _per_call(v, calls) for k, v in contenders.items()}, repeats)
+    wall, _ = interleaved({k: _per_call(v, calls) for k, v in contenders.items()}, repeats,
+                          settle=SETTLE)
     rows = []
     for name in contenders:
         ms = statistics.median(wall[name]) / calls * 1e3
@@ -69,7 +74,7 @@ def _latency_table(title, contenders, reference, calls, repeats, notes):
 def _throughput_table(title, unit, n, contenders, reference, repeats, notes):
     for fn in contenders.values():
         fn()
-    wall, _ = interleaved(contenders, repeats)
+    wall, _ = interleaved(contenders, repeats, settle=SETTLE)
     rows = []
     for name in contenders:
         ratios = ratio_summary(wall[reference], wall[name])
@@ -86,17 +91,35 @@ def _cosine(a, b):
 # -- text ------------------------------------------------------------------------------------
 
 def _peers(path):
-    """sentence-transformers' backends available here: torch always, ONNX with optimum."""
+    """sentence-transformers' backends available here: torch always, ONNX with optimum-onnx.
+
+    The ONNX backends export the model with optimum into a copy of its
+    directory (the installed one may be read-only); int8 is sentence-
+    transformers' own dynamic quantization for this CPU's instruction set.
+    """
+    import shutil
+    import tempfile
+
     from sentence_transformers import SentenceTransformer
 
     peers = {"sentence-transformers torch": SentenceTransformer(path, device="cpu")}
     try:
-        import peers_text  # prepares the ONNX exports (needs optimum-onnx)
-
-        peers["sentence-transformers onnx"] = peers_text.load_peer("onnx", path)
-        peers["sentence-transformers onnx int8"] = peers_text.load_peer("onnx-int8", path)
+        import optimum.onnxruntime  # noqa: F401
     except ImportError:
-        pass
+        return peers
+    from sentence_transformers import export_dynamic_quantized_onnx_model
+
+    folder = os.path.join(tempfile.mkdtemp(prefix="bench-st-onnx-"), "model")
+    shutil.copytree(path, folder)
+    onnx = SentenceTransformer(folder, backend="onnx", device="cpu")
+    onnx.save_pretrained(folder)
+    peers["sentence-transformers onnx"] = onnx
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    config = "avx512_vnni" if "avx512_vnni" in flags else "avx2"
+    export_dynamic_quantized_onnx_model(onnx, config, folder)
+    peers["sentence-transformers onnx int8"] = SentenceTransformer(
+        folder, backend="onnx", device="cpu",
+        model_kwargs={"file_name": f"onnx/model_qint8_{config}.onnx"})
     return peers
 
 

@@ -59,7 +59,7 @@ def synchronize(device):
         torch.cuda.synchronize()
 
 
-def interleaved(contenders, repeats, device="cpu"):
+def interleaved(contenders, repeats, device="cpu", settle=0.0):
     """Time each contender ``repeats`` times, alternating their order.
 
     Parameters
@@ -69,6 +69,10 @@ def interleaved(contenders, repeats, device="cpu"):
     repeats : int
     device : str
         Synchronized before and after each call.
+    settle : float, default=0
+        Seconds to wait, untimed, before each call: ONNX Runtime's threads
+        spin for a while after a run, and would slow whichever contender
+        runs next on a small machine.
 
     Returns
     -------
@@ -85,6 +89,8 @@ def interleaved(contenders, repeats, device="cpu"):
         # Reversing every other repeat cancels any advantage of going first
         # (warm caches) or second (CPU clocks already up).
         for name in (names if r % 2 == 0 else names[::-1]):
+            if settle:
+                time.sleep(settle)
             synchronize(device)
             start, start_cpu = time.perf_counter(), time.process_time()
             contenders[name]()
