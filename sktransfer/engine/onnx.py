@@ -118,13 +118,14 @@ class OnnxEngine:
                     program = torch.onnx.export(
                         wrapper, example, input_names=names, output_names=["output"],
                         dynamic_shapes=(shapes,), dynamo=True, verbose=False)
-                program.save(path)
             except Exception as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 raise RuntimeError(
                     f"runtime='onnx': torch's ONNX exporter could not export {self.name} "
                     f"({type(exc).__name__}: {first}); use runtime='torch' or "
                     f"runtime='compile'.") from exc
+            # A full or read-only temporary folder raises its own OSError here.
+            program.save(path)
             if self.quantize == "int8":
                 path = _quantized(path)
             options = onnxruntime.SessionOptions()
