@@ -12,7 +12,7 @@ from ._utils.validation import (BACKBONE_CONSTRAINTS, Checked, InvalidParameterE
                                 validate_params)
 from .backbones.loaded import load_backbone_cached
 from .backbones.huggingface import TextEncoder
-from .backbones.pooling import pool_tokens, set_image_global_pool
+from .backbones.pooling import TOKEN_POOLINGS, pool_tokens, set_image_global_pool
 from .feature_cache import FeatureCache, output_key
 from .chaining import KeepsTrainedBackbone
 from .engine.resident import ENGINE_CONSTRAINTS, ServesFromEngine
@@ -20,7 +20,8 @@ from .inference import predict_batches
 from .inputs import Collate, estimator_samples
 from .persistence.modules import pack_modules, unpack_modules
 
-POOLINGS = ("avg", "max", "cls")
+#: "auto" is the model's own embedding; the rest name a pooling (see the docstring).
+POOLINGS = ("auto",) + TOKEN_POOLINGS
 
 
 def _check_layers(layers):
@@ -59,15 +60,28 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
         ``backbone_.layer_names``) gives each layer's output, pooled over its
         spatial or token axes and concatenated in the order given
         (multi-layer feature fusion).
-    pooling : {"avg", "max", "cls"}, default="avg"
-        How layer outputs are pooled, and how a text encoder pools its tokens
-        (``"avg"`` is mean pooling over real tokens, ``"cls"`` the first token).
-        For an image backbone's embedding (``layers=None``), ``"avg"`` is the
-        network's own global pooling and ``"max"`` replaces its global average
-        pool by a global max pool over the last feature map (a network without
-        one, such as a ViT, raises a ValueError); ``"cls"`` applies to token
-        outputs only. A module backbone's forward output is its embedding, so
-        only ``"avg"`` applies to it without ``layers``.
+    pooling : str, default="auto"
+        ``"auto"`` gives the embedding the model's authors configured: a
+        sentence-transformers pipeline's own pooling (then its ``Dense`` and
+        ``Normalize``), mean pooling for other text encoders, an image
+        network's own global pool, a module's forward output; with
+        ``layers``, the mean over each layer's spatial or token axes.
+        Otherwise, how tokens or layer outputs are pooled: ``"avg"`` (or
+        ``"mean"``) over real tokens or spatial positions, ``"max"``,
+        ``"cls"`` (the first token), and for token states
+        sentence-transformers' ``"mean_sqrt_len_tokens"``,
+        ``"weightedmean"`` and ``"lasttoken"``. For an image backbone's
+        embedding (``layers=None``), ``"max"`` replaces its global average
+        pool by a global max pool over the last feature map (a network
+        without one, such as a ViT, raises a ValueError). A module
+        backbone's forward output is its embedding, so only ``"auto"`` and
+        ``"avg"`` apply to it without ``layers``.
+    prompt : str, optional
+        For text encoders, a text prepended to every input, as
+        sentence-transformers' prompts are: the name of one of the model's
+        prompts (``config_sentence_transformers.json``, e.g. ``"query"``)
+        or the prompt text itself; ``""`` for none. ``None`` applies the
+        model's default prompt, if it names one.
     batch_size : int, default=32
         Samples per forward pass.
     device : str, default="auto"
@@ -132,18 +146,20 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
         **BACKBONE_CONSTRAINTS,
         "layers": [None, Checked(_check_layers)],
         "pooling": [Options(POOLINGS)],
+        "prompt": [None, str],
         "cache": [None, Checked(FeatureCache)],
         **ENGINE_CONSTRAINTS,
     }
 
     def __init__(self, backbone="torchvision:resnet18", weights="DEFAULT", layers=None,
-                 pooling="avg", batch_size=32, device="auto", precision="auto", num_workers=0,
+                 pooling="auto", prompt=None, batch_size=32, device="auto", precision="auto", num_workers=0,
                  image_size=None, random_state=None, verbose=False, cache=None,
                  runtime="torch", quantize=None):
         self.backbone = backbone
         self.weights = weights
         self.layers = layers
         self.pooling = pooling
+        self.prompt = prompt
         self.batch_size = batch_size
         self.device = device
         self.precision = precision
@@ -178,6 +194,7 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
                                             random_state=self.random_state)
             if not self.layers:
                 _pool_embedding(backbone, self.pooling)
+            _use_prompt(backbone, self.prompt)
             self.backbone_ = backbone
             samples = self._samples(X, reset=True)
             missing = [n for n in (self.layers or ())
@@ -277,22 +294,34 @@ def _pool_embedding(backbone, pooling):
     its embedding.
     """
     module = backbone.module
+    if pooling == "auto":
+        return  # the embedding the model's authors configured
     if backbone.modality == "text":
         if isinstance(module, TextEncoder):
             module.pooling = pooling
         return
-    if pooling == "avg":
+    if pooling in ("avg", "mean"):
         return  # the network's own pooling
     if backbone.modality == "tensor":
         raise ValueError(f"pooling={pooling!r} has nothing to pool in {backbone.spec}: a "
                          f"module's forward output is its embedding. Use pooling='avg', or "
                          f"layers=[...] to pool chosen layers' outputs.")
-    if pooling == "cls":
-        raise ValueError(f"pooling='cls' takes the first token of token outputs, and "
+    if pooling != "max":
+        raise ValueError(f"pooling={pooling!r} pools token outputs, and "
                          f"{backbone.spec} is an image backbone whose embedding pools a "
-                         f"feature map; use pooling='avg' or 'max' (or layers=[...] of "
-                         f"token outputs).")
+                         f"feature map; use pooling='auto', 'avg' or 'max' (or layers=[...] "
+                         f"of token outputs).")
     set_image_global_pool(module, pooling, backbone.spec)
+
+
+def _use_prompt(backbone, prompt):
+    """Make a text backbone prepend ``prompt`` (see the ``prompt`` parameter)."""
+    use_prompt = getattr(backbone.preprocess, "use_prompt", None)
+    if use_prompt is not None:
+        use_prompt(prompt)
+    elif prompt:
+        raise ValueError(f"prompt={prompt!r} is prepended to texts, and {backbone.spec} is "
+                         f"a {backbone.modality} backbone; leave prompt=None")
 
 
 def _initialize_lazy_layers(backbone, samples):
@@ -318,12 +347,14 @@ def _pool(output, pooling, mask=None):
     ``(B, C, H, W)`` maps pool over space; ``(B, T, D)`` token sequences pool
     over tokens (masked by ``mask`` for text); ``(B, F)`` passes through.
     """
+    if pooling == "auto":
+        pooling = "avg"
     if output.ndim == 2:
         return output
     if output.ndim == 3:
         return pool_tokens(output, mask, pooling)
-    if pooling == "cls":
-        raise ValueError(f"pooling='cls' needs token outputs (B, T, D); a layer gave "
+    if pooling not in ("avg", "mean", "max"):
+        raise ValueError(f"pooling={pooling!r} needs token outputs (B, T, D); a layer gave "
                          f"shape {tuple(output.shape)}; use 'avg' or 'max'")
     flat = output.flatten(2)
-    return flat.mean(2) if pooling == "avg" else flat.amax(2)
+    return flat.amax(2) if pooling == "max" else flat.mean(2)

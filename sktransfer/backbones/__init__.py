@@ -5,7 +5,8 @@ A spec is one of:
 - ``"torchvision:<name>"`` (``resnet18``, ``resnet50``, ``vgg16``,
   ``efficientnet_b0``, ``vit_b_16``, ...),
 - ``"timm:<name>"``,
-- ``"hf:<model id or local directory>"`` for text encoders,
+- ``"hf:<model id or local directory>"`` for Hugging Face models
+  (``"hf-text:"`` / ``"hf-image:"`` choose a tower of an image-text model),
 - an ``nn.Module`` instance or a zero-argument callable returning one,
 - a fitted sktransfer estimator (its backbone is reused), also wrapped in
   ``sklearn.frozen.FrozenEstimator``,
@@ -29,7 +30,7 @@ ACCEPTED = (
 )
 
 
-def load_backbone(spec, weights="DEFAULT", *, pooling="avg", image_size=None):
+def load_backbone(spec, weights="DEFAULT", *, pooling="auto", image_size=None):
     """Resolve ``spec`` into a :class:`Backbone`.
 
     Parameters
@@ -43,8 +44,10 @@ def load_backbone(spec, weights="DEFAULT", *, pooling="avg", image_size=None):
         tag such as ``"IMAGENET1K_V2"``. ``None``: random initialization. A
         path: a local ``.pt``/``.pth``/``.safetensors`` state dict, read
         without unpickling objects.
-    pooling : {"avg", "cls", "max"}, default="avg"
-        For text encoders, how token states become one vector.
+    pooling : str, default="auto"
+        How the embedding is pooled: ``"auto"`` is the model's own (see
+        :class:`~sktransfer.PretrainedFeatureTransformer`); for text
+        encoders, a token pooling mode replaces it.
     image_size : int, optional
         For image backbones, the crop side fed to the network instead of the
         weights' own (the resize keeps the weights' resize/crop ratio).

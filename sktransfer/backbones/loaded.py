@@ -25,7 +25,7 @@ _LOCK = threading.Lock()
 _BACKBONES = collections.OrderedDict()  # cache key -> template Backbone, oldest first
 
 
-def load_backbone_cached(spec, weights="DEFAULT", *, pooling="avg", image_size=None,
+def load_backbone_cached(spec, weights="DEFAULT", *, pooling="auto", image_size=None,
                          random_state=None):
     """:func:`~sktransfer.backbones.load_backbone`, read from disk once per process.
 
@@ -114,7 +114,7 @@ def _cache_key(spec, weights, pooling, image_size, random_state):
     else:
         return None
     source, _, name = spec.partition(":")
-    local = _tree_identity(name) if source == "hf" and os.path.isdir(name) else ()
+    local = _tree_identity(name) if source.startswith("hf") and os.path.isdir(name) else ()
     return spec, local, origin, pooling, image_size
 
 

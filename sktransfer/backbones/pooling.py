@@ -16,7 +16,10 @@ import torch
 from torch import nn
 
 IMAGE_POOLS = ("avg", "max")
-TOKEN_POOLINGS = ("avg", "mean", "cls", "max")
+#: sentence-transformers' pooling modes, in the order it concatenates them.
+SENTENCE_POOLINGS = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
+#: What ``pooling=`` may name for token states: ours ("avg" is "mean") and theirs.
+TOKEN_POOLINGS = ("avg",) + SENTENCE_POOLINGS
 
 
 def set_image_global_pool(module, pooling, spec):
@@ -111,8 +114,42 @@ def _top_level_global_pool(module):
     return last
 
 
-def pool_tokens(hidden, mask, pooling):
+def token_pooling_modes(pooling):
+    """``pooling`` (a name or a sequence of them) as a tuple of sentence-transformers modes.
+
+    Examples
+    --------
+    >>> token_pooling_modes("avg"), token_pooling_modes(["cls", "mean"])
+    (('mean',), ('cls', 'mean'))
+    """
+    modes = (pooling,) if isinstance(pooling, str) else tuple(pooling)
+    unknown = [m for m in modes if m not in TOKEN_POOLINGS]
+    if unknown or not modes:
+        raise ValueError(f"pooling for token states must be one of {TOKEN_POOLINGS}; "
+                         f"got {pooling!r}")
+    return tuple("mean" if m == "avg" else m for m in modes)
+
+
+def pool_tokens(hidden, mask, pooling, attention_mask=None):
     """Pool token states ``(B, T, D)`` into ``(B, D)`` over real (unmasked) tokens.
+
+    Each mode computes what sentence-transformers' ``Pooling`` computes, for
+    right- and left-padded batches alike; several modes are concatenated in
+    the order given.
+
+    Parameters
+    ----------
+    hidden : Tensor of shape (B, T, D)
+    mask : Tensor of shape (B, T) or None
+        The tokens to pool (the attention mask, less any prompt tokens).
+    pooling : str or sequence of str
+        ``"avg"``/``"mean"``, ``"cls"`` (the first pooled token), ``"max"``,
+        ``"mean_sqrt_len_tokens"`` (sum over the square root of the count),
+        ``"weightedmean"`` (weights 1, 2, ... from the first real token),
+        ``"lasttoken"`` (the last pooled token, for decoder embedders).
+    attention_mask : Tensor of shape (B, T), optional
+        The full attention mask, where it differs from ``mask`` (positions
+        for ``"weightedmean"`` count from the first real token).
 
     Examples
     --------
@@ -120,12 +157,34 @@ def pool_tokens(hidden, mask, pooling):
     >>> h = torch.tensor([[[1.0], [3.0], [100.0]]])
     >>> pool_tokens(h, torch.tensor([[1, 1, 0]]), "avg")
     tensor([[2.]])
+    >>> pool_tokens(h, torch.tensor([[1, 1, 0]]), ("cls", "lasttoken"))
+    tensor([[1., 3.]])
     """
-    if pooling == "cls":
-        return hidden[:, 0]
     if mask is None:
-        mask = torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device)
-    mask = mask.unsqueeze(-1).to(hidden.dtype)
-    if pooling == "max":
-        return hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).amax(1)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+    if attention_mask is None:
+        attention_mask = mask
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    # Accumulate sums in float32 under fp16/bf16, as sentence-transformers does.
+    acc = torch.float32 if hidden.dtype in (torch.float16, torch.bfloat16) else hidden.dtype
+    positions = torch.arange(hidden.shape[1], device=hidden.device)
+    out = []
+    for mode in token_pooling_modes(pooling):
+        if mode == "cls":
+            first = mask.to(torch.int32).argmax(1)
+            out.append(hidden[torch.arange(hidden.shape[0], device=hidden.device), first])
+        elif mode == "max":
+            out.append(hidden.masked_fill(weights == 0, torch.finfo(hidden.dtype).min).amax(1))
+        elif mode in ("mean", "mean_sqrt_len_tokens"):
+            total = (hidden * weights).sum(1, dtype=acc)
+            count = weights.sum(1, dtype=acc).clamp(min=1e-9)
+            out.append((total / (count if mode == "mean" else count.sqrt())).to(hidden.dtype))
+        elif mode == "weightedmean":
+            start = attention_mask.to(torch.int32).argmax(1, keepdim=True)
+            w = weights.to(acc) * (positions + 1 - start).to(acc).unsqueeze(-1)
+            out.append(((hidden * w).sum(1) / w.sum(1).clamp(min=1e-9)).to(hidden.dtype))
+        else:  # lasttoken
+            last = (mask.to(torch.int32) * (positions + 1)).argmax(1)
+            out.append((hidden * weights)[torch.arange(hidden.shape[0], device=hidden.device),
+                                          last])
+    return out[0] if len(out) == 1 else torch.cat(out, dim=-1)
