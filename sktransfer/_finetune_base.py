@@ -97,7 +97,7 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
                  weight_decay=0.01, optimizer="adamw", schedule="onecycle", l2sp=0.0,
                  max_epochs=None, batch_size=32, early_stopping=None, validation_fraction=0.1,
                  augment=False, device="auto", precision="auto", num_workers=0, image_size=None,
-                 random_state=None, verbose=0, callbacks=None, keep_optimizer=False,
+                 prompt=None, random_state=None, verbose=0, callbacks=None, keep_optimizer=False,
                  distributed="auto", sync_batchnorm=False, runtime="torch", quantize=None):
         self.backbone = backbone
         self.weights = weights
@@ -120,6 +120,7 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
         self.precision = precision
         self.num_workers = num_workers
         self.image_size = image_size
+        self.prompt = prompt
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks
@@ -352,6 +353,7 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
             backbone = load_backbone_cached(self.backbone, self.weights,
                                             image_size=self.image_size,
                                             random_state=random_state)
+        backbone.use_prompt(self.prompt)
         if self.augment and backbone.modality != "image":
             raise ValueError(f"augment=True applies to image backbones; {backbone.spec} "
                              f"takes {backbone.modality} input. Use augment=False.")

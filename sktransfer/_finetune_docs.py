@@ -103,6 +103,11 @@ PARAMS_DOC = """
         DataLoader worker processes that decode and preprocess batches.
     image_size : int, optional
         Crop side fed to an image backbone instead of its weights' own.
+    prompt : str, optional
+        For text encoders, a text prepended to every input, as
+        sentence-transformers' prompts are: the name of one of the model's
+        prompts (e.g. ``"query"``) or the prompt text itself; ``""`` for
+        none. ``None`` keeps the model's default prompt, if it names one.
     random_state : int, RandomState or None, default=None
         Seeds initialization, shuffling, dropout, augmentation and the
         validation split: on the CPU, the same seed and data give the same

@@ -80,8 +80,9 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
         For text encoders, a text prepended to every input, as
         sentence-transformers' prompts are: the name of one of the model's
         prompts (``config_sentence_transformers.json``, e.g. ``"query"``)
-        or the prompt text itself; ``""`` for none. ``None`` applies the
-        model's default prompt, if it names one.
+        or the prompt text itself; ``""`` for none. ``None`` keeps the
+        model's default prompt, if it names one (or, for a fitted estimator
+        given as ``backbone``, the prompt it was fitted with).
     batch_size : int, default=32
         Samples per forward pass.
     device : str, default="auto"
@@ -146,7 +147,6 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
         **BACKBONE_CONSTRAINTS,
         "layers": [None, Checked(_check_layers)],
         "pooling": [Options(POOLINGS)],
-        "prompt": [None, str],
         "cache": [None, Checked(FeatureCache)],
         **ENGINE_CONSTRAINTS,
     }
@@ -194,7 +194,7 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
                                             random_state=self.random_state)
             if not self.layers:
                 _pool_embedding(backbone, self.pooling)
-            _use_prompt(backbone, self.prompt)
+            backbone.use_prompt(self.prompt)
             self.backbone_ = backbone
             samples = self._samples(X, reset=True)
             missing = [n for n in (self.layers or ())
@@ -312,16 +312,6 @@ def _pool_embedding(backbone, pooling):
                          f"feature map; use pooling='auto', 'avg' or 'max' (or layers=[...] "
                          f"of token outputs).")
     set_image_global_pool(module, pooling, backbone.spec)
-
-
-def _use_prompt(backbone, prompt):
-    """Make a text backbone prepend ``prompt`` (see the ``prompt`` parameter)."""
-    use_prompt = getattr(backbone.preprocess, "use_prompt", None)
-    if use_prompt is not None:
-        use_prompt(prompt)
-    elif prompt:
-        raise ValueError(f"prompt={prompt!r} is prepended to texts, and {backbone.spec} is "
-                         f"a {backbone.modality} backbone; leave prompt=None")
 
 
 def _initialize_lazy_layers(backbone, samples):

@@ -108,8 +108,8 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
                  weight_decay=0.01, optimizer="adamw", schedule="onecycle", l2sp=0.0,
                  max_epochs=None, batch_size=32, early_stopping=None, validation_fraction=0.1,
                  augment=False, class_weight=None, device="auto", precision="auto",
-                 num_workers=0, image_size=None, random_state=None, verbose=0, callbacks=None,
-                 keep_optimizer=False, objective="cross_entropy", n_pairs=N_PAIRS,
+                 num_workers=0, image_size=None, prompt=None, random_state=None, verbose=0,
+                 callbacks=None, keep_optimizer=False, objective="cross_entropy", n_pairs=N_PAIRS,
                  distributed="auto", sync_batchnorm=False, runtime="torch", quantize=None):
         super().__init__(
             backbone=backbone, weights=weights, head=head, dropout=dropout, freeze=freeze,
@@ -118,7 +118,7 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
             max_epochs=max_epochs, batch_size=batch_size, early_stopping=early_stopping,
             validation_fraction=validation_fraction, augment=augment, device=device,
             precision=precision, num_workers=num_workers, image_size=image_size,
-            random_state=random_state, verbose=verbose, callbacks=callbacks,
+            prompt=prompt, random_state=random_state, verbose=verbose, callbacks=callbacks,
             keep_optimizer=keep_optimizer, distributed=distributed,
             sync_batchnorm=sync_batchnorm, runtime=runtime, quantize=quantize)
         self.class_weight = class_weight

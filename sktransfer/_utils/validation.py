@@ -302,6 +302,7 @@ BACKBONE_CONSTRAINTS = {
     "precision": [Options(PRECISIONS)],
     "num_workers": [Interval(numbers.Integral, 0)],
     "image_size": [Interval(numbers.Integral, 1), None],
+    "prompt": [None, InstanceOf(str, "a prompt name or text")],
     "random_state": [None, Interval(numbers.Integral),
                      InstanceOf(np.random.RandomState, "a numpy.random.RandomState")],
     "verbose": [Interval(numbers.Integral, 0), Boolean()],

@@ -91,6 +91,30 @@ class Backbone:
     def __repr__(self):
         return f"Backbone({self.spec!r}, modality={self.modality!r})"
 
+    def use_prompt(self, prompt):
+        """Prepend ``prompt`` to every text this backbone embeds, in place.
+
+        Parameters
+        ----------
+        prompt : str or None
+            The name of one of the model's prompts (a sentence-transformers
+            model's ``config_sentence_transformers.json``), or the prompt
+            text itself; ``""`` for none. ``None`` keeps the prompt the
+            backbone has (the model's default prompt, when it names one).
+
+        Raises
+        ------
+        ValueError
+            For a prompt given to a backbone that takes no text.
+        """
+        if prompt is None:
+            return
+        use = getattr(self.preprocess, "use_prompt", None)
+        if use is None:
+            raise ValueError(f"prompt={prompt!r} is prepended to texts, and {self.spec} is "
+                             f"a {self.modality} backbone; leave prompt=None")
+        use(prompt)
+
     def copy(self):
         """A deep copy whose module shares no tensors with this one."""
         return copy.deepcopy(self)

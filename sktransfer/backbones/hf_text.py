@@ -315,11 +315,20 @@ def _sub(subfolder):
 
 
 def _load_encoder_state(encoder, path):
+    """Load a local state dict into a pipeline's encoder: the whole of it, or the model alone.
+
+    The model alone leaves nothing for the pipeline's ``Dense`` modules,
+    which would stay random: that is refused rather than guessed.
+    """
     state = load_state_dict_file(path)
-    if not any(k.startswith(("model.", "dense.")) for k in state):
-        load_into(encoder.model, state, path)  # the Hugging Face model alone
-    else:
+    if any(k.startswith(("model.", "dense.")) for k in state):
         load_into(encoder, state, path)
+    elif len(encoder.dense):
+        raise ValueError(f"weights file {os.fspath(path)!r} holds the Hugging Face model "
+                         f"alone, and this sentence-transformers pipeline has Dense modules "
+                         f"too; save the whole encoder, est.backbone_.module.state_dict()")
+    else:
+        load_into(encoder.model, state, path)
 
 
 def _check_dense_width(encoder, spec):

@@ -23,8 +23,13 @@ def test_minilm_matches_sentence_transformers(minilm_path):
 
     ours = PretrainedFeatureTransformer(f"hf:{minilm_path}", batch_size=2).fit(SENTENCES)
     theirs = SentenceTransformer(minilm_path, device="cpu").encode(SENTENCES)
-    cosine = (_normalized(ours.transform(SENTENCES)) * _normalized(theirs)).sum(1)
-    assert cosine.min() > 0.999
+    embedded = ours.transform(SENTENCES)
+    cosine = (_normalized(embedded) * _normalized(theirs)).sum(1)
+    assert cosine.min() > 0.99999
+    # The model's pipeline ends in Normalize: unit-length embeddings, as its users get.
+    np.testing.assert_allclose(np.linalg.norm(embedded, axis=1), np.linalg.norm(theirs, axis=1),
+                               rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(embedded, axis=1), 1.0, rtol=1e-5)
     assert ours.n_features_out_ == 384
     # the sequence length comes from the model's own sentence_bert_config.json
     assert ours.backbone_.preprocess.max_length == 256
