@@ -63,7 +63,7 @@ def conv_lengths(lengths, convs):
     --------
     >>> import torch
     >>> conv_lengths(torch.tensor([400, 16000]), [(10, 5, 0), (3, 2, 0)]).tolist()
-    [39, 1598]
+    [39, 1599]
     """
     for kernel, stride, padding in convs:
         lengths = torch.div(lengths + 2 * padding - kernel, stride, rounding_mode="floor") + 1
