@@ -31,7 +31,7 @@ from .inputs import Collate, estimator_samples
 from .persistence.codec import from_plain, to_plain
 from .persistence.modules import pack_modules, unpack_modules
 from .training.distributed import shared_random_state, training_group
-from .training.freezing import FREEZE_RULE, n_frozen_groups
+from .training.freezing import FREEZE_RULE, auto_frozen, n_frozen_groups
 from .training.heads import BackboneWithHead, check_head, make_head
 from .training.l2sp import L2SP
 from .training.net import Rows
@@ -93,12 +93,13 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
     }
 
     def __init__(self, backbone="torchvision:resnet18", weights="DEFAULT", head=None, dropout=0.0,
-                 freeze="none", freeze_epochs=0, lr=None, backbone_lr_mult=1.0,
+                 freeze="auto", freeze_epochs=0, lr=None, backbone_lr_mult=1.0,
                  weight_decay=0.01, optimizer="adamw", schedule="onecycle", l2sp=0.0,
                  max_epochs=None, batch_size=32, early_stopping=None, validation_fraction=0.1,
                  augment=False, device="auto", precision="auto", num_workers=0, image_size=None,
                  prompt=None, random_state=None, verbose=0, callbacks=None, keep_optimizer=False,
-                 distributed="auto", sync_batchnorm=False, runtime="torch", quantize=None):
+                 distributed="auto", sync_batchnorm=False, runtime="torch", quantize=None,
+                 sampling_rate=None, max_duration="auto"):
         self.backbone = backbone
         self.weights = weights
         self.head = head
@@ -129,6 +130,8 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
         self.sync_batchnorm = sync_batchnorm
         self.runtime = runtime
         self.quantize = quantize
+        self.sampling_rate = sampling_rate
+        self.max_duration = max_duration
 
     # -- public API ------------------------------------------------------
 
@@ -357,7 +360,7 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
         if self.augment and backbone.modality != "image":
             raise ValueError(f"augment=True applies to image backbones; {backbone.spec} "
                              f"takes {backbone.modality} input. Use augment=False.")
-        n_frozen_groups(self.freeze, backbone.param_groups)
+        n_frozen_groups(self.freeze, backbone.param_groups, auto_frozen(backbone))
         self.backbone_ = backbone
         samples = self._samples(X, reset=True, target=target)
         with seeded(random_state):

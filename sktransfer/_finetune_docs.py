@@ -21,8 +21,11 @@ PARAMS_DOC = """
         such as ``(256,)``: an MLP with ReLU activations.
     dropout : float, default=0.0
         Dropout probability before each linear layer of the head.
-    freeze : {"none", "backbone"} or int, default="none"
-        ``"none"``: the whole network trains. ``"backbone"``: only the head
+    freeze : {"auto", "none", "backbone"} or int, default="auto"
+        ``"auto"``: what the backbone's family advises: the convolutional
+        feature encoder of a speech model (wav2vec2, HuBERT, WavLM,
+        data2vec-audio) stays frozen, as speech fine-tuning does; every other
+        backbone trains whole. ``"none"``: the whole network trains. ``"backbone"``: only the head
         trains (a linear probe with the default head). An int N: the first N
         parameter groups of the backbone (``backbone_.param_groups``, input
         first) stay frozen. Frozen BatchNorm layers stay in evaluation mode, so
@@ -108,6 +111,15 @@ PARAMS_DOC = """
         sentence-transformers' prompts are: the name of one of the model's
         prompts (e.g. ``"query"``) or the prompt text itself; ``""`` for
         none. ``None`` keeps the model's default prompt, if it names one.
+    sampling_rate : int, optional
+        For audio backbones, the sampling rate (Hz) of array inputs; every
+        clip is resampled to the model's own rate. Required for arrays (a
+        rate is never assumed); files carry their own rate.
+    max_duration : "auto", float or None, default="auto"
+        For audio backbones, the seconds kept of each clip: longer clips are
+        truncated to their start. ``"auto"``: the model's window (Whisper
+        30 s, AST about 10 s) or 30 s for waveform models; ``None``: whole
+        clips (their frames' attention grows with the square of the length).
     random_state : int, RandomState or None, default=None
         Seeds initialization, shuffling, dropout, augmentation and the
         validation split: on the CPU, the same seed and data give the same

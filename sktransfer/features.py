@@ -11,6 +11,7 @@ from ._utils.seeding import seeded
 from ._utils.validation import (BACKBONE_CONSTRAINTS, Checked, InvalidParameterError, Options,
                                 validate_params)
 from .backbones.loaded import load_backbone_cached
+from .backbones.hf_audio import AudioEncoder
 from .backbones.huggingface import TextEncoder
 from .backbones.pooling import TOKEN_POOLINGS, pool_tokens, set_image_global_pool
 from .feature_cache import FeatureCache, output_key
@@ -36,7 +37,7 @@ def _check_layers(layers):
 class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
                                    ClassNamePrefixFeaturesOutMixin, TransformerMixin,
                                    BaseEstimator):
-    """Embed images, text or tensors with a frozen pretrained network.
+    """Embed images, text, sound or tensors with a frozen pretrained network.
 
     Feature transfer: the backbone stays as it was trained; its embeddings
     (or the pooled, concatenated features of chosen layers) feed any
@@ -117,6 +118,15 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
         weights, activations quantized per batch): several times faster on
         the CPU, embeddings a little less exact. Needs ``runtime="onnx"`` and
         the CPU.
+    sampling_rate : int, optional
+        For audio backbones, the sampling rate (Hz) of array inputs; every
+        clip is resampled to the model's own rate. Required for arrays (a
+        rate is never assumed); files carry their own rate.
+    max_duration : "auto", float or None, default="auto"
+        For audio backbones, the seconds kept of each clip: longer clips are
+        truncated to their start. ``"auto"``: the model's window (Whisper
+        30 s, AST about 10 s) or 30 s for waveform models; ``None``: whole
+        clips (their frames' attention grows with the square of the length).
 
     Attributes
     ----------
@@ -152,9 +162,9 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
     }
 
     def __init__(self, backbone="torchvision:resnet18", weights="DEFAULT", layers=None,
-                 pooling="auto", prompt=None, batch_size=32, device="auto", precision="auto", num_workers=0,
-                 image_size=None, random_state=None, verbose=False, cache=None,
-                 runtime="torch", quantize=None):
+                 pooling="auto", prompt=None, batch_size=32, device="auto", precision="auto",
+                 num_workers=0, image_size=None, random_state=None, verbose=False, cache=None,
+                 runtime="torch", quantize=None, sampling_rate=None, max_duration="auto"):
         self.backbone = backbone
         self.weights = weights
         self.layers = layers
@@ -170,6 +180,8 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
         self.cache = cache
         self.runtime = runtime
         self.quantize = quantize
+        self.sampling_rate = sampling_rate
+        self.max_duration = max_duration
 
     def fit(self, X, y=None):
         """Load the backbone and check ``X``; the network is not trained.
@@ -280,7 +292,9 @@ def _itself(module):
 
 def _pooled_layers(layers, pooling, outputs, inputs):
     """The outputs of ``layers``, each pooled into ``(B, F)``, side by side."""
-    mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+    # Audio batches carry the frames that hold sound; text its attention mask.
+    mask = (inputs.get("frame_mask", inputs.get("attention_mask"))
+            if isinstance(inputs, dict) else None)
     return torch.cat([_pool(outputs[name], pooling, mask) for name in layers], dim=1)
 
 
@@ -296,8 +310,8 @@ def _pool_embedding(backbone, pooling):
     module = backbone.module
     if pooling == "auto":
         return  # the embedding the model's authors configured
-    if backbone.modality == "text":
-        if isinstance(module, TextEncoder):
+    if backbone.modality in ("text", "audio"):
+        if isinstance(module, (TextEncoder, AudioEncoder)):
             module.pooling = pooling
         return
     if pooling in ("avg", "mean"):
@@ -342,6 +356,8 @@ def _pool(output, pooling, mask=None):
     if output.ndim == 2:
         return output
     if output.ndim == 3:
+        if mask is not None and output.shape[1] != mask.shape[1] == output.shape[2]:
+            output = output.transpose(1, 2)  # a convolution's (B, C, T): pool its frames
         return pool_tokens(output, mask, pooling)
     if pooling not in ("avg", "mean", "max"):
         raise ValueError(f"pooling={pooling!r} needs token outputs (B, T, D); a layer gave "

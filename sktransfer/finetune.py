@@ -104,13 +104,14 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
     }
 
     def __init__(self, backbone="torchvision:resnet18", weights="DEFAULT", head=None, dropout=0.0,
-                 freeze="none", freeze_epochs=0, lr=None, backbone_lr_mult=1.0,
+                 freeze="auto", freeze_epochs=0, lr=None, backbone_lr_mult=1.0,
                  weight_decay=0.01, optimizer="adamw", schedule="onecycle", l2sp=0.0,
                  max_epochs=None, batch_size=32, early_stopping=None, validation_fraction=0.1,
                  augment=False, class_weight=None, device="auto", precision="auto",
                  num_workers=0, image_size=None, prompt=None, random_state=None, verbose=0,
                  callbacks=None, keep_optimizer=False, objective="cross_entropy", n_pairs=N_PAIRS,
-                 distributed="auto", sync_batchnorm=False, runtime="torch", quantize=None):
+                 distributed="auto", sync_batchnorm=False, runtime="torch", quantize=None,
+                 sampling_rate=None, max_duration="auto"):
         super().__init__(
             backbone=backbone, weights=weights, head=head, dropout=dropout, freeze=freeze,
             freeze_epochs=freeze_epochs, lr=lr, backbone_lr_mult=backbone_lr_mult,
@@ -120,7 +121,8 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
             precision=precision, num_workers=num_workers, image_size=image_size,
             prompt=prompt, random_state=random_state, verbose=verbose, callbacks=callbacks,
             keep_optimizer=keep_optimizer, distributed=distributed,
-            sync_batchnorm=sync_batchnorm, runtime=runtime, quantize=quantize)
+            sync_batchnorm=sync_batchnorm, runtime=runtime, quantize=quantize,
+            sampling_rate=sampling_rate, max_duration=max_duration)
         self.class_weight = class_weight
         self.objective = objective
         self.n_pairs = n_pairs

@@ -16,7 +16,11 @@ from .inputs import Collate
 
 
 def batch_order(samples, preprocess, batch_size):
-    """Index batches; text goes longest-first by token count to keep padding short.
+    """Index batches; text and sound go longest-first to keep padding short.
+
+    Text is sorted by token count, clips by length. A preprocess whose
+    padding changes a clip's result (``pads_exactly`` False: waveform models
+    without an attention mask) gets batches of equal-length clips only.
 
     Examples
     --------
@@ -32,7 +36,23 @@ def batch_order(samples, preprocess, batch_size):
         lengths = getattr(preprocess, "lengths", None)
         sizes = lengths(samples.data) if lengths else [len(s) for s in samples.data]
         order = np.argsort(-np.asarray(sizes), kind="stable")
+    if samples.kind.startswith("audio_"):
+        sizes = samples.lengths()
+        order = np.argsort(-sizes, kind="stable")
+        if not getattr(preprocess, "pads_exactly", True):
+            return _equal_length_batches(order, sizes, batch_size)
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _equal_length_batches(order, sizes, batch_size):
+    """Batches of ``order`` (sorted by size) that never mix two sizes."""
+    batches, current = [], []
+    for i in order:
+        if current and (len(current) == batch_size or sizes[i] != sizes[current[0]]):
+            batches.append(np.asarray(current))
+            current = []
+        current.append(i)
+    return batches + [np.asarray(current)]
 
 
 def predict_batches(engine, samples, preprocess, *, batch_size, num_workers=0, verbose=False,

@@ -14,6 +14,8 @@ Accepted inputs:
   paths;
 - text backbones: a list, array, or pandas or polars Series (or one-column
   DataFrame) of strings;
+- audio backbones: file paths or arrays of samples with their
+  ``sampling_rate`` (see :mod:`sktransfer.audio_inputs`);
 - tensor backbones (a user's module): a numeric array, as it is.
 
 A single sample (a string, bytes, a path, a PIL image, a number) is refused,
@@ -28,6 +30,8 @@ import os
 import numpy as np
 import torch
 from sklearn.utils.validation import validate_data
+
+from .audio_inputs import audio_samples
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                   ".pgm")
@@ -119,8 +123,13 @@ class Collate:
         return raw if self.preprocess is None else self.preprocess(raw)
 
 
-def as_samples(X, modality, *, channels=3, y=None):
+def as_samples(X, modality, *, channels=3, y=None, audio=None):
     """Validate ``X`` for a backbone of ``modality`` and wrap it as :class:`Samples`.
+
+    ``audio``: for modality ``"audio"``, the keyword arguments of
+    :func:`~sktransfer.audio_inputs.audio_samples` (``rate``,
+    ``target_rate``, ``max_duration``); the result is then an
+    :class:`~sktransfer.audio_inputs.AudioSamples`.
 
     Raises
     ------
@@ -149,6 +158,10 @@ def as_samples(X, modality, *, channels=3, y=None):
         data, kind = _text_input(X), "text"
     elif modality == "tensor":
         data, kind = _tensor_input(X), "tensor"
+    elif modality == "audio":
+        if audio is None:
+            raise ValueError("audio samples need the model's sampling rate (audio=...)")
+        return audio_samples(X, y=y, **audio)
     else:
         raise ValueError(f"unknown modality {modality!r}")
     return Samples(data, kind, y)
@@ -165,11 +178,30 @@ def estimator_samples(estimator, X, backbone, *, reset, y=None):
     if backbone.modality == "tensor":
         X = validate_data(estimator, X, reset=reset, allow_nd=True,
                           dtype=[np.float32, np.float64])
-    samples = as_samples(X, backbone.modality, channels=backbone.input_channels or 3, y=y)
+    samples = as_samples(X, backbone.modality, channels=backbone.input_channels or 3, y=y,
+                         audio=_audio_rule(estimator, backbone))
     if y is not None and len(samples) != len(y):
         raise ValueError(f"X and y have different lengths: X has {len(samples)} samples, "
                          f"y has {len(y)}.")
     return samples
+
+
+def _audio_rule(estimator, backbone):
+    """How an estimator's clips are read for an audio backbone: the arrays' stated
+    ``sampling_rate``, the model's rate and the seconds kept of each clip."""
+    if backbone.modality != "audio":
+        return None
+    prep = backbone.preprocess
+    rate = getattr(estimator, "sampling_rate", None)
+    max_duration = getattr(estimator, "max_duration", "auto")
+    window = prep.window() if hasattr(prep, "window") else None
+    if max_duration == "auto":
+        max_duration = prep.default_max_duration()
+    elif max_duration is not None and window is not None and max_duration > window + 1e-9:
+        raise ValueError(f"max_duration={max_duration} is longer than the {window:g} s "
+                         f"that {backbone.spec} takes at once; use at most {window:g} (or "
+                         "'auto').")
+    return {"rate": rate, "target_rate": prep.sampling_rate, "max_duration": max_duration}
 
 
 def _reject_single_sample(X):

@@ -19,6 +19,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 # script -> pattern its output must match: the line that carries its result.
 EXPECTED = {
+    "audio_synthetic_sounds.py": r"layers 1 \+ 3 fused: accuracy [01]\.\d{2} \(chance 0\.33\)",
     "text_minilm_vs_tfidf.py": r"\n\s+4\s+0\.\d{3} ± 0\.\d{3}\s+0\.\d{3} ± 0\.\d{3}\n",
     "gridsearch_joblib.py": r"identical: True",
     "vgg16_frozen_binary.py": r"test accuracy \(china vs flower patches\): [01]\.\d{3}",

@@ -306,4 +306,7 @@ BACKBONE_CONSTRAINTS = {
     "random_state": [None, Interval(numbers.Integral),
                      InstanceOf(np.random.RandomState, "a numpy.random.RandomState")],
     "verbose": [Interval(numbers.Integral, 0), Boolean()],
+    # Audio backbones: the rate of array inputs, and the seconds kept of each clip.
+    "sampling_rate": [None, Interval(numbers.Integral, 1)],
+    "max_duration": [Options(("auto",)), None, Interval(numbers.Real, 0, closed="neither")],
 }

@@ -20,7 +20,7 @@ from ..persistence.modules import (STATE_VERSION, check_state_version, module_fr
 from ..persistence.trust import user_classes
 from .registry import get_source, preprocess_from_state, preprocess_state, spec_source
 
-MODALITIES = ("image", "text", "tensor")
+MODALITIES = ("image", "text", "audio", "tensor")
 
 
 class Backbone:
@@ -33,7 +33,7 @@ class Backbone:
     preprocess : callable
         Turns a batch of raw samples (as produced by :mod:`sktransfer.inputs`)
         into the model input: a tensor or a dict of tensors.
-    modality : {"image", "text", "tensor"}
+    modality : {"image", "text", "audio", "tensor"}
         The kind of raw input the backbone takes.
     spec : str
         A readable name of where the network came from, such as

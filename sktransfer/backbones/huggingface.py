@@ -3,7 +3,9 @@
 ``"hf:<model id or local directory>"`` reads the model's config and hands it
 to the family that knows it: text encoders (and sentence-transformers
 pipelines) to :mod:`.hf_text`, image encoders and the two towers of
-image-text models (CLIP, SigLIP) to :mod:`.hf_vision`. An image-text model
+image-text models (CLIP, SigLIP) to :mod:`.hf_vision`, speech and audio
+encoders (wav2vec2, HuBERT, WavLM, data2vec-audio, Whisper's encoder, AST)
+to :mod:`.hf_audio`. An image-text model
 gives its image tower by default; ``"hf-text:<id>"`` and ``"hf-image:<id>"``
 choose the tower (or the modality) explicitly.
 
@@ -11,6 +13,9 @@ Saved backbones record which family built them (``network["family"]``;
 files written before there were families hold text encoders).
 """
 
+from .hf_audio import load as load_audio
+from .hf_audio import network_from_state as audio_from_state
+from .hf_audio import network_state as audio_state
 from .hf_loading import import_transformers, load_config, quiet_loading
 # TextEncoder and Tokenize are re-exported: they lived here before the
 # families had modules of their own.
@@ -21,9 +26,9 @@ from .hf_text import network_state as text_state
 from .registry import register_source
 
 #: family -> (network_state, network_from_state)
-_FAMILIES = {"text": (text_state, text_from_state)}
+_FAMILIES = {"text": (text_state, text_from_state), "audio": (audio_state, audio_from_state)}
 
-#: Model types whose inputs are sound (their family is still to come).
+#: Model types whose inputs are sound (:mod:`.hf_audio`).
 _AUDIO_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper",
                 "audio-spectrogram-transformer", "sew", "sew-d", "unispeech", "unispeech-sat")
 
@@ -53,9 +58,9 @@ def _loader(forced):
             config = load_config(transformers, name)
             modality = modality_of(config)
             spec = f"{'hf' if forced is None else 'hf-' + forced}:{name}"
-            if modality == "audio":
-                raise ValueError(f"{spec} is a speech/audio model ({config.model_type}); "
-                                 "sktransfer embeds Hugging Face text and image models.")
+            if modality == "audio" and forced is None:
+                return load_audio(transformers, name, config, weights, pooling=pooling,
+                                  spec=spec)
             if forced is not None and modality not in (forced, "image-text"):
                 raise ValueError(f"{spec} asks for a {forced} encoder, but {name} is a "
                                  f"{modality} model ({config.model_type}); use 'hf:{name}'.")

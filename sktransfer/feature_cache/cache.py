@@ -174,10 +174,12 @@ class _Run:
             return
         digests = list(self.pending)
         entries = [self.pending[d] for d in digests]
-        if self.samples.kind == "paths":
+        if self.samples.kind in ("paths", "audio_paths"):
             # The bytes that were digested, not the file again: it may have
             # been rewritten since.
-            todo = Samples([payload for payload, _ in entries], "encoded")
+            payloads = [payload for payload, _ in entries]
+            todo = (self.samples.encoded(payloads) if self.samples.kind == "audio_paths"
+                    else Samples(payloads, "encoded"))
         else:
             todo = self.samples.subset([positions[0] for _, positions in entries])
         features = np.asarray(self.compute(todo), dtype=np.float32)

@@ -273,7 +273,9 @@ def sample_digests(samples):
     Arrays are hashed row by row with their dtype, layout and shape; file
     paths by the bytes of the file (a file rewritten in place gets a new
     digest; two copies of one file share it), and the bytes of image files
-    (kind ``"encoded"``) alike; PIL images by mode, size, palette and pixels;
+    (kind ``"encoded"``) alike; audio clips by their samples or file bytes
+    with the rule that resamples them (stated rate, model rate, truncation,
+    resampler version); PIL images by mode, size, palette and pixels;
     strings by their UTF-8 bytes.
 
     Parameters
@@ -312,6 +314,12 @@ def sample_digests(samples):
         return [hash_of([_IMAGE, blob]).digest() for blob in data]
     if kind == "pil":
         return [_image_digest(img) for img in data]
+    if kind == "audio_arrays":
+        return [_clip_digest(samples.rule(), clip) for clip in data]
+    if kind == "audio_paths":
+        return [_file_digest(path, samples.rule()) for path in data]
+    if kind == "audio_encoded":
+        return [hash_of([samples.rule(), blob]).digest() for blob in data]
     raise ValueError(f"cannot cache samples of kind {kind!r}")
 
 
@@ -326,11 +334,13 @@ def block_digests(samples, positions):
     -------
     digests : list of bytes
     payloads : list of bytes or None
-        The file's bytes for samples of kind ``"paths"``, else None.
+        The file's bytes for samples of kind ``"paths"`` and
+        ``"audio_paths"``, else None.
     """
-    if samples.kind == "paths":
+    if samples.kind in ("paths", "audio_paths"):
         blobs = [_read_file(samples.data[i]) for i in positions]
-        return [hash_of([_IMAGE, blob]).digest() for blob in blobs], blobs
+        prefix = _IMAGE if samples.kind == "paths" else samples.rule()
+        return [hash_of([prefix, blob]).digest() for blob in blobs], blobs
     return sample_digests(samples.subset(positions)), [None] * len(positions)
 
 
@@ -339,12 +349,23 @@ def _read_file(path):
         return fh.read()
 
 
-def _file_digest(path):
+def _file_digest(path, prefix=_IMAGE):
     # Decoded images depend on the bytes only, so the bytes are the key; the
-    # same digest as the file's bytes given whole (kind "encoded").
+    # same digest as the file's bytes given whole (kind "encoded"). Sound
+    # also depends on how it is resampled: its prefix names the rule.
     with open(path, "rb") as fh:
         blocks = iter(lambda: fh.read(_READ_BLOCK), b"")
-        return hash_of(itertools.chain([_IMAGE], blocks)).digest()
+        return hash_of(itertools.chain([prefix], blocks)).digest()
+
+
+def _clip_digest(rule, clip):
+    # The samples as given, with their dtype and shape (int16 and float
+    # clips of one sound decode alike but are different inputs), and the
+    # rule (stated rate, model rate, truncation) that turns them into the
+    # model's samples.
+    array = np.ascontiguousarray(clip)
+    header = f"{array.dtype.str}\0{array.shape}\0".encode()
+    return hash_of([rule, header, array]).digest()
 
 
 def _image_digest(img):

@@ -19,12 +19,13 @@ from torch import nn
 
 from .._utils.validation import AnyOf, Interval, Options, check_param
 
-FREEZE_MODES = ("none", "backbone")
+FREEZE_MODES = ("auto", "none", "backbone")
 
 
 #: What ``freeze`` takes; a count is checked against a backbone by :func:`n_frozen_groups`.
 FREEZE_RULE = AnyOf(Options(FREEZE_MODES), Interval(numbers.Integral, 0),
-                    description="'none', 'backbone' or a number of parameter groups to freeze")
+                    description="'auto', 'none', 'backbone' or a number of parameter groups "
+                                "to freeze")
 
 
 def check_freeze(freeze):
@@ -36,22 +37,48 @@ def check_freeze(freeze):
     >>> check_freeze("all")
     Traceback (most recent call last):
     ...
-    sktransfer._utils.validation.InvalidParameterError: freeze must be 'none', 'backbone' or a number of parameter groups to freeze; got freeze='all'
+    sktransfer._utils.validation.InvalidParameterError: freeze must be 'auto', 'none', 'backbone' or a number of parameter groups to freeze; got freeze='all'
     """
     check_param("freeze", freeze, FREEZE_RULE)
 
 
-def n_frozen_groups(freeze, param_groups):
+def auto_frozen(backbone):
+    """How many leading groups ``freeze="auto"`` keeps frozen for ``backbone``.
+
+    The groups its module names in ``frozen_by_default()`` (a speech model's
+    convolutional feature encoder, which its loader puts first); 0 for
+    modules that name none.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from sktransfer.backbones import load_backbone
+    >>> auto_frozen(load_backbone(nn.Linear(2, 2)))
+    0
+    """
+    names = getattr(backbone.module, "frozen_by_default", lambda: ())()
+    count = 0
+    for name, _ in backbone.param_groups:
+        if name not in names:
+            break
+        count += 1
+    return count
+
+
+def n_frozen_groups(freeze, param_groups, auto=0):
     """How many of ``param_groups`` (input first) ``freeze`` keeps frozen.
 
     Parameters
     ----------
-    freeze : {"none", "backbone"} or int
+    freeze : {"auto", "none", "backbone"} or int
+        ``"auto"``: the first ``auto`` groups (see :func:`auto_frozen`).
         ``"none"``: everything trains. ``"backbone"``: only the head trains
         (a linear probe when the head is linear). An int N: the first N
         parameter groups stay frozen.
     param_groups : list of (str, list of str)
         The backbone's groups, ordered input -> output.
+    auto : int, default=0
+        The count ``"auto"`` stands for.
 
     Raises
     ------
@@ -66,6 +93,8 @@ def n_frozen_groups(freeze, param_groups):
     (2, 1)
     """
     check_freeze(freeze)
+    if freeze == "auto":
+        return min(int(auto), len(param_groups))
     if freeze == "none":
         return 0
     if freeze == "backbone":

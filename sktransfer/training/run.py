@@ -23,7 +23,7 @@ from .augment import FlipAndResizedCrop
 from .callbacks import FreezeSchedule, LRSchedule, ValidatedEarlyStopping
 from .contrastive import CosinePairs, PairRows
 from .distributed import SeededShuffle, Shard, shard_size
-from .freezing import n_frozen_groups, norms_needing_two_samples, unfreeze_all
+from .freezing import auto_frozen, n_frozen_groups, norms_needing_two_samples, unfreeze_all
 from .heads import BackboneWithHead
 from .net import FineTuningNet, Rows
 from .optimization import param_groups, resolve_optimizer
@@ -61,7 +61,7 @@ class TrainingRun:
             self.train(train, valid, epochs)
             return
         groups = est.backbone_.param_groups
-        if n_frozen_groups(est.freeze, groups) >= len(groups):
+        if n_frozen_groups(est.freeze, groups, auto_frozen(est.backbone_)) >= len(groups):
             raise ValueError(f"objective='contrastive' trains the backbone, but freeze="
                              f"{est.freeze!r} freezes all of it; freeze fewer groups, or use "
                              "objective='cross_entropy' for a linear probe.")
@@ -102,7 +102,7 @@ class TrainingRun:
         loader = {"collate_fn": Collate(backbone.preprocess), "num_workers": est.num_workers,
                   "pin_memory": device.type == "cuda",
                   "persistent_workers": est.num_workers > 0}
-        n_frozen = n_frozen_groups(est.freeze, backbone.param_groups)
+        n_frozen = n_frozen_groups(est.freeze, backbone.param_groups, auto_frozen(backbone))
         callbacks = [
             ("freeze", FreezeSchedule(backbone.param_groups, n_frozen,
                                       0 if contrastive else est.freeze_epochs)),
@@ -190,7 +190,8 @@ class TrainingRun:
         """Raise a ValueError where a BatchNorm layer would train on one value per channel."""
         est = self.estimator
         inputs, _ = Collate(est.backbone_.preprocess)(train.__getitems__(np.arange(1)))
-        n_frozen = n_frozen_groups(est.freeze, est.backbone_.param_groups)
+        n_frozen = n_frozen_groups(est.freeze, est.backbone_.param_groups,
+                                   auto_frozen(est.backbone_))
         norms = norms_needing_two_samples(net.module_, est.backbone_.param_groups, n_frozen,
                                           inputs)
         if not norms:
