@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-__all__ = ["LazyOutput", "is_lazy_collection", "lazy_call", "worker_models"]
+__all__ = ["LazyOutput", "is_lazy_collection", "lazy_call", "release_models", "worker_models"]
 
 
 class LazyOutput:
@@ -83,3 +83,10 @@ def worker_models():
     from .shipping import worker_models as held
 
     return held()
+
+
+def release_models():
+    """Free the models this process holds for Dask tasks; see :func:`.shipping.release_models`."""
+    from .shipping import release_models as release
+
+    return release()
