@@ -30,6 +30,7 @@ from .inference import predict_batches
 from .inputs import Collate, estimator_samples
 from .persistence.codec import from_plain, to_plain
 from .persistence.modules import pack_modules, unpack_modules
+from .scaling import LazyOutput, is_lazy_collection, lazy_call
 from .training.distributed import shared_random_state, training_group
 from .training.freezing import FREEZE_RULE, auto_frozen, n_frozen_groups
 from .training.heads import BackboneWithHead, check_head, make_head
@@ -235,15 +236,25 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
 
         Parameters
         ----------
-        X : array-like, list of paths, PIL images or strings
+        X : array-like, list of paths, PIL images or strings, or a Dask collection
+            A Dask array, DataFrame, Series or bag is embedded lazily on
+            the Dask cluster (see :doc:`/scaling`).
 
         Returns
         -------
         ndarray of shape (n_samples, n_features_out_), float32
+            For a Dask collection, the matching lazy one.
         """
         check_is_fitted(self)
+        if is_lazy_collection(X):
+            return self._lazy("transform", X, self.n_features_out_, np.float32,
+                              self.get_feature_names_out())
         samples = self._samples(X, reset=False)
         return self._predict("transform", samples)
+
+    def _lazy(self, method, X, width, dtype, names=None):
+        """``method`` mapped over the Dask collection ``X`` (see :mod:`sktransfer.scaling`)."""
+        return lazy_call(self, method, X, LazyOutput(width, dtype, names))
 
     def __sklearn_is_fitted__(self):
         # history_ is set when the net is built, after the head: an interrupt

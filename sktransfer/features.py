@@ -20,6 +20,7 @@ from .engine.resident import ENGINE_CONSTRAINTS, ServesFromEngine
 from .inference import predict_batches
 from .inputs import Collate, estimator_samples
 from .persistence.modules import pack_modules, unpack_modules
+from .scaling import LazyOutput, is_lazy_collection, lazy_call
 
 #: "auto" is the model's own embedding; the rest name a pooling (see the docstring).
 POOLINGS = ("auto",) + TOKEN_POOLINGS
@@ -230,13 +231,22 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
 
         Parameters
         ----------
-        X : array-like, list of paths, PIL images or strings
+        X : array-like, list of paths, PIL images or strings, or a Dask collection
+            A Dask array, DataFrame, Series or bag of such samples is
+            embedded lazily on the Dask cluster, the model sent to each
+            worker once (see :doc:`/scaling`).
 
         Returns
         -------
         ndarray of shape (n_samples, n_features_out_), float32
+            For a Dask collection, the matching lazy one: a Dask array
+            ``(n_samples, n_features_out_)``, a Dask DataFrame with the
+            columns of ``get_feature_names_out()``, or a bag of rows.
         """
         check_is_fitted(self, "backbone_")
+        if is_lazy_collection(X):
+            return lazy_call(self, "transform", X, LazyOutput(
+                self.n_features_out_, np.float32, self.get_feature_names_out()))
         return self._embed_or_look_up(self._samples(X, reset=False))
 
     # Pickling: a module given as ``backbone`` travels as its config and

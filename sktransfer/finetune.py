@@ -18,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 from ._finetune_base import N_PAIRS, OBJECTIVES, _FineTuned
 from ._finetune_docs import ATTRIBUTES_DOC, PARAMS_DOC
 from ._utils.validation import InstanceOf, Interval, Options
+from .scaling import is_lazy_collection
 from .training.targets import (check_labels, check_regression_targets, class_weights,
                                encode_labels, fit_classes, stratification, target_scaling)
 
@@ -164,13 +165,20 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
 
         Parameters
         ----------
-        X : array-like, list of paths, PIL images or strings
+        X : array-like, list of paths, PIL images or strings, or a Dask collection
+            A Dask array, DataFrame, Series or bag is predicted lazily on
+            the Dask cluster (see :doc:`/scaling`).
 
         Returns
         -------
         ndarray of shape (n_samples, n_classes), float32
+            For a Dask collection, the matching lazy one (a DataFrame's
+            columns are ``classes_``).
         """
         check_is_fitted(self)
+        if is_lazy_collection(X):
+            return self._lazy("predict_proba", X, len(self.classes_), np.float32,
+                              list(self.classes_))
         samples = self._samples(X, reset=False)
         return self._predict("proba", samples)
 
@@ -179,12 +187,17 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
 
         Parameters
         ----------
-        X : array-like, list of paths, PIL images or strings
+        X : array-like, list of paths, PIL images or strings, or a Dask collection
 
         Returns
         -------
         ndarray of shape (n_samples,)
+            For a Dask collection, the matching lazy one (a Series for a
+            DataFrame or Series).
         """
+        if is_lazy_collection(X):
+            check_is_fitted(self)
+            return self._lazy("predict", X, None, self.classes_.dtype)
         proba = self.predict_proba(X)
         return self.classes_[proba.argmax(axis=1)]
 
@@ -268,13 +281,17 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
 
         Parameters
         ----------
-        X : array-like, list of paths, PIL images or strings
+        X : array-like, list of paths, PIL images or strings, or a Dask collection
 
         Returns
         -------
         ndarray of shape (n_samples,) or (n_samples, n_outputs), float64
+            For a Dask collection, the matching lazy one.
         """
         check_is_fitted(self)
+        if is_lazy_collection(X):
+            return self._lazy("predict", X, None if self._y_1d else self.n_outputs_,
+                              np.float64)
         samples = self._samples(X, reset=False)
         scaled = self._predict("raw", samples).astype(np.float64)
         pred = scaled * self._y_scale + self._y_mean

@@ -55,6 +55,26 @@ def _held(estimator):
     return held
 
 
+def engine_purposes(estimator):
+    """The kinds of call (``"transform"``, ``"proba"``, ...) ``estimator`` holds a built engine for.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from sktransfer import PretrainedFeatureTransformer
+    >>> X = np.ones((2, 3), dtype=np.float32)
+    >>> pft = PretrainedFeatureTransformer(nn.Linear(3, 2)).fit(X)
+    >>> _ = pft.transform(X)
+    >>> engine_purposes(pft)
+    ['transform']
+    >>> engine_purposes(pft.release_engine())
+    []
+    """
+    held = _HELD.get(estimator)
+    return [] if held is None else sorted(held.engines)
+
+
 class ServesFromEngine:
     """Mixin: resident inference engines for an estimator with ``device``,
     ``precision``, ``runtime`` and ``quantize`` parameters."""

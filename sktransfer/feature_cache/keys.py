@@ -157,6 +157,11 @@ def module_fingerprint(module):
 
 
 _CLASS_CODE = weakref.WeakKeyDictionary()
+# inspect.getsource parses the class's file with ast.parse, which CPython 3.11
+# (before 3.11.8 / 3.12.1, gh-106905) cannot run in two threads at once: it
+# raises "SystemError: AST constructor recursion depth mismatch". Threads of
+# one Dask worker meet here together on their first cached call.
+_CLASS_CODE_LOCK = threading.Lock()
 
 
 def _class_code(cls):
@@ -164,10 +169,11 @@ def _class_code(cls):
     code = _CLASS_CODE.get(cls)
     if code is None:
         name = f"{cls.__module__}.{cls.__qualname__}"
-        try:
-            source = inspect.getsource(cls)
-        except (OSError, TypeError):  # built in, made by exec, or no file
-            source = ""
+        with _CLASS_CODE_LOCK:
+            try:
+                source = inspect.getsource(cls)
+            except (OSError, TypeError):  # built in, made by exec, or no file
+                source = ""
         code = _CLASS_CODE[cls] = f"{name}:{hash_of([source.encode()]).hexdigest()}"
     return code
 
