@@ -10,13 +10,14 @@ only), cross-entropy, batch size 32, shuffled batches, constant learning rate
 1. ``fit`` against the training loop a careful user writes by hand: a
    reproducible shuffle per epoch, the weights' own ``transforms()`` preset
    on each uint8 batch, ``model.train()``, ``zero_grad``, ``backward``,
-   ``step``.
+   ``step``; at 64 px, and at 224 px (the size the weights were trained at),
+   where the memory layout the network trains in decides most of the speed.
 2. ``fit`` against the same fine-tuning written with plain skorch the way its
    documentation teaches: the whole array preprocessed to float32 once, up
    front, then ``NeuralNetClassifier`` with AdamW parameter groups, and
-   skorch's ``Freezer`` callback for the frozen variant.
+   skorch's ``Freezer`` callback for the frozen variant (64 px).
 3. ``predict_proba`` against a hand-written inference loop (``eval()``,
-   ``inference_mode()``, softmax), on the fitted weights.
+   ``inference_mode()``, softmax), on the fitted weights (64 px).
 
 Every contender builds its network from the same seed and draws its batches
 from the same shuffling (see ``finetune_loops.py``), so they train the same
@@ -25,9 +26,10 @@ training losses to show it. Each timed call starts from the uint8 images and
 builds the model (about 2% of the call), so one-time costs are counted alike
 on every side.
 
-sktransfer is also timed on the same images given as ``(N, C, H, W)``: the
-layout of the array decides the memory layout the network runs in, and on
-the CPU that alone changes the speed by several percent.
+sktransfer is also timed on the same images given as ``(N, C, H, W)``, and
+at 224 px the hand-written loop also with contiguous (N, C, H, W) batches:
+on the CPU, PyTorch's convolutions run in the memory layout of their input,
+and which layout trains faster depends on the image size.
 """
 
 import numpy as np
@@ -56,6 +58,13 @@ def _sizes(quick):
     return dict(n=256, epochs=2, repeats=9, n_predict=512, predict_repeats=9,
                 height=96, width=128, image_size=64)
 
+
+def _sizes_224(quick):
+    # Photograph-like frames (240x320, 4:3) resized to 256 and center-cropped
+    # to 224, the preset's own sizes; fewer images, as each step costs ~12x.
+    if quick:
+        return dict(n=32, epochs=1, repeats=2, height=240, width=320, image_size=224)
+    return dict(n=96, epochs=2, repeats=3, height=240, width=320, image_size=224)
 
 
 # -- the benchmark --------------------------------------------------------------
@@ -146,6 +155,7 @@ def run(settings):
     device = torch.device(settings.device)
     sizes = _sizes(settings.quick)
     tables = _fit_tables(settings, sizes, device)
+    tables.append(_fit_224_table(settings, _sizes_224(settings.quick), device))
     tables.append(_predict_table(settings, sizes, device))
     return tables
 
@@ -233,10 +243,11 @@ def _fit_tables(settings, sizes, device):
                + _verdict(wall, cpu_or_none, "sktransfer frozen", "skorch frozen",
                           SKORCH_TARGET, f"freeze={n_frozen}"),
                "Memory layout: skorch's DataLoader stacks samples into contiguous NCHW "
-               "batches. On the CPU sktransfer trains contiguous batches too, whatever the "
-               "layout of the array (a batch sliced from an (N, H, W, C) array and permuted "
-               "has NHWC strides, which PyTorch's convolutions would otherwise follow); the "
-               "(N, C, H, W) rows check that the array's layout makes no difference.",
+               "batches. On the CPU sktransfer trains batches smaller than 96x96 pixels "
+               "contiguous too, whatever the layout of the array (a batch sliced from an "
+               "(N, H, W, C) array and permuted has NHWC strides, which PyTorch's "
+               "convolutions would otherwise follow); the (N, C, H, W) rows check that the "
+               "array's layout makes no difference.",
                _agreement(losses, {"plain skorch": "skorch", "sktransfer": "sktransfer"}),
                f"With freezing, skorch's Freezer stops the gradients of the frozen layers but "
                "leaves their BatchNorm layers in training mode, so their running statistics "
@@ -247,6 +258,56 @@ def _fit_tables(settings, sizes, device):
                                      f"sktransfer freeze={n_frozen}": "sktransfer frozen"},
                             sentence=False)])
     return [fit_table, skorch_table]
+
+
+def _fit_224_table(settings, sizes, device):
+    """fit at 224 px against the hand-written loop, in both memory layouts."""
+    on_cpu = device.type == "cpu"
+    n, epochs = sizes["n"], sizes["epochs"]
+    images, images_nchw, labels = _task(sizes)
+    preset = weights_preset(sizes["image_size"])
+    prep_diff = _preprocessing_gap(images, preset, sizes["image_size"])
+    losses = {}
+
+    def hand(contiguous):
+        def call():
+            losses["hand contiguous" if contiguous else "hand"] = hand_written_fit(
+                images, labels, preset, epochs, device, contiguous=contiguous)[1:]
+        return call
+
+    def ours(X, name):
+        def call():
+            losses[name] = _losses_of(sktransfer_fit(sizes, X, labels, device).history_)
+        return call
+
+    _warm_up(sizes, images, labels, preset, device)
+    wall, cpu = interleaved({"hand": hand(False), "hand contiguous": hand(True),
+                             "sktransfer": ours(images, "sktransfer"),
+                             "sktransfer nchw": ours(images_nchw, "sktransfer nchw")},
+                            sizes["repeats"], settings.device)
+    layout = (" On the CPU, the hand-written loop's batches keep the NHWC strides of the "
+              "(N, H, W, C) array through the preset, so its convolutions run channels-last; "
+              "the row marked contiguous makes each batch contiguous (N, C, H, W) first, which "
+              "shows what the layout alone costs. sktransfer trains batches of 96x96 pixels "
+              "and more channels-last on the CPU, whatever the layout of the array "
+              "(sktransfer.training.net.cpu_training_layout), and gets the images as "
+              "(N, H, W, C) except in the row marked (N, C, H, W)." if on_cpu else "")
+    return _time_table(
+        f"fit at 224 px: sktransfer against a hand-written PyTorch loop, resnet18, "
+        f"{settings.device}",
+        [("hand-written loop", "hand", None),
+         ("hand-written loop, contiguous (N, C, H, W) batches", "hand contiguous", "hand"),
+         ("sktransfer", "sktransfer", "hand"),
+         ("sktransfer, X as (N, C, H, W)", "sktransfer nchw", "hand")],
+        wall, cpu, n * epochs, epochs, on_cpu,
+        notes=[_setup_note(sizes, preset) + layout + _gpu_note(device),
+               _verdict(wall, cpu if on_cpu else None, "sktransfer", "hand", FIT_TARGET),
+               _agreement(losses, {"hand-written loop": "hand",
+                                   "hand-written loop, contiguous": "hand contiguous",
+                                   "sktransfer": "sktransfer",
+                                   "sktransfer (N, C, H, W)": "sktransfer nchw"}),
+               f"The two preprocessings differ by at most {prep_diff:.3f} in normalized pixel "
+               "values (resize rounding)."])
 
 
 def _predict_table(settings, sizes, device):

@@ -106,8 +106,13 @@ def _uint8_batch(images, idx, device):
 
 # -- 1. the hand-written training loop ------------------------------------------
 
-def hand_written_fit(images, labels, preset, epochs, device):
+def hand_written_fit(images, labels, preset, epochs, device, contiguous=False):
     """Fine-tune the way a careful hand-written PyTorch loop does.
+
+    ``contiguous=True`` makes every batch contiguous (N, C, H, W) before the
+    forward pass, in place of the layout the preprocessing leaves (NHWC
+    strides from an (N, H, W, C) array on the CPU, channels_last on CUDA):
+    what the memory layout alone costs or saves.
 
     Returns the model, the loss of the first batch and the mean training
     loss of each epoch.
@@ -115,7 +120,7 @@ def hand_written_fit(images, labels, preset, epochs, device):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
         model = resnet18_with_head(N_CLASSES).to(device)
-        channels_last = uses_channels_last(device)
+        channels_last = uses_channels_last(device) and not contiguous
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         # Weight decay on kernels and weight matrices only, as sktransfer does.
@@ -136,6 +141,8 @@ def hand_written_fit(images, labels, preset, epochs, device):
                 x = preset(_uint8_batch(images, idx, device))
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
+                elif contiguous:
+                    x = x.contiguous()
                 y = targets[idx].to(device, non_blocking=True)
                 with _autocast(device):
                     logits = model(x)
