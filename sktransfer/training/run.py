@@ -124,6 +124,7 @@ class TrainingRun:
             amp_dtype=resolve_precision(est.precision, device),
             score=None if contrastive else est._score_name,
             sync_batchnorm=bool(est.sync_batchnorm),
+            image_input=backbone.modality == "image",
             optimizer=optimizer, lr=est._lr(), max_epochs=est._max_epochs(),
             batch_size=est.batch_size, train_split=None, callbacks=callbacks,
             verbose=verbose, device=str(device),
