@@ -205,12 +205,17 @@ class HFImagePreprocess:
         # Fused as transformers fuses it (mean and std divided by the rescale
         # factor, one normalize), so the floats round the same way.
         if self.mean is not None:
-            scale = 1.0 if self.rescale is None else 1.0 / self.rescale
-            mean = torch.tensor(self.mean, device=x.device) * scale
-            std = torch.tensor(self.std, device=x.device) * scale
-            return F.normalize(x.to(torch.float32), mean.tolist(), std.tolist())
+            mean, std = self._fused()
+            return F.normalize(x.to(torch.float32), mean, std)
         x = x.to(torch.float32)
         return x * self.rescale if self.rescale is not None else x
+
+    def _fused(self):
+        """Mean and std over the rescale factor, rounded to float32 as transformers'
+        tensors round them (on the CPU: the same float32 products on any device)."""
+        scale = 1.0 if self.rescale is None else 1.0 / self.rescale
+        return ((torch.tensor(self.mean) * scale).tolist(),
+                (torch.tensor(self.std) * scale).tolist())
 
 
 def _resized(resize, size):

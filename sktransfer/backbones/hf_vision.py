@@ -36,7 +36,8 @@ from .hf_loading import (config_from_dict, config_to_dict, import_transformers, 
 from .hf_text import Tokenize
 from .pooling import IMAGE_TOKEN_POOLINGS, pool_image_tokens
 from .registry import register_preprocess
-from .weights import hub_cache_location, load_into, load_state_dict_file, weights_unavailable
+from .weights import (hub_cache_location, is_weights_path, load_into, load_state_dict_file,
+                      weights_unavailable)
 
 #: Image-text model types -> (image tower class, text tower class, text padding).
 #: SigLIP was trained on texts padded to its full length (its authors say to
@@ -229,7 +230,7 @@ def load(transformers, name, config, weights, *, pooling="auto", image_size=None
         model, weights_id = load_model(transformers, name, tower_config, weights,
                                        model_class=model_class)
         _drop_unused_pooler(model)
-    else:  # a local state dict, of the model or of the encoder around it
+    elif is_weights_path(weights):  # a local state dict, of the model or of its encoder
         model, _ = load_model(transformers, name, tower_config, None, model_class=model_class)
         _drop_unused_pooler(model)
         state = load_state_dict_file(weights)
@@ -238,13 +239,16 @@ def load(transformers, name, config, weights, *, pooling="auto", image_size=None
         load_into(model, state, weights, drop_prefixes=("pooler.",) if _drops_pooler(model)
                   else ())
         weights_id = f"file:{os.path.abspath(weights)}"
+    else:
+        raise ValueError(f"weights must be 'DEFAULT', None or a path; got {weights!r}")
     if tower == "text":
         encoder = TowerTextEncoder(model)
         encoder.set_pooling(pooling, spec)
         tokenizer = _pretrained(transformers.AutoTokenizer, name, spec)
         limits = [tokenizer.model_max_length, getattr(tower_config, "max_position_embeddings",
                                                       None)]
-        length = min(x for x in limits if isinstance(x, int) and 0 < x < 100_000)
+        # The tokenizer's limit, capped by the position embeddings (as for text encoders).
+        length = min((x for x in limits if isinstance(x, int) and 0 < x < 100_000), default=512)
         prep = (PaddedTokenize if padding == "max_length" else Tokenize)(tokenizer, length)
         return Backbone(encoder, prep, "text", spec, weights_id, out_dim=encoder.out_dim(),
                         param_groups=block_groups(encoder))
