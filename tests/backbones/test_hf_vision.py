@@ -381,3 +381,15 @@ def test_ranking_takes_hf_image_specs(hf_dirs, digits):
     table = rank_backbones([f"hf:{hf_dirs['dinov2']}", f"hf:{hf_dirs['convnext']}"], X, y,
                            metrics=("logme",), cv=3)
     assert len(table) == 2
+
+
+@pytest.mark.gpu
+def test_preprocessing_on_the_gpu_gives_the_cpu_embedding(hf_dirs, pictures):
+    """Same-size arrays are preprocessed on the device (fp32 here): CUDA's resize kernels
+    may round a pixel one 8-bit level apart from the CPU's, hence 1% of the scale."""
+    images = pictures[1]
+    spec = f"hf:{hf_dirs['clip']}"
+    cpu = PretrainedFeatureTransformer(spec, device="cpu").fit_transform(images)
+    gpu = PretrainedFeatureTransformer(spec, device="cuda", precision="fp32").fit(images)
+    np.testing.assert_allclose(gpu.transform(images), cpu, atol=1e-2 * np.abs(cpu).max())
+    assert gpu.backbone_.preprocess(torch.from_numpy(images).permute(0, 3, 1, 2).cuda()).is_cuda
