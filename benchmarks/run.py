@@ -24,8 +24,8 @@ import torch  # noqa: E402
 from harness import Settings  # noqa: E402
 
 #: Benchmark names, run in this order; ``bench_<name>.py`` holds each.
-BENCHMARKS = ("transform", "text", "engine", "memory", "finetune", "cache", "save_load", "ranking",
-              "distributed", "dask")
+BENCHMARKS = ("transform", "hf_image", "text", "engine", "memory", "finetune", "cache",
+              "save_load", "ranking", "distributed", "dask")
 
 
 def machine_description(device):

@@ -13,7 +13,8 @@ from ._utils.validation import (BACKBONE_CONSTRAINTS, Checked, InvalidParameterE
 from .backbones.loaded import load_backbone_cached
 from .backbones.hf_audio import AudioEncoder
 from .backbones.huggingface import TextEncoder
-from .backbones.pooling import TOKEN_POOLINGS, pool_tokens, set_image_global_pool
+from .backbones.pooling import (TOKEN_POOLINGS, pool_image_tokens, pool_tokens,
+                                 set_image_global_pool)
 from .feature_cache import FeatureCache, output_key
 from .chaining import KeepsTrainedBackbone
 from .engine.resident import ENGINE_CONSTRAINTS, ServesFromEngine
@@ -23,7 +24,8 @@ from .persistence.modules import pack_modules, unpack_modules
 from .scaling import LazyOutput, is_lazy_collection, lazy_call
 
 #: "auto" is the model's own embedding; the rest name a pooling (see the docstring).
-POOLINGS = ("auto",) + TOKEN_POOLINGS
+#: "cls+avg" is an image transformer's class token and patch mean side by side.
+POOLINGS = ("auto",) + TOKEN_POOLINGS + ("cls+avg",)
 
 
 def _check_layers(layers):
@@ -72,7 +74,12 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
         ``"mean"``) over real tokens or spatial positions, ``"max"``,
         ``"cls"`` (the first token), and for token states
         sentence-transformers' ``"mean_sqrt_len_tokens"``,
-        ``"weightedmean"`` and ``"lasttoken"``. For an image backbone's
+        ``"weightedmean"`` and ``"lasttoken"``. For a Hugging Face image
+        transformer (ViT, DINOv2, CLIP, SigLIP), ``"auto"`` is the embedding
+        its authors document, ``"cls"`` its class token, ``"avg"`` /
+        ``"max"`` pool its patch tokens only (not the class or register
+        tokens, with ``layers`` too) and ``"cls+avg"`` gives class token
+        and patch mean side by side (see :doc:`/backbones`). For an image backbone's
         embedding (``layers=None``), ``"max"`` replaces its global average
         pool by a global max pool over the last feature map (a network
         without one, such as a ViT, raises a ValueError). A module
@@ -289,7 +296,9 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
         # threads sharing this estimator never see each other's batches).
         engine = self._engine_for(
             "transform", (backbone.module,), _itself, layers=layers,
-            output=functools.partial(_pooled_layers, layers, self.pooling) if layers else None,
+            output=functools.partial(_pooled_layers, layers, self.pooling,
+                                     prefix_tokens=getattr(backbone.module, "prefix_tokens",
+                                                           None)) if layers else None,
             settings=(self.pooling,))
         return predict_batches(engine, samples, backbone.preprocess, batch_size=self.batch_size,
                                num_workers=self.num_workers, verbose=self.verbose,
@@ -300,12 +309,17 @@ def _itself(module):
     return module
 
 
-def _pooled_layers(layers, pooling, outputs, inputs):
-    """The outputs of ``layers``, each pooled into ``(B, F)``, side by side."""
+def _pooled_layers(layers, pooling, outputs, inputs, prefix_tokens=None):
+    """The outputs of ``layers``, each pooled into ``(B, F)``, side by side.
+
+    ``prefix_tokens``: for an image transformer, the class and register
+    tokens before its patch tokens (pooled apart from them).
+    """
     # Audio batches carry the frames that hold sound; text its attention mask.
     mask = (inputs.get("frame_mask", inputs.get("attention_mask"))
             if isinstance(inputs, dict) else None)
-    return torch.cat([_pool(outputs[name], pooling, mask) for name in layers], dim=1)
+    return torch.cat([_pool(outputs[name], pooling, mask, prefix_tokens) for name in layers],
+                     dim=1)
 
 
 def _pool_embedding(backbone, pooling):
@@ -320,6 +334,10 @@ def _pool_embedding(backbone, pooling):
     module = backbone.module
     if pooling == "auto":
         return  # the embedding the model's authors configured
+    set_pooling = getattr(module, "set_pooling", None)
+    if set_pooling is not None:  # an encoder that pools its own outputs (Hugging Face images)
+        set_pooling(pooling, backbone.spec)
+        return
     if backbone.modality in ("text", "audio"):
         if isinstance(module, (TextEncoder, AudioEncoder)):
             module.pooling = pooling
@@ -355,16 +373,20 @@ def _initialize_lazy_layers(backbone, samples):
         module(inputs)
 
 
-def _pool(output, pooling, mask=None):
+def _pool(output, pooling, mask=None, prefix_tokens=None):
     """Pool one layer's output into ``(B, F)``.
 
     ``(B, C, H, W)`` maps pool over space; ``(B, T, D)`` token sequences pool
-    over tokens (masked by ``mask`` for text); ``(B, F)`` passes through.
+    over tokens (masked by ``mask`` for text; for an image transformer, the
+    patch tokens after its ``prefix_tokens`` class and register tokens);
+    ``(B, F)`` passes through.
     """
     if pooling == "auto":
         pooling = "avg"
     if output.ndim == 2:
         return output
+    if output.ndim == 3 and prefix_tokens is not None:
+        return pool_image_tokens(output, pooling, prefix_tokens)
     if output.ndim == 3:
         if mask is not None and output.shape[1] != mask.shape[1] == output.shape[2]:
             output = output.transpose(1, 2)  # a convolution's (B, C, T): pool its frames

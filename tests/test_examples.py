@@ -32,6 +32,7 @@ EXPECTED = {
     "multilayer_fusion_pca.py": r"conv1\+conv2\+conv3\s+112 fused features .* test accuracy "
                                 r"0\.\d{3}",
     "demo.py": r"Gain over training from scratch.*\n.*verdict\n\s*scratch\s+0\.\d{3} ±0\.\d{3}\s+baseline",
+    "hf_image_encoder_linear_probe.py": r"DINOv2 \(random\) cls\+avg\s+128\s+0\.\d{3}",
     "mlflow_pyfunc.py": r"pickle files in the logged model: 0\n"
                         r"MLflow pyfunc predictions equal the pipeline's: True",
 }

@@ -131,7 +131,10 @@ def load_model(transformers, name, config, weights, *, model_class=None, subfold
             model = model_class.from_pretrained(name, config=config, **kwargs)
             weights_id = f"hf:{os.path.abspath(name) if os.path.isdir(name) else name}"
         elif weights is None or is_weights_path(weights):
-            model = model_class.from_config(config)
+            # AutoModel builds from a config with from_config, a concrete
+            # class (CLIPVisionModelWithProjection) with _from_config.
+            build = getattr(model_class, "from_config", None) or model_class._from_config
+            model = build(config)
             weights_id = "random"
             if weights is not None:
                 state = load_state_dict_file(weights)

@@ -23,10 +23,15 @@ from .hf_text import TextEncoder, Tokenize  # noqa: F401
 from .hf_text import load as load_text
 from .hf_text import network_from_state as text_from_state
 from .hf_text import network_state as text_state
+from .hf_vision import load as load_vision
+from .hf_vision import network_from_state as vision_from_state
+from .hf_vision import network_state as vision_state
 from .registry import register_source
 
 #: family -> (network_state, network_from_state)
-_FAMILIES = {"text": (text_state, text_from_state), "audio": (audio_state, audio_from_state)}
+_FAMILIES = {"text": (text_state, text_from_state),
+             "vision": (vision_state, vision_from_state),
+             "audio": (audio_state, audio_from_state)}
 
 #: Model types whose inputs are sound (:mod:`.hf_audio`).
 _AUDIO_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "whisper",
@@ -67,8 +72,8 @@ def _loader(forced):
             if modality == "text":
                 return load_text(transformers, name, config, weights, pooling=pooling,
                                  spec=spec)
-            raise ValueError(f"{spec} is an {modality} model ({config.model_type}); "
-                             "sktransfer embeds Hugging Face text models.")
+            return load_vision(transformers, name, config, weights, pooling=pooling,
+                               image_size=image_size, tower=forced or "image", spec=spec)
     return load
 
 

@@ -119,10 +119,12 @@ def token_pooling_modes(pooling):
 
     Examples
     --------
-    >>> token_pooling_modes("avg"), token_pooling_modes(["cls", "mean"])
+    >>> token_pooling_modes("avg"), token_pooling_modes("cls+avg")
     (('mean',), ('cls', 'mean'))
     """
+    # "cls+avg", named for image transformers, is the same pair for tokens.
     modes = (pooling,) if isinstance(pooling, str) else tuple(pooling)
+    modes = tuple(m for mode in modes for m in (("cls", "mean") if mode == "cls+avg" else (mode,)))
     unknown = [m for m in modes if m not in TOKEN_POOLINGS]
     if unknown or not modes:
         raise ValueError(f"pooling for token states must be one of {TOKEN_POOLINGS}; "
@@ -187,4 +189,49 @@ def pool_tokens(hidden, mask, pooling, attention_mask=None):
             last = (mask.to(torch.int32) * (positions + 1)).argmax(1)
             out.append((hidden * weights)[torch.arange(hidden.shape[0], device=hidden.device),
                                           last])
+    return out[0] if len(out) == 1 else torch.cat(out, dim=-1)
+
+
+#: What ``pooling=`` may name for an image transformer's tokens: its class
+#: token, the mean or max of its patch tokens, or the class token and the patch
+#: mean side by side (the features DINOv2's authors probe linearly).
+IMAGE_TOKEN_POOLINGS = ("cls", "avg", "mean", "max", "cls+avg")
+
+
+def pool_image_tokens(tokens, pooling, prefix_tokens, cls_norm=None):
+    """Pool an image transformer's tokens ``(B, T, D)`` into ``(B, D)`` (``2 D`` for "cls+avg").
+
+    Parameters
+    ----------
+    tokens : Tensor of shape (B, T, D)
+    pooling : {"cls", "avg", "mean", "max", "cls+avg"}
+        ``"cls"``: the class token; ``"avg"`` / ``"mean"`` and ``"max"``:
+        over the patch tokens only (class, distillation and register tokens
+        left out); ``"cls+avg"``: both, concatenated.
+    prefix_tokens : int
+        Tokens before the patches, the class token first; 0 for a network
+        without one (SigLIP, Swin), which has no ``"cls"``.
+    cls_norm : callable, optional
+        Applied to the class token (CLIP normalizes it after the encoder).
+
+    Examples
+    --------
+    >>> t = torch.tensor([[[9.0], [1.0], [2.0], [3.0]]])
+    >>> pool_image_tokens(t, "cls+avg", prefix_tokens=2)
+    tensor([[9.0000, 2.5000]])
+    """
+    if pooling not in IMAGE_TOKEN_POOLINGS:
+        raise ValueError(f"image tokens pool by one of {IMAGE_TOKEN_POOLINGS}; got {pooling!r}")
+    if "cls" in pooling and prefix_tokens < 1:
+        raise ValueError(f"pooling={pooling!r} takes the class token, and this network has "
+                         "none; use 'avg' or 'max' (over its patch tokens)")
+    out = []
+    if pooling in ("cls", "cls+avg"):
+        first = tokens[:, 0]
+        out.append(cls_norm(first) if cls_norm is not None else first)
+    patches = tokens[:, prefix_tokens:]
+    if pooling in ("avg", "mean", "cls+avg"):
+        out.append(patches.mean(1))
+    elif pooling == "max":
+        out.append(patches.amax(1))
     return out[0] if len(out) == 1 else torch.cat(out, dim=-1)
