@@ -175,23 +175,25 @@ def _pre_processing_advice(record):
 
 
 def _dynamic_shapes(keys, example):
-    """Which axes of each input vary between calls: the batch, and for a dict of tensors
-    (text, audio) every other axis that the network does not fix.
+    """Which axes of each input vary between calls: the batch, and every other axis
+    that neither the preprocessing nor the network fixes.
 
     A text batch is ``(batch, tokens)`` in each of its tensors; an audio batch
     holds axes of different lengths that grow together (a waveform's samples,
-    its attention mask's, and the fewer frames of its ``frame_mask``), and
-    axes the model fixes (Whisper's 30 s window of mel frames). No one
-    ``Dim`` can name them all, so those axes are ``Dim.AUTO``:
-    ``torch.export`` finds which are equal or derived from one another, and
-    keeps static the ones the network fixes (a later batch that differs
-    there is refused by ONNX Runtime, never run wrong). A single tensor (an
-    image batch) varies in its batch axis alone.
+    its attention mask's, and the fewer frames of its ``frame_mask``; a
+    user's waveform module takes ``(batch, samples)`` alone), and axes the
+    model fixes (Whisper's 30 s window of mel frames, a linear layer's
+    input columns). No one ``Dim`` can name them all, so those axes are
+    ``Dim.AUTO``: ``torch.export`` finds which are equal or derived from one
+    another, and keeps static the ones the network fixes (a later batch that
+    differs there is refused by ONNX Runtime, never run wrong). An image
+    batch ``(batch, C, H, W)`` varies in its batch axis alone: its
+    preprocessing fixes the rest, and a dynamic size would only add ways for
+    the export to fail.
     """
     batch = torch.export.Dim("batch")
-    if keys == (None,):
-        return tuple({0: batch} for _ in example)
-    return tuple({0: batch, **{axis: torch.export.Dim.AUTO for axis in range(1, t.ndim)}}
+    return tuple({0: batch} if t.ndim == 4 else
+                 {0: batch, **{axis: torch.export.Dim.AUTO for axis in range(1, t.ndim)}}
                  for t in example)
 
 
