@@ -10,10 +10,13 @@
    44.1 kHz (resampled to 16 kHz), N = 200 and 2,000, each in a fresh
    process: it should grow by the output only, not by the decoded sound.
 
-Run: ``python benchmarks/bench_audio.py [--quick]``.
+Run: ``python benchmarks/bench_audio.py [--quick]``; the memory part alone (it
+needs no throughput run, which on a loaded machine can take the time limit):
+``python benchmarks/bench_audio.py --memory-only [--counts 200 2000]``.
 """
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import sys
@@ -109,29 +112,43 @@ def measure(path, paths):
     return (peak.peak - peak.start) / 2 ** 20, out.nbytes / 2 ** 20
 
 
+def memory(path, tmp, counts):
+    """Print the peak-memory rise of ``transform`` over each count of FLAC files."""
+    paths = write_flacs(tmp, max(counts))
+    for count in counts:
+        # A fresh process per count: its peak is this transform's alone. Spawned,
+        # not forked: a child forked from a parent that ran torch's OpenMP
+        # threads (building the model) hangs on their locks at its first op.
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rise, output = pool.submit(measure, path, paths[:count]).result()
+        decoded = count * RATE * 0.5 * 4 / 2 ** 20
+        print(f"| memory of transform over {count} FLAC files (44.1 kHz stereo) | rise "
+              f"**{rise:.1f} MB** (output {output:.1f} MB; the decoded 16 kHz clips "
+              f"would take {decoded:.1f} MB as float32) |", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="run only the memory part (no throughput comparison)")
+    parser.add_argument("--counts", type=int, nargs="+",
+                        help="file counts of the memory part (default 200 2000; --quick: "
+                             "100 1000)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()}, torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
         path = build_model(os.path.join(tmp, "w2v"))
-        n, repeats = (16, 3) if args.quick else (48, 5)
-        t = throughput(path, n, repeats, batch_size=8)
-        print(f"| transform vs hand loop ({t['n']} clips of 1-3 s, wav2vec2 4x256) | "
-              f"{t['sktransfer_s']:.2f} s vs {t['hand_s']:.2f} s | throughput ratio "
-              f"**{t['ratio']:.2f}** (range {t['range'][0]:.2f}-{t['range'][1]:.2f}; "
-              f"CPU-time ratio {t['cpu_ratio']:.2f}) |")
-        counts = (100, 1000) if args.quick else (200, 2000)
-        paths = write_flacs(tmp, counts[1])
-        for count in counts:
-            with ProcessPoolExecutor(1) as pool:
-                rise, output = pool.submit(measure, path, paths[:count]).result()
-            decoded = count * RATE * 0.5 * 4 / 2 ** 20
-            print(f"| memory of transform over {count} FLAC files (44.1 kHz stereo) | rise "
-                  f"**{rise:.1f} MB** (output {output:.1f} MB; the decoded 16 kHz clips "
-                  f"would take {decoded:.1f} MB as float32) |")
+        if not args.memory_only:
+            n, repeats = (16, 3) if args.quick else (48, 5)
+            t = throughput(path, n, repeats, batch_size=8)
+            print(f"| transform vs hand loop ({t['n']} clips of 1-3 s, wav2vec2 4x256) | "
+                  f"{t['sktransfer_s']:.2f} s vs {t['hand_s']:.2f} s | throughput ratio "
+                  f"**{t['ratio']:.2f}** (range {t['range'][0]:.2f}-{t['range'][1]:.2f}; "
+                  f"CPU-time ratio {t['cpu_ratio']:.2f}) |")
+        counts = args.counts or ((100, 1000) if args.quick else (200, 2000))
+        memory(path, tmp, sorted(counts))
     print(f"load after: {os.getloadavg()}")
 
 

@@ -31,12 +31,13 @@ _ARGUMENTS = {
     "batch_size": [Interval(numbers.Integral, 1)],
     "device": [Checked(check_device)],
     "verbose": [Interval(numbers.Integral, 0), Boolean()],
+    "sampling_rate": [None, Interval(numbers.Integral, 1)],
 }
 
 
 def rank_backbones(candidates, X, y, *, names=None, metrics=("logme", "knn", "linear_probe"),
                    rank_by="logme", cv=5, regression=None, cache=None, batch_size=32,
-                   device="auto", verbose=0):
+                   device="auto", verbose=0, sampling_rate=None):
     """Embed ``X`` with each candidate backbone and rank them by transferability.
 
     Each candidate embeds the target samples once (frozen, as
@@ -86,6 +87,10 @@ def rank_backbones(candidates, X, y, *, names=None, metrics=("logme", "knn", "li
     verbose : int, default=0
         1 prints one line per candidate; 2 also shows the embedding's
         progress bar.
+    sampling_rate : int, optional
+        For audio given as arrays, their rate in Hz (for candidates that are
+        not transformers; each model resamples to its own rate). Files
+        carry their own rate.
 
     Returns
     -------
@@ -132,7 +137,7 @@ def rank_backbones(candidates, X, y, *, names=None, metrics=("logme", "knn", "li
     for i, (name, candidate) in enumerate(zip(names, candidates), start=1):
         start = time.perf_counter()
         features = _embed(candidate, X, cache=cache, batch_size=batch_size, device=device,
-                          verbose=verbose >= 2)
+                          verbose=verbose >= 2, sampling_rate=sampling_rate)
         seconds = time.perf_counter() - start
         scores = {m: METRICS[m](features, y, regression, cv) for m in metrics}
         rows.append({**scores, "embed_seconds": seconds, "n_features": features.shape[1]})
@@ -170,7 +175,7 @@ def _check_request(candidates, metrics, rank_by, names):
     return candidates, metrics, names
 
 
-def _embed(candidate, X, *, cache, batch_size, device, verbose):
+def _embed(candidate, X, *, cache, batch_size, device, verbose, sampling_rate):
     """Float32 features of ``X`` from one candidate."""
     if isinstance(candidate, PretrainedFeatureTransformer):
         # A shallow copy leaves the user's transformer as it was (no cache set
@@ -185,7 +190,7 @@ def _embed(candidate, X, *, cache, batch_size, device, verbose):
     else:
         transformer = PretrainedFeatureTransformer(
             backbone=candidate, batch_size=batch_size, device=device, verbose=verbose,
-            cache=cache)
+            cache=cache, sampling_rate=sampling_rate)
     return transformer.fit_transform(X)
 
 

@@ -10,7 +10,8 @@ A spec is one of:
 - an ``nn.Module`` instance or a zero-argument callable returning one,
 - a fitted sktransfer estimator (its backbone is reused), also wrapped in
   ``sklearn.frozen.FrozenEstimator``,
-- a :class:`Backbone` instance.
+- a :class:`Backbone` instance, such as :func:`waveform_backbone`'s (a user's
+  module on waveforms).
 """
 
 from torch import nn
@@ -20,7 +21,7 @@ from torch import nn
 # registry (in this order: SOURCES' order before there was a registry).
 from . import torchvision, timm, huggingface  # noqa: F401
 from .base import Backbone, ordered_param_groups
-from .module import from_backbone, from_module
+from .module import from_backbone, from_module, waveform_backbone
 from .registry import SOURCES
 
 ACCEPTED = (
@@ -96,4 +97,4 @@ def _unfrozen(spec):
     return spec.estimator if isinstance(spec, FrozenEstimator) else spec
 
 
-__all__ = ["Backbone", "SOURCES", "load_backbone", "ordered_param_groups"]
+__all__ = ["Backbone", "SOURCES", "load_backbone", "ordered_param_groups", "waveform_backbone"]

@@ -14,10 +14,18 @@ over the frames that hold sound: padding never enters it. Frames are
 counted from each clip's length by the model's own convolution arithmetic
 (``_get_feat_extract_output_lengths`` for the waveform models; Whisper's
 two convolutions over its mel frames), carried with the batch as a
-``frame_mask`` so that ``layers=`` pools the same frames. AST's embedding is
-its own pooled output (the mean of its CLS and distillation tokens), which
-is what its classifier reads; its patches mix time and frequency, so they
-have no per-frame mask.
+``frame_mask`` so that ``layers=`` pools the same frames.
+
+AST's embedding is its own pooled output (the mean of its CLS and
+distillation tokens), which is what its classifier reads. Its other tokens
+are patches of the filter-bank image, each spanning frequencies and a few
+frames of time, over a fixed window the extractor pads every clip to (about
+10 s for the released models). Its ``frame_mask`` is over tokens: the two
+summary tokens, and the patches whose first frame holds sound (so a patch
+straddling the end of the clip counts, a patch of padding alone does not).
+Other poolings and ``layers=`` average those tokens: a 1 s clip's features
+are not 90 % padding. The model's own attention still sees the whole window,
+as it was trained to.
 
 Padding and the attention mask: a waveform model whose extractor returns an
 attention mask (``feat_extract_norm="layer"`` checkpoints) gets one, and a
@@ -145,16 +153,23 @@ class AudioFeatures:
         batches of equal-length clips.
     name_or_path : str
         Where the extractor came from (part of cache keys).
+    patch_strides : (int, int, int), optional
+        For AST: its patches' ``(size, frequency stride, time stride)``,
+        which give the tokens that hold sound (see the module docstring).
+        Without them (files saved before they existed) AST batches carry no
+        ``frame_mask`` and every token is pooled.
     """
 
     def __init__(self, extractor, shape, frame_convs=(), pass_attention_mask=False,
-                 name_or_path="", padding_leaks=False):
+                 name_or_path="", padding_leaks=False, patch_strides=None):
         self.extractor = extractor
         self.shape = str(shape)
         self.frame_convs = [tuple(int(v) for v in c) for c in frame_convs]
         self.pass_attention_mask = bool(pass_attention_mask)
         self.name_or_path = str(name_or_path)
         self.padding_leaks = bool(padding_leaks)
+        self.patch_strides = (None if patch_strides is None
+                              else tuple(int(v) for v in patch_strides))
 
     @property
     def sampling_rate(self):
@@ -186,8 +201,12 @@ class AudioFeatures:
         fe = self.extractor
         clips = [c.numpy() if isinstance(c, torch.Tensor) else c for c in clips]
         if self.shape == "spectrogram":
-            return {"input_values": fe(clips, sampling_rate=self.sampling_rate,
-                                       return_tensors="pt")["input_values"]}
+            features = fe(clips, sampling_rate=self.sampling_rate,
+                          return_tensors="pt")["input_values"]
+            if self.patch_strides is None:
+                return {"input_values": features}
+            return {"input_values": features,
+                    "frame_mask": self._patch_mask([len(c) for c in clips], features.shape)}
         if self.shape == "whisper":
             batch = fe(clips, sampling_rate=self.sampling_rate, return_attention_mask=True,
                        return_tensors="pt")
@@ -209,10 +228,29 @@ class AudioFeatures:
             out["attention_mask"] = batch["attention_mask"]
         return out
 
+    def _patch_mask(self, lengths, shape):
+        """AST's tokens that hold sound, ``(B, 2 + patches)``: see the module docstring."""
+        size, frequency_stride, time_stride = self.patch_strides
+        _, window_frames, mel_bins = shape
+        # Kaldi filter banks (the extractor's): 25 ms frames every 10 ms, none
+        # past the clip's end (snip_edges), cut to the window.
+        rate = self.sampling_rate
+        frames = conv_lengths(torch.tensor(lengths), [(rate * 25 // 1000, rate // 100, 0)])
+        frames = frames.clamp(min=0, max=window_frames)
+        # The patch grid of ASTPatchEmbeddings: frequency-major, time inner.
+        n_freq, n_time = (int(conv_lengths(torch.tensor([n]), [(size, stride, 0)])[0])
+                          for n, stride in ((mel_bins, frequency_stride),
+                                            (window_frames, time_stride)))
+        starts = torch.arange(n_time) * time_stride
+        sound = (starts < frames[:, None]).repeat(1, n_freq)
+        summary = torch.ones(len(lengths), 2, dtype=torch.bool)  # CLS and distillation
+        return torch.cat([summary, sound], dim=1).long()
+
     def config(self):
         """What determines the output (used in cache keys)."""
         return (self.shape, self.extractor.to_json_string(), self.frame_convs,
-                self.pass_attention_mask, self.name_or_path, self.padding_leaks)
+                self.pass_attention_mask, self.name_or_path, self.padding_leaks,
+                self.patch_strides)
 
     # Pickles and saved files carry the extractor as the JSON it saves,
     # never as a pickled object, and rebuild it offline.
@@ -226,7 +264,9 @@ class AudioFeatures:
         return {"kind": "audio_features", "files": files, "shape": self.shape,
                 "frame_convs": [list(c) for c in self.frame_convs],
                 "pass_attention_mask": self.pass_attention_mask,
-                "name_or_path": self.name_or_path, "padding_leaks": self.padding_leaks}
+                "name_or_path": self.name_or_path, "padding_leaks": self.padding_leaks,
+                "patch_strides": (None if self.patch_strides is None
+                                  else list(self.patch_strides))}
 
     @classmethod
     def from_state(cls, state):
@@ -238,7 +278,7 @@ class AudioFeatures:
                 folder, trust_remote_code=False)
         return cls(extractor, state["shape"], state["frame_convs"],
                    state["pass_attention_mask"], state["name_or_path"],
-                   state.get("padding_leaks", False))
+                   state.get("padding_leaks", False), state.get("patch_strides"))
 
     def __getstate__(self):
         return self.state()
@@ -279,6 +319,13 @@ def _frame_convs(config):
         convs += [(config.adapter_kernel_size, config.adapter_stride, 1)] * (
             config.num_adapter_layers)
     return convs
+
+
+def _patch_strides(config):
+    """AST's patch size and strides (None for the other models)."""
+    if config.model_type != "audio-spectrogram-transformer":
+        return None
+    return (config.patch_size, config.frequency_stride, config.time_stride)
 
 
 def _bare_model(transformers, config):
@@ -361,7 +408,8 @@ def load(transformers, name, config, weights, *, pooling="auto", spec=None):
                          pass_attention_mask=shape == "waveform"
                          and bool(getattr(extractor, "return_attention_mask", False)),
                          name_or_path=name,
-                         padding_leaks=config.model_type == "data2vec-audio")
+                         padding_leaks=config.model_type == "data2vec-audio",
+                         patch_strides=_patch_strides(config))
     return Backbone(encoder, prep, "audio", spec or f"hf:{name}", weights_id,
                     out_dim=encoder.out_dim(), param_groups=_groups(encoder))
 

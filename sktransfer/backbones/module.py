@@ -1,5 +1,6 @@
-"""Backbones from a user's ``nn.Module``, a factory returning one, or a fitted
-sktransfer estimator (whose backbone, fine-tuned or not, is reused)."""
+"""Backbones from a user's ``nn.Module`` (on tensors, or on waveforms), a factory
+returning one, or a fitted sktransfer estimator (whose backbone, fine-tuned or
+not, is reused)."""
 
 import copy
 import os
@@ -7,7 +8,7 @@ import os
 from torch import nn
 
 from .base import Backbone
-from .preprocess import TensorPreprocess
+from .preprocess import TensorPreprocess, Waveforms
 from .weights import is_weights_path, load_into, load_state_dict_file
 
 
@@ -33,6 +34,47 @@ def from_module(obj, weights="DEFAULT", **_):
         spec = f"module:{getattr(obj, '__name__', type(module).__name__)}"
     weights_id = apply_weights(module, weights, fresh=fresh)
     return Backbone(module, TensorPreprocess(), "tensor", spec, weights_id)
+
+
+def waveform_backbone(module, sampling_rate, weights="DEFAULT"):
+    """A user's ``nn.Module`` on waveforms, as an audio backbone.
+
+    The module's forward takes a float32 tensor ``(B, samples)`` of clips at
+    ``sampling_rate`` and returns ``(B, D)``. The estimators then take what
+    every audio backbone takes (file paths, or arrays with their
+    ``sampling_rate=``), decode, mix down and resample them to the module's
+    rate, and never pad a clip when embedding or predicting (batches hold
+    clips of one length; see :class:`~sktransfer.backbones.preprocess.Waveforms`).
+
+    Parameters
+    ----------
+    module : nn.Module or callable
+        The network (copied, never modified), or a zero-argument factory.
+    sampling_rate : int
+        The rate (Hz) the module takes.
+    weights : "DEFAULT", None or path, default="DEFAULT"
+        As for a module backbone (see :func:`from_module`).
+
+    Returns
+    -------
+    Backbone
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from sktransfer import PretrainedFeatureTransformer
+    >>> class Energy(nn.Module):
+    ...     def forward(self, waveforms):
+    ...         return waveforms.pow(2).mean(1, keepdim=True)
+    >>> pft = PretrainedFeatureTransformer(waveform_backbone(Energy(), sampling_rate=16000),
+    ...                                    sampling_rate=16000)
+    >>> pft.fit_transform([np.ones(800, np.float32), np.zeros(1600, np.float32)]).ravel()
+    array([1., 0.], dtype=float32)
+    """
+    tensor = from_module(module, weights)
+    return Backbone(tensor.module, Waveforms(sampling_rate), "audio", tensor.spec,
+                    tensor.weights_id)
 
 
 def from_backbone(backbone, weights="DEFAULT", **_):

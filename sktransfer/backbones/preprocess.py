@@ -1,4 +1,4 @@
-"""Batch preprocessing for image and tensor backbones.
+"""Batch preprocessing for image, tensor and user-module waveform backbones.
 
 Each preprocessor is a small picklable callable applied to one batch at a time
 (inside DataLoader workers when ``num_workers > 0``), so no float copy of the
@@ -122,5 +122,64 @@ class TensorPreprocess:
         return cls()
 
 
+class Waveforms:
+    """Clips at ``sampling_rate`` as one float32 tensor ``(B, samples)``, for a user's module.
+
+    The clips arrive decoded, mixed down and resampled to ``sampling_rate``
+    (:mod:`sktransfer.audio_inputs`); nothing else is done to them (no
+    normalization: the module decides). ``pads_exactly`` is False, so
+    ``transform`` and ``predict`` batch only clips of one length and the
+    module never sees padding; training batches, drawn at random, are
+    zero-padded at the end to their longest clip, as speech fine-tuning does.
+
+    Parameters
+    ----------
+    sampling_rate : int
+        The rate (Hz) the module takes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> Waveforms(16000)([np.ones(3, np.float32), np.ones(2, np.float32)])
+    tensor([[1., 1., 1.],
+            [1., 1., 0.]])
+    """
+
+    pads_exactly = False
+
+    def __init__(self, sampling_rate):
+        self.sampling_rate = int(sampling_rate)
+
+    def window(self):
+        """The longest input the module takes at once: any length (None)."""
+        return None
+
+    def default_max_duration(self):
+        """Seconds kept of each clip under ``max_duration="auto"``: all of it (None),
+        since a user's module has no window sktransfer knows of."""
+        return None
+
+    def __call__(self, clips):
+        clips = [c.numpy() if isinstance(c, torch.Tensor) else np.asarray(c, np.float32)
+                 for c in clips]
+        batch = np.zeros((len(clips), max(len(c) for c in clips)), dtype=np.float32)
+        for row, clip in zip(batch, clips):
+            row[:len(clip)] = clip
+        return torch.from_numpy(batch)
+
+    def config(self):
+        return ("waveforms", self.sampling_rate)
+
+    def state(self):
+        """A JSON-able dict (what pickles and saved files hold)."""
+        return {"kind": "waveforms", "sampling_rate": self.sampling_rate}
+
+    @classmethod
+    def from_state(cls, state):
+        """The preprocess :meth:`state` described."""
+        return cls(state["sampling_rate"])
+
+
 register_preprocess("image", ImagePreprocess.from_state)
+register_preprocess("waveforms", Waveforms.from_state)
 register_preprocess("tensor", TensorPreprocess.from_state)

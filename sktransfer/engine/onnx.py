@@ -10,6 +10,7 @@ Nothing here writes a graph by hand, and nothing is kept on disk: the graph
 lives in the session, in memory, for as long as the engine does.
 """
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -104,16 +105,12 @@ class OnnxEngine:
         example = tuple(t.repeat(2, *([1] * (t.ndim - 1))) if t.shape[0] < 2 else t
                         for t in tensors)
         wrapper = _FlatInputs(self.module, keys).eval()
-        batch = torch.export.Dim("batch")
-        sequence = torch.export.Dim("sequence")
-        # Text tensors are (batch, tokens): both axes vary between calls.
-        shapes = tuple({0: batch, 1: sequence} if keys != (None,) and t.ndim == 2
-                       else {0: batch} for t in example)
+        shapes = _dynamic_shapes(keys, example)
         names = _input_names(keys)
         with tempfile.TemporaryDirectory(prefix="sktransfer-onnx-") as folder:
             path = os.path.join(folder, "model.onnx")
             try:
-                with warnings.catch_warnings(), torch.no_grad():
+                with warnings.catch_warnings(), torch.no_grad(), _quiet_exporter_ir():
                     warnings.simplefilter("ignore")
                     program = torch.onnx.export(
                         wrapper, example, input_names=names, output_names=["output"],
@@ -157,8 +154,47 @@ def _quantized(path):
     return target
 
 
+@contextlib.contextmanager
+def _quiet_exporter_ir():
+    """Hide the exporter's IR warning about empty attribute lists (audio models'
+    graphs have some): a note to the exporter's authors, not to our users."""
+    ir_logger = logging.getLogger("onnx_ir._convenience")
+    ir_logger.addFilter(_empty_attribute_note)
+    try:
+        yield
+    finally:
+        ir_logger.removeFilter(_empty_attribute_note)
+
+
+def _empty_attribute_note(record):
+    return "Attribute type is ambiguous" not in record.getMessage()
+
+
 def _pre_processing_advice(record):
     return "pre-processing before quantization" not in record.getMessage()
+
+
+def _dynamic_shapes(keys, example):
+    """Which axes of each input vary between calls: the batch, and every other axis
+    that neither the preprocessing nor the network fixes.
+
+    A text batch is ``(batch, tokens)`` in each of its tensors; an audio batch
+    holds axes of different lengths that grow together (a waveform's samples,
+    its attention mask's, and the fewer frames of its ``frame_mask``; a
+    user's waveform module takes ``(batch, samples)`` alone), and axes the
+    model fixes (Whisper's 30 s window of mel frames, a linear layer's
+    input columns). No one ``Dim`` can name them all, so those axes are
+    ``Dim.AUTO``: ``torch.export`` finds which are equal or derived from one
+    another, and keeps static the ones the network fixes (a later batch that
+    differs there is refused by ONNX Runtime, never run wrong). An image
+    batch ``(batch, C, H, W)`` varies in its batch axis alone: its
+    preprocessing fixes the rest, and a dynamic size would only add ways for
+    the export to fail.
+    """
+    batch = torch.export.Dim("batch")
+    return tuple({0: batch} if t.ndim == 4 else
+                 {0: batch, **{axis: torch.export.Dim.AUTO for axis in range(1, t.ndim)}}
+                 for t in example)
 
 
 def _flat(inputs):

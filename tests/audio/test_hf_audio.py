@@ -184,3 +184,46 @@ def test_a_pipeline_tells_synthetic_classes_apart(models):
                          StandardScaler(), LogisticRegression(max_iter=1000))
     pipe.fit(X[:16], y[:16])
     assert pipe.score(X[16:], y[16:]) >= 0.875
+
+
+def test_ast_layers_pool_the_summary_tokens_and_the_patches_that_hold_sound(models):
+    import transformers as tf
+
+    path = models("ast")
+    # The tiny AST: a 64-frame window, 16x16 patches: 2 frequency rows of 4
+    # time columns, after the CLS and distillation tokens. 0.2 s is 18 Kaldi
+    # frames (patch columns starting at frames 0 and 16 hold sound), 0.5 s is
+    # 48 (columns at 0, 16 and 32).
+    sounds, columns = [tone(440, 0.2), noise(0.5, seed=2)], [2, 3]
+    layers = ["model.layers.0", "model.layers.1"]
+    pft = PretrainedFeatureTransformer(f"hf:{path}", sampling_rate=RATE, layers=layers,
+                                       batch_size=4)
+    ours = pft.fit_transform(sounds)
+    model = tf.AutoModel.from_pretrained(path).eval()
+    fe = tf.AutoFeatureExtractor.from_pretrained(path)
+    seen = {}
+    for i, layer in enumerate(model.layers):
+        layer.register_forward_hook(
+            lambda _m, _i, out, i=i: seen.__setitem__(i, out[0] if isinstance(out, tuple)
+                                                      else out))
+    with torch.no_grad():
+        model(**fe(sounds, sampling_rate=RATE, return_tensors="pt"))
+    expected, everything = [], []
+    for row, n in enumerate(columns):
+        tokens = [0, 1] + [2 + f * 4 + t for f in range(2) for t in range(n)]
+        expected.append(np.concatenate([seen[i][row, tokens].mean(0).numpy() for i in (0, 1)]))
+        everything.append(np.concatenate([seen[i][row].mean(0).numpy() for i in (0, 1)]))
+    np.testing.assert_allclose(ours, np.stack(expected), atol=1e-5)
+    # the patches of padding alone are left out of the mean
+    assert not np.allclose(ours[0], everything[0], atol=1e-3)
+    # the embedding stays AST's own pooled output; "cls" is the CLS token
+    assert pft.backbone_.preprocess(sounds)["frame_mask"].sum(1).tolist() == [6, 8]
+    cls = PretrainedFeatureTransformer(f"hf:{path}", sampling_rate=RATE, pooling="cls")
+    with torch.no_grad():
+        last = model(**fe(sounds, sampling_rate=RATE, return_tensors="pt")).last_hidden_state
+    np.testing.assert_allclose(cls.fit_transform(sounds), last[:, 0].numpy(), atol=1e-5)
+    # a pickle keeps the patch geometry (the mask is rebuilt, not lost)
+    import pickle
+
+    np.testing.assert_allclose(pickle.loads(pickle.dumps(pft)).transform(sounds), ours,
+                               atol=1e-6)
