@@ -30,9 +30,10 @@ timeout 240 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -40 
 echo "gpu tests exit: ${PIPESTATUS[0]}" >> "$OUT/tests.txt"
 
 # 2. Benchmarks on the GPU: resnet transform against a best-practice hand loop
-#    (channels-last, bf16 autocast, pinned memory, inference_mode), text
-#    against sentence-transformers, and the engine's one-call latency.
-timeout 300 "$PY" benchmarks/run.py --device cuda --only transform text engine \
+#    (channels-last, bf16 autocast, pinned memory, inference_mode), a Hugging
+#    Face image encoder against its processor + model loop, text against
+#    sentence-transformers, and the engine's one-call latency.
+timeout 300 "$PY" benchmarks/run.py --device cuda --only transform hf_image text engine \
     --output "$OUT/benchmarks.md" > "$OUT/benchmarks.log" 2>&1
 echo "benchmarks exit: $?" >> "$OUT/benchmarks.log"
 cat "$OUT/tests.txt" "$OUT/benchmarks.md" 2>/dev/null | tail -80
