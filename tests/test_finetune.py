@@ -296,7 +296,7 @@ def test_verbose_prints_an_epoch_table(flat_digits, capsys):
     ({}, lambda y: np.where(y == 0, np.nan, y).astype(float), "y contains NaN"),
     ({}, lambda y: np.zeros_like(y), "only one class"),
     ({}, lambda y: y[:-1], "different lengths: X has 400 samples, y has 399"),
-    ({"freeze": "everything"}, None, "freeze must be 'none', 'backbone'"),
+    ({"freeze": "everything"}, None, "freeze must be 'auto', 'none', 'backbone'"),
     ({"freeze": 5}, None, r"freeze=5 is larger than the number of parameter groups .*'0', '2'"),
     ({"schedule": "step"}, None, "schedule='step' is not one of"),
     ({"optimizer": "lion"}, None, "optimizer='lion' is not one of"),
