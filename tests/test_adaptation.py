@@ -45,12 +45,19 @@ def _distance(est, Xs, Xt, fn):
         return float(fn(torch.from_numpy(est.transform(Xs)), torch.from_numpy(est.transform(Xt))))
 
 
+@pytest.fixture(scope="module")
+def source_only(shift):
+    Xs, ys, _, _ = shift
+    return FineTunedClassifier(mlp, **FAST).fit(Xs, ys)
+
+
 @pytest.mark.parametrize("method, distance", [("coral", coral_loss), ("mmd", mmd_loss),
                                               ("dann", None)])
-def test_each_method_trains_and_moves_the_target_towards_the_source(shift, method, distance):
+def test_each_method_trains_and_moves_the_target_towards_the_source(shift, source_only, method,
+                                                                    distance):
     Xs, ys, Xt, _ = shift
     X, y = _joint(shift)
-    plain = FineTunedClassifier(mlp, **FAST).fit(Xs, ys)
+    plain = source_only
     adapted = FineTunedClassifier(mlp, adaptation=method, adaptation_weight=5.0, **FAST).fit(X, y)
     assert set(adapted.classes_) == set(range(10))  # -1 is no class
     losses = [b["adaptation_loss"] for epoch in adapted.history_ for b in epoch["batches"]]
