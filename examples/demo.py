@@ -243,9 +243,10 @@ def main(argv=None):
 
     for scenario, reports in all_reports.items():
         for k, report in reports.items():
+            baseline = ("training from scratch" if report.baseline == "scratch"
+                        else report.baseline)
             print(f"\n{scenario}, {k} labels per class, {report.n_splits} draws.\n"
-                  f"Gain over {'training from scratch' if report.baseline == 'scratch' else report.baseline}"
-                  ", in accuracy points (paired by draw), "
+                  f"Gain over {baseline}, in accuracy points (paired by draw), "
                   "its 95% interval and the verdict:")
             print(format_summary(report))
     print("\nA verdict of 'hurts' is negative transfer: the source network is a worse "

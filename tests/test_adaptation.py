@@ -97,9 +97,10 @@ def test_regressor_takes_nan_for_unlabelled_targets(shift):
     y = np.concatenate([ys.astype(float), np.full(len(yt), np.nan)])
     reg = FineTunedRegressor(mlp, adaptation="coral", **FAST).fit(X, y)
     assert np.isfinite(reg.predict(Xt)).all()
-    # without adaptation, NaN is refused as before
+    # without adaptation, unlabelled rows are refused
+    domain = np.r_[np.ones(300, int), -np.ones(300, int)]
     with pytest.raises(ValueError, match="adaptation=None trains on labels only"):
-        FineTunedRegressor(mlp, **FAST).fit(X, y, sample_domain=np.r_[np.ones(300), -np.ones(300)].astype(int))
+        FineTunedRegressor(mlp, **FAST).fit(X, y, sample_domain=domain)
 
 
 def test_minus_one_is_a_class_without_adaptation(shift):

@@ -390,5 +390,4 @@ def split_domains(estimator, y, sample_domain, regression):
     labelled = np.flatnonzero(~unlabelled)
     if len(labelled) == 0:
         raise ValueError("no sample has a label: adaptation needs labelled source samples.")
-    y_labelled = y_arr[labelled] if hasattr(y, "__len__") else y
-    return DomainSplit(n, labelled, np.flatnonzero(target)), y_labelled
+    return DomainSplit(n, labelled, np.flatnonzero(target)), y_arr[labelled]
