@@ -33,6 +33,7 @@ from .persistence.modules import pack_modules, unpack_modules
 from .scaling import LazyOutput, is_lazy_collection, lazy_call
 from .training.distributed import shared_random_state, training_group
 from .training.freezing import FREEZE_RULE, auto_frozen, n_frozen_groups
+from .training.adaptation import ADAPTATIONS, check_adaptation, split_domains
 from .training.heads import BackboneWithHead, check_head, make_head
 from .training.l2sp import L2SP
 from .training.net import Rows
@@ -90,6 +91,8 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
         "keep_optimizer": [Boolean()],
         "distributed": [Options(("auto",)), Boolean()],
         "sync_batchnorm": [Boolean()],
+        "adaptation": [None, Options(ADAPTATIONS)],
+        "adaptation_weight": [Interval(numbers.Real, 0)],
         **ENGINE_CONSTRAINTS,
     }
 
@@ -100,7 +103,8 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
                  augment=False, device="auto", precision="auto", num_workers=0, image_size=None,
                  prompt=None, random_state=None, verbose=0, callbacks=None, keep_optimizer=False,
                  distributed="auto", sync_batchnorm=False, runtime="torch", quantize=None,
-                 sampling_rate=None, max_duration="auto"):
+                 sampling_rate=None, max_duration="auto", adaptation=None,
+                 adaptation_weight=1.0):
         self.backbone = backbone
         self.weights = weights
         self.head = head
@@ -133,10 +137,12 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
         self.quantize = quantize
         self.sampling_rate = sampling_rate
         self.max_duration = max_duration
+        self.adaptation = adaptation
+        self.adaptation_weight = adaptation_weight
 
     # -- public API ------------------------------------------------------
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_domain=None):
         """Load the backbone, put a new head on it and train for ``max_epochs``.
 
         Parameters
@@ -144,7 +150,14 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
         X : array-like, list of paths, PIL images or strings
             Samples of the kind the backbone takes.
         y : array-like
-            Targets.
+            Targets. With ``adaptation`` (or ``sample_domain``) set, ``-1``
+            (classification) or NaN (regression) marks a target sample
+            without a label (skada's convention).
+        sample_domain : array-like of int, optional
+            Positive for source samples, negative for target samples. When
+            None, the unlabelled rows are the target domain's. Routed by
+            scikit-learn's metadata routing (``set_fit_request``). See
+            :doc:`/adaptation`.
 
         Returns
         -------
@@ -162,16 +175,22 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
         """
         validate_params(self, unused=self._unused_params())
         self._check_engine_params()
-        target = self._check_y(y, reset=True)
+        domains, y = split_domains(self, y, sample_domain, self._score_name == "r2")
+        target = domains.fill(self._check_y(y, reset=True))
         with self._training_group(target) as (group, random_state):
             samples = self._start(X, target, random_state)
+            check_adaptation(self)
             with seeded(random_state):
-                train, valid = self._split(samples)
-                TrainingRun(self, group).fit_model(train, valid, self._max_epochs(), first=True)
+                train, valid = self._split(domains.labelled_samples(samples))
+                run = TrainingRun(self, group, domains.target_rows(samples))
+                run.fit_model(train, valid, self._max_epochs(), first=True)
         return self
 
     def _partial_fit(self, X, y):
         first = not self.__sklearn_is_fitted__()
+        if self.adaptation is not None:
+            raise ValueError("partial_fit does not train the adaptation term (it sees no "
+                             "target samples); use fit, or adaptation=None.")
         if first:
             validate_params(self, unused=self._unused_params())
             self._check_engine_params()

@@ -161,7 +161,25 @@ PARAMS_DOC = """
         float32). See :doc:`/speed`.
     quantize : {None, "int8"}, default=None
         ``"int8"``: dynamic int8 quantization of the exported ONNX graph, on
-        the CPU (needs ``runtime="onnx"``)."""
+        the CPU (needs ``runtime="onnx"``).
+    adaptation : {None, "coral", "mmd", "dann"}, default=None
+        Unsupervised domain adaptation from the target domain's samples
+        given to ``fit`` without labels (``y = -1`` for a classifier, NaN for
+        a regressor, or ``sample_domain < 0``; skada's convention): ``"coral"``
+        matches the covariances of the source and target embeddings (Deep
+        CORAL), ``"mmd"`` their multi-kernel maximum mean discrepancy (DAN),
+        ``"dann"`` trains a domain classifier through gradient reversal
+        (DANN, its weight warmed up over the steps of the ``fit`` call). Each
+        training batch pairs ``batch_size`` labelled samples with as many
+        target samples; the unlabelled ones enter only the adaptation term,
+        labelled target samples also the supervised loss. Early stopping
+        validates on the labelled samples. Not with
+        ``objective="contrastive"``, a fully frozen backbone or
+        ``partial_fit``. See :doc:`/adaptation`.
+    adaptation_weight : float, default=1.0
+        lambda, the weight of the adaptation term in the training loss
+        (choose it without target labels with
+        :class:`~sktransfer.scorers.PredictionEntropyScorer`)."""
 
 ATTRIBUTES_DOC = """
     backbone_ : Backbone

@@ -112,7 +112,8 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
                  num_workers=0, image_size=None, prompt=None, random_state=None, verbose=0,
                  callbacks=None, keep_optimizer=False, objective="cross_entropy", n_pairs=N_PAIRS,
                  distributed="auto", sync_batchnorm=False, runtime="torch", quantize=None,
-                 sampling_rate=None, max_duration="auto"):
+                 sampling_rate=None, max_duration="auto", adaptation=None,
+                 adaptation_weight=1.0):
         super().__init__(
             backbone=backbone, weights=weights, head=head, dropout=dropout, freeze=freeze,
             freeze_epochs=freeze_epochs, lr=lr, backbone_lr_mult=backbone_lr_mult,
@@ -123,7 +124,8 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
             prompt=prompt, random_state=random_state, verbose=verbose, callbacks=callbacks,
             keep_optimizer=keep_optimizer, distributed=distributed,
             sync_batchnorm=sync_batchnorm, runtime=runtime, quantize=quantize,
-            sampling_rate=sampling_rate, max_duration=max_duration)
+            sampling_rate=sampling_rate, max_duration=max_duration, adaptation=adaptation,
+            adaptation_weight=adaptation_weight)
         self.class_weight = class_weight
         self.objective = objective
         self.n_pairs = n_pairs

@@ -20,6 +20,7 @@ from sklearn.model_selection import check_cv, cross_validate
 from sklearn.utils.multiclass import type_of_target
 
 from .finetune import FineTunedClassifier, FineTunedRegressor
+from .study_adaptation import ADAPTATION_METHODS, adaptation_method
 
 #: The built-in methods compared by default, in the order they are reported.
 METHODS = ("scratch", "linear_probe", "fine_tune", "lp_ft", "l2sp")
@@ -28,7 +29,8 @@ METHODS = ("scratch", "linear_probe", "fine_tune", "lp_ft", "l2sp")
 #: default, to keep the default study's cost.
 MORE_METHODS = ("contrastive",)
 
-#: The method every gain is measured against.
+#: The method every gain is measured against; with ``source``, "source_only"
+#: when the study has no "scratch".
 BASELINE = "scratch"
 
 #: Confidence level of the intervals on the gains (and on the plotted scores).
@@ -43,7 +45,7 @@ _TASKS = {"classification": FineTunedClassifier, "regression": FineTunedRegresso
 
 def compare_transfer(X, y, backbone, *, methods=METHODS, cv=5, scoring=None,
                      estimator_params=None, random_state=None, n_jobs=None, verbose=0,
-                     task=None):
+                     task=None, source=None, unlabelled=None):
     """Score each way of using ``backbone`` against training it from scratch.
 
     Every method is cross-validated on the same splits, so the per-split
@@ -86,6 +88,12 @@ def compare_transfer(X, y, backbone, *, methods=METHODS, cv=5, scoring=None,
         ``{**dict.fromkeys(METHODS), "features + SVC": pipe}``. Without a
         ``"scratch"`` method the gain columns are NaN and the verdicts
         ``"no baseline"``: the scores still compare.
+
+        With ``source``, the domain-adaptation methods: ``"source_only"``
+        (fine-tuning on the source samples and the split's labelled target
+        samples, the baseline when there is no ``"scratch"``), ``"coral"``,
+        ``"mmd"`` and ``"dann"`` (the same, with ``adaptation`` set and the
+        ``unlabelled`` samples in the adaptation term); see :doc:`/adaptation`.
     cv : int, cross-validation splitter or iterable, default=5
         As in :func:`sklearn.model_selection.cross_validate`: an int gives
         (stratified, for classification) unshuffled K folds; a splitter
@@ -115,6 +123,15 @@ def compare_transfer(X, y, backbone, *, methods=METHODS, cv=5, scoring=None,
         ``y`` (:func:`~sklearn.utils.multiclass.type_of_target`). Set it for
         a regression target whose values are all integers, which would
         otherwise read as class labels.
+    source : tuple (X_source, y_source), optional
+        Labelled samples of the source domain, for the adaptation methods;
+        ``X`` and ``y`` are then the target domain's, and every score is on
+        the target's test rows.
+    unlabelled : array-like, optional
+        The target samples the adaptation methods see without labels. By
+        default all of ``X`` (transductive, as in the unsupervised
+        domain-adaptation benchmarks: the test rows' inputs, never their
+        labels, enter training).
 
     Returns
     -------
@@ -164,6 +181,12 @@ def compare_transfer(X, y, backbone, *, methods=METHODS, cv=5, scoring=None,
                          f"got {scoring!r}")
     task = _infer_task(y, chosen, task)
     estimators = _build_estimators(chosen, backbone, task, estimator_params, random_state)
+    for name in [n for n in estimators if n in ADAPTATION_METHODS and chosen[n] is None]:
+        if source is None:
+            raise ValueError(f"the {name!r} method needs source=(X_source, y_source): "
+                             "labelled samples of the source domain")
+        estimators[name] = adaptation_method(name, estimators[name], source,
+                                             X if unlabelled is None else unlabelled)
     splits = _materialize_splits(cv, X, y, task)
     rows = _cross_validate_each(estimators, X, y, splits, scoring, n_jobs, verbose)
     results = pd.DataFrame(rows, columns=["method", "split", "score", "fit_seconds"])
@@ -208,7 +231,8 @@ class TransferReport:
         The per-split scores, as given.
     summary : pandas.DataFrame
         Indexed by method: ``score_mean`` and ``score_std`` (sample standard
-        deviation over splits); ``gain_vs_scratch``, the mean per-split
+        deviation over splits); ``gain_vs_scratch`` (``gain_vs_source_only``
+        in an adaptation study without scratch), the mean per-split
         difference ``score - scratch score``, and ``gain_ci_low`` /
         ``gain_ci_high``, its 95% paired t-interval; ``verdict``:
         ``"helps"`` where the interval lies above 0, ``"hurts"`` where it
@@ -217,6 +241,8 @@ class TransferReport:
         scratch method; ``fit_seconds``, the mean training time.
     n_splits : int
         Splits per method.
+    baseline : str or None
+        The method the gains are measured against.
 
     Examples
     --------
@@ -239,18 +265,22 @@ class TransferReport:
         self.task = task
         self.scoring = scoring
         self.n_splits = int(results["split"].nunique())
-        self.summary = _summarize(results)
+        self.baseline = _baseline(list(dict.fromkeys(results["method"])))
+        self.summary = _summarize(results, self.baseline)
 
     def __repr__(self):
         return (f"TransferReport({self.task}, {self.n_splits} splits, "
                 f"score: {self._score_label()})\n{self.summary.to_string()}")
 
     def plot(self, ax=None):
-        """Each method's mean score with its 95% interval; the verdicts in the labels.
+        """What the verdicts are decided on: each method's paired gain over the baseline.
 
-        The verdicts come from the paired per-split differences, which are
-        more precise than the intervals of the scores drawn here: two
-        overlapping bars may still differ clearly.
+        Each method's mean per-split difference from the baseline (scratch,
+        or source-only in an adaptation study) with its 95% t-interval,
+        coloured by verdict, the per-split differences in grey and zero
+        marked: "helps" is an interval right of zero. The labels give each
+        method's mean score. Without a baseline, the mean scores and their
+        intervals are drawn instead.
 
         Parameters
         ----------
@@ -269,23 +299,28 @@ class TransferReport:
             fig = Figure(figsize=(7, 0.6 * len(self.summary) + 1.5), layout="constrained")
             ax = fig.subplots()
         fig = ax.figure
-        scores = self.results.groupby("method", sort=False)["score"]
-        names = list(self.summary.index)
+        scores = self.results.pivot(index="split", columns="method", values="score")
+        base = self.baseline
+        names = [n for n in self.summary.index if n != base]
         for row, name in enumerate(names):
-            low, high = _t_interval(scores.get_group(name).to_numpy())
-            mean = self.summary.loc[name, "score_mean"]
+            values = scores[name] - scores[base] if base else scores[name]
+            low, high = _t_interval(values.to_numpy())
+            mean = float(values.mean())
             ax.errorbar(mean, row, xerr=[[mean - low], [high - mean]], fmt="o", capsize=4,
                         color=_VERDICT_COLORS.get(self.summary.loc[name, "verdict"], "C0"))
-            ax.plot(scores.get_group(name), np.full(self.n_splits, row), ".", color="grey",
-                    alpha=0.5)
-        if BASELINE in self.summary.index:
-            ax.axvline(self.summary.loc[BASELINE, "score_mean"], color="black",
-                       linestyle="--", linewidth=1)
-        ax.set_yticks(range(len(names)),
-                      [f"{name}\n({self.summary.loc[name, 'verdict']})" for name in names])
+            ax.plot(values, np.full(self.n_splits, row), ".", color="grey", alpha=0.5)
+        if base:
+            ax.axvline(0, color="black", linestyle="--", linewidth=1)
+        ax.set_yticks(range(len(names)), [
+            f"{name} ({self.summary.loc[name, 'verdict']})\n"
+            f"{self._score_label()} {self.summary.loc[name, 'score_mean']:.3f}"
+            for name in names])
         ax.invert_yaxis()
-        ax.set_xlabel(f"{self._score_label()}: mean and {CONFIDENCE:.0%} interval over "
-                      f"{self.n_splits} splits (grey: each split)")
+        what = (f"gain in {self._score_label()} over {base} "
+                f"({self.summary.loc[base, 'score_mean']:.3f}), paired per split"
+                if base else self._score_label())
+        ax.set_xlabel(f"{what}: mean and {CONFIDENCE:.0%} interval over {self.n_splits} "
+                      "splits (grey: each split)")
         ax.grid(axis="x", alpha=0.3)
         return fig
 
@@ -299,7 +334,12 @@ _VERDICT_COLORS = {"helps": "tab:green", "hurts": "tab:red", "baseline": "black"
                    "no clear difference": "tab:grey"}
 
 
-def _summarize(results):
+def _baseline(names):
+    """The method gains are measured against: scratch, else source_only, else None."""
+    return next((n for n in (BASELINE, "source_only") if n in names), None)
+
+
+def _summarize(results, baseline):
     """The summary table of :class:`TransferReport` from its per-split results."""
     scores = results.pivot(index="split", columns="method", values="score")
     names = list(dict.fromkeys(results["method"]))
@@ -308,23 +348,24 @@ def _summarize(results):
     for name in names:
         row = {"score_mean": float(scores[name].mean()),
                "score_std": float(scores[name].std(ddof=1))}
-        row.update(_gain(scores, name))
+        row.update(_gain(scores, name, baseline))
         row["fit_seconds"] = float(fit_seconds[name])
         rows.append(row)
     return pd.DataFrame(rows, index=pd.Index(names, name="method"))
 
 
-def _gain(scores, name):
+def _gain(scores, name, baseline):
     """Gain columns and verdict of method ``name`` against the baseline."""
-    nan = {"gain_vs_scratch": np.nan, "gain_ci_low": np.nan, "gain_ci_high": np.nan}
-    if BASELINE not in scores:
+    column = f"gain_vs_{baseline or BASELINE}"
+    nan = {column: np.nan, "gain_ci_low": np.nan, "gain_ci_high": np.nan}
+    if baseline is None:
         return {**nan, "verdict": "no baseline"}
-    if name == BASELINE:
+    if name == baseline:
         return {**nan, "verdict": "baseline"}
-    diff = (scores[name] - scores[BASELINE]).to_numpy()
+    diff = (scores[name] - scores[baseline]).to_numpy()
     low, high = _t_interval(diff)
     verdict = "helps" if low > 0 else "hurts" if high < 0 else "no clear difference"
-    return {"gain_vs_scratch": float(diff.mean()), "gain_ci_low": low, "gain_ci_high": high,
+    return {column: float(diff.mean()), "gain_ci_low": low, "gain_ci_high": high,
             "verdict": verdict}
 
 
@@ -357,7 +398,7 @@ def _check_methods(methods):
     if not chosen:
         raise ValueError("methods is empty: name at least one method, such as "
                          f"{list(METHODS)}")
-    builtin = METHODS + MORE_METHODS
+    builtin = METHODS + MORE_METHODS + ADAPTATION_METHODS
     unknown = [name for name, est in chosen.items() if est is None and name not in builtin]
     if unknown:
         raise ValueError(
@@ -428,6 +469,8 @@ def _builtin(name, base, user_params):
         "contrastive": {"objective": "contrastive"},
         # Weight decay pulls towards zero, against L2-SP's pull towards the source.
         "l2sp": {"l2sp": L2SP_ALPHA, "weight_decay": 0.0},
+        # The adaptation methods: wrapped with the source by compare_transfer.
+        **{method: {} for method in ADAPTATION_METHODS},
     }[name]
     overridden = {key: user_params[key] for key in settings
                   if key in user_params and user_params[key] != settings[key]}

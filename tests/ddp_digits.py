@@ -106,6 +106,14 @@ def main():
                                       verbose=int(rank == 0))
     contrastive.fit(X, y)
     report["contrastive_transform"] = contrastive.transform(X_test[:5]).tolist()
+    # Domain adaptation: the target batches are sharded, the embeddings taken
+    # through the DDP wrapper, DANN's domain classifier averaged by hand.
+    dann = FineTunedClassifier(small_cnn(), device=args.device, adaptation="dann", lr=0.01,
+                               max_epochs=2, batch_size=16, random_state=0)
+    dann.fit(np.concatenate([X, X_test]), np.r_[y, -np.ones(len(X_test), dtype=int)])
+    report["dann_proba"] = dann.predict_proba(X_test[:5]).tolist()
+    report["dann_adaptation_losses"] = [b["adaptation_loss"] for e in dann.history_
+                                        for b in e["batches"]]
 
     if args.device == "cuda":
         synced = FineTunedClassifier(small_cnn(), device=args.device, sync_batchnorm=True,

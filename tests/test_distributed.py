@@ -84,6 +84,10 @@ def test_ranks_end_with_identical_weights_and_predictions(cpu_launch):
     # partial_fit and the contrastive objective train data-parallel too.
     assert first["partial_fit_head"] == second["partial_fit_head"]
     assert first["contrastive_transform"] == second["contrastive_transform"]
+    # ... and domain adaptation (DANN), each rank on its share of the target samples.
+    assert first["dann_proba"] == second["dann_proba"]
+    assert len(first["dann_adaptation_losses"]) == math.ceil(400 / 2 / 16) * 2
+    assert first["dann_adaptation_losses"] != second["dann_adaptation_losses"]
 
 
 def test_only_rank_zero_prints_the_epoch_table(cpu_launch):

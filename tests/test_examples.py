@@ -67,16 +67,18 @@ def test_demo_writes_table_csv_and_plot(tmp_path):
     with open(tmp_path / "results.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     methods = {r["method"] for r in rows}
-    assert methods == {"scratch", "linear_probe", "fine_tune", "lp_ft", "l2sp",
-                       "source features + SVC"}
+    transfer = {"scratch", "linear_probe", "fine_tune", "lp_ft", "l2sp", "source features + SVC"}
+    # The new-scanner scenario's adaptation study: source-only as its baseline.
+    adaptation = {"source_only", "coral (lambda=100)", "dann (lambda=0.1)"}
+    assert methods == transfer | adaptation
     assert all(0 <= float(r["score"]) <= 1 for r in rows)
     # Every method appears in the printed table.
     for method in methods:
         assert method in out
     with open(tmp_path / "summary.csv", newline="") as fh:
         summary = list(csv.DictReader(fh))
-    # One row per method in each of the two scenarios.
-    assert len(summary) == 2 * len(methods)
+    # One row per transfer method in each of the two scenarios, and the adaptation study.
+    assert len(summary) == 2 * len(transfer) + len(adaptation)
     assert {r["verdict"] for r in summary} <= {"baseline", "helps", "hurts",
                                                "no clear difference"}
     assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -8,6 +8,7 @@ import torch
 from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 from scipy import stats
+from sklearn.base import clone
 from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
@@ -103,15 +104,24 @@ def test_every_method_gets_the_given_splits_even_from_a_one_shot_iterator(flat_s
     assert probe == direct
 
 
-def test_plot_draws_one_errorbar_per_method_labelled_with_its_verdict(flat_study):
+def test_plot_draws_what_the_verdicts_are_decided_on(flat_study):
+    """The paired gains over scratch with their intervals and zero marked, not the scores:
+    a method marked "helps" has its interval right of the zero line."""
     report = flat_study[0]
     fig = report.plot()
     assert isinstance(fig, Figure)
     ax, = fig.axes
-    assert sum(isinstance(c, ErrorbarContainer) for c in ax.containers) == 3
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 2  # one per method but the baseline
     labels = [t.get_text() for t in ax.get_yticklabels()]
-    assert labels == [f"{m}\n({report.summary.loc[m, 'verdict']})"
-                      for m in ("scratch", "linear_probe", "fine_tune")]
+    summary = report.summary
+    assert labels == [f"{m} ({summary.loc[m, 'verdict']})\naccuracy "
+                      f"{summary.loc[m, 'score_mean']:.3f}" for m in ("linear_probe", "fine_tune")]
+    for bar, m in zip(bars, ("linear_probe", "fine_tune")):
+        x, _ = bar.lines[0].get_data()
+        assert x[0] == pytest.approx(summary.loc[m, "gain_vs_scratch"])
+    assert any(line.get_xdata()[0] == 0 for line in ax.lines if line.get_linestyle() == "--")
+    assert "gain in accuracy over scratch" in ax.get_xlabel()
 
 
 def degraded(X, blur=0.6, noise=0.1, seed=0):
@@ -245,3 +255,28 @@ def test_the_contrastive_method_compares_classifiers_only():
     assert set(report.results["method"]) == {"scratch", "contrastive"}
     with pytest.raises(ValueError, match="'contrastive' method draws pairs from class labels"):
         compare_transfer(XY[0], XY[0][:, 0], **TINY, methods=["scratch", "contrastive"], cv=2)
+
+
+def test_adaptation_methods_are_judged_against_source_only(digits):
+    """compare_transfer with source=...: source_only is the baseline, the plot draws gains."""
+    from sktransfer.study_adaptation import WithSource
+
+    images, labels = digits
+    X = (images[:300].reshape(300, -1) / 255.0).astype(np.float32)
+    rng = np.random.RandomState(0)
+    Xt = np.clip(0.6 * X[150:] + 0.3 + rng.normal(0, 0.1, X[150:].shape), 0, 1)
+    Xt = Xt.astype(np.float32)
+    net = nn.Sequential(nn.Linear(64, 16), nn.ReLU())
+    splits = [(np.arange(i * 10, i * 10 + 10), np.arange(100, 150)) for i in range(3)]
+    report = compare_transfer(Xt, labels[150:300], net, methods=["source_only", "coral"],
+                              cv=splits, source=(X[:150], labels[:150]),
+                              estimator_params={"max_epochs": 2, "lr": 0.05}, random_state=0)
+    assert report.baseline == "source_only"
+    assert report.summary.loc["source_only", "verdict"] == "baseline"
+    assert "gain_vs_source_only" in report.summary.columns
+    assert report.summary.loc["coral", "verdict"] in ("helps", "hurts", "no clear difference")
+    fig = report.plot()
+    assert "gain in accuracy over source_only" in fig.axes[0].get_xlabel()
+    with pytest.raises(ValueError, match="needs source="):
+        compare_transfer(Xt, labels[150:300], net, methods=["coral"], cv=splits)
+    assert isinstance(clone(WithSource(FineTunedClassifier(net), X, labels[:300])), WithSource)

@@ -20,6 +20,7 @@ from skorch.helper import predefined_split
 from torch.nn.parallel import DistributedDataParallel
 
 from .._utils.device import autocast, to_device
+from .adaptation import adapted_train_step
 from .callbacks import RankMeanScoring, ValidScore
 from .distributed import from_sync_batchnorm, shard_size, to_sync_batchnorm
 
@@ -102,6 +103,10 @@ class FineTuningNet(NeuralNet):
         (:func:`cpu_training_layout`). Other 4-D inputs (a user's module)
         train contiguous, as given: a channels-last input would break a
         module that ``view``s it.
+    adaptation : DomainAdaptation, optional
+        A domain-adaptation term (:mod:`sktransfer.training.adaptation`):
+        training steps add it on source and target embeddings; its
+        ``stream`` of target batches is set by each training call.
     **kwargs
         Everything else ``NeuralNet`` takes.
 
@@ -118,7 +123,7 @@ class FineTuningNet(NeuralNet):
 
     def __init__(self, module, criterion, *, optimizer_groups, penalty=None, augment=None,
                  amp_dtype=None, score=None, group=None, sync_batchnorm=False,
-                 image_input=False, **kwargs):
+                 image_input=False, adaptation=None, **kwargs):
         # Set before NeuralNet.__init__: afterwards skorch only accepts torch
         # modules as attributes inside its initialize methods.
         self.optimizer_groups = optimizer_groups
@@ -129,6 +134,7 @@ class FineTuningNet(NeuralNet):
         self.group = group
         self.sync_batchnorm = sync_batchnorm
         self.image_input = image_input
+        self.adaptation = adaptation
         self.ddp_ = None
         self.call_loader_options_ = {}
         super().__init__(module, criterion, **kwargs)
@@ -150,12 +156,21 @@ class FineTuningNet(NeuralNet):
             # Registered as a module of the net, so its reference buffers
             # follow the network to the training device.
             self.penalty_ = self.penalty
+        if self.adaptation is not None:
+            self.adaptation_ = self.adaptation
         return self
 
     def initialize_optimizer(self, triggered_directly=None):
         kwargs = self.get_params_for("optimizer")
         kwargs.setdefault("lr", self.lr)
-        self.optimizer_ = self.optimizer(self.optimizer_groups(self.module_), **kwargs)
+        groups = self.optimizer_groups(self.module_)
+        if self.adaptation is not None and self.adaptation.discriminator is not None:
+            # DANN's domain classifier trains at the head's rate (first, so
+            # that event_lr keeps recording the head's group, the last one).
+            groups = [{"params": list(self.adaptation.discriminator.parameters()),
+                       "lr": self.lr, "base_lr": self.lr, "weight_decay": 0.0,
+                       "name": "domain_classifier"}, *groups]
+        self.optimizer_ = self.optimizer(groups, **kwargs)
         return self
 
     def on_train_begin(self, net, X=None, y=None, **kwargs):
@@ -335,6 +350,8 @@ class FineTuningNet(NeuralNet):
         return loss
 
     def train_step_single(self, batch, **fit_params):
+        if self.adaptation is not None:
+            return adapted_train_step(self, batch)
         self._set_training(True)
         Xi, yi = unpack_data(batch)
         y_pred = self.infer(Xi, **fit_params)

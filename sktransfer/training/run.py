@@ -19,6 +19,7 @@ from skorch.callbacks import ProgressBar
 from .._utils.device import resolve_device, resolve_precision
 from .._utils.launch import is_main_process
 from ..inputs import Collate, Samples
+from .adaptation import DomainAdaptation, TargetStream
 from .augment import FlipAndResizedCrop
 from .callbacks import FreezeSchedule, LRSchedule, ValidatedEarlyStopping
 from .contrastive import CosinePairs, PairRows
@@ -40,11 +41,14 @@ class TrainingRun:
         ``l2sp_`` built; the run sets its ``net_`` and ``history_``.
     group : TrainingGroup or None
         The processes this call trains over.
+    target : Dataset or None
+        The target domain's samples for ``adaptation`` (their labels unused).
     """
 
-    def __init__(self, estimator, group=None):
+    def __init__(self, estimator, group=None, target=None):
         self.estimator = estimator
         self.group = group
+        self.target = target
 
     def fit_model(self, train, valid, epochs, first):
         """Train for ``epochs`` with the objective; ``first``: the model's first training call.
@@ -124,7 +128,7 @@ class TrainingRun:
             amp_dtype=resolve_precision(est.precision, device),
             score=None if contrastive else est._score_name,
             sync_batchnorm=bool(est.sync_batchnorm),
-            image_input=backbone.modality == "image",
+            image_input=backbone.modality == "image", adaptation=self.adaptation(),
             optimizer=optimizer, lr=est._lr(), max_epochs=est._max_epochs(),
             batch_size=est.batch_size, train_split=None, callbacks=callbacks,
             verbose=verbose, device=str(device),
@@ -140,6 +144,13 @@ class TrainingRun:
         est.net_ = net
         est.history_ = net.history_
         return net
+
+    def adaptation(self):
+        """The domain-adaptation term of this training, or None."""
+        est = self.estimator
+        if self.target is None:
+            return None
+        return DomainAdaptation(est.adaptation, est.adaptation_weight, est.n_features_out_)
 
     def train(self, train, valid, epochs):
         """Train the estimator's net for ``epochs`` over ``train`` (validating on ``valid``)."""
@@ -166,6 +177,10 @@ class TrainingRun:
                                 rank=rank, world_size=world_size)
         valid_sampler = None if group is None or valid is None else Shard(
             len(valid), rank, world_size)
+        if net.adaptation is not None:
+            net.adaptation_.stream = TargetStream(
+                self.target, Collate(est.backbone_.preprocess), est.batch_size, seed + 2,
+                net.batches_per_epoch(len(train)) * epochs, rank, world_size)
         if group is not None:
             # Every rank shares the seed; dropout and augmentation draws
             # should still differ between the ranks' samples.
@@ -180,6 +195,8 @@ class TrainingRun:
             unfreeze_all(net.module_)
             net.module_.eval()
             net.release_training_state(keep_optimizer=est.keep_optimizer)
+            if net.adaptation is not None:
+                net.adaptation_.stream = None  # the call's data: not kept
         if net.interrupted_:
             # skorch swallows the interrupt; the user asked to stop, so the
             # caller (a script, a GridSearchCV) must stop too.

@@ -1,0 +1,61 @@
+"""sktransfer's features and fine-tuners compose with skada (issue 21)."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from torch import nn
+
+from sktransfer import FineTunedClassifier, PretrainedFeatureTransformer
+
+skada = pytest.importorskip("skada")  # in the dev extra; skipped only where not installed
+
+
+@pytest.fixture(scope="module")
+def shifted(digits):
+    images, labels = digits
+    X = (images[:400].reshape(400, -1) / 255.0).astype(np.float32)
+    rng = np.random.RandomState(0)
+    Xt = np.clip(0.6 * X[200:] + 0.3 + rng.normal(0, 0.1, X[200:].shape), 0, 1)
+    X = np.concatenate([X[:200], Xt.astype(np.float32)])
+    domain = np.r_[np.ones(200, int), -np.ones(200, int)]
+    return X, labels[:400].copy(), domain
+
+
+def _frozen_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 32), nn.Tanh())
+
+
+@pytest.mark.parametrize("adapter", ["CORALAdapter", "SubspaceAlignmentAdapter"])
+def test_frozen_features_then_skada_shallow_adapter_in_one_pipeline(shifted, adapter):
+    X, y, domain = shifted
+    extra = {"n_components": 10} if adapter == "SubspaceAlignmentAdapter" else {}
+    pipe = skada.make_da_pipeline(PretrainedFeatureTransformer(_frozen_net()),
+                                  getattr(skada, adapter)(**extra),
+                                  LogisticRegression(max_iter=500))
+    # skada's pipeline masks the target labels itself (in place: give it a copy)
+    pipe.fit(X, y.copy(), sample_domain=domain)
+    target = domain < 0
+    pred = pipe.predict(X[target], sample_domain=domain[target])
+    assert pred.shape == (200,) and set(pred) <= set(y)
+    # (skada's pipeline score() treats target rows as masked: score the predictions)
+    assert np.mean(pred == y[target]) > 0.3
+
+
+def test_fine_tuner_in_a_skada_pipeline_with_skada_scorers(shifted):
+    import sklearn
+    from skada.metrics import PredictionEntropyScorer
+
+    X, y, domain = shifted
+    with sklearn.config_context(enable_metadata_routing=True):
+        clf = FineTunedClassifier(nn.Sequential(nn.Linear(64, 16), nn.ReLU()),
+                                  adaptation="coral", lr=0.05, max_epochs=2, random_state=0)
+        # skada's pipeline masks the target labels (y = -1) and routes sample_domain
+        pipe = skada.make_da_pipeline(clf.set_fit_request(sample_domain=True))
+        pipe.fit(X, y.copy(), sample_domain=domain)
+        fitted = pipe[-1].base_estimator_
+        assert fitted.classes_.tolist() == list(range(10))
+        score = PredictionEntropyScorer()(pipe, X, np.where(domain < 0, -1, y),
+                                          sample_domain=domain)
+    assert np.isfinite(score) and score <= 0
