@@ -123,7 +123,13 @@ class ModelRef:
 
 
 def _revive(digest, key, payload):
-    """A :class:`ShippedModel` from its pickle, reusing this process's copy when it has one."""
+    """A :class:`ShippedModel` from its pickle, reusing this process's copy when it has one.
+
+    ``payload`` is the user's own fitted estimator, pickled by their client a
+    moment before and sent over their cluster (what Dask does with every task
+    it runs): nothing sktransfer stored is unpickled here. The estimator's
+    pickle itself holds specs and arrays, never a pickled module object.
+    """
     if digest is None:
         return ShippedModel(pickle.loads(payload))
     with _RESIDENT_LOCK:
