@@ -50,3 +50,24 @@ def test_a_loaded_classifier_keeps_training():
     est.partial_fit(X, np.arange(len(X)) % 3)
     assert len(est.history_) == n_epochs + 1
     assert est.l2sp_ is not None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameters_added_since_take_their_defaults(name):
+    # Files written before prompt, sampling_rate, adaptation... existed hold
+    # none of them: they read as the defaults (what that version did), so
+    # get_params, clone and a refit work on a loaded estimator.
+    import inspect
+
+    from sklearn.base import clone
+
+    pytest.importorskip("timm")
+    pytest.importorskip("transformers")
+    est = joblib.load(os.path.join(HERE, f"{name}.pkl"))
+    signature = inspect.signature(type(est).__init__).parameters
+    params = est.get_params(deep=False)
+    assert set(params) == set(signature) - {"self"}
+    for added in ("prompt", "sampling_rate", "max_duration", "adaptation"):
+        if added in signature:
+            assert params[added] == signature[added].default
+    assert clone(est).get_params(deep=False).keys() == params.keys()

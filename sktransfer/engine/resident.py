@@ -15,6 +15,7 @@ parameters), so a search's clones build their own and free them with the
 clone.
 """
 
+import inspect
 import threading
 import weakref
 
@@ -178,10 +179,13 @@ class ServesFromEngine:
         return engine if kept_key == key else None
 
     def __setstate__(self, state):
-        # Files written before these parameters existed ran eager torch.
+        # A file written before a parameter existed holds none: it takes its
+        # default, which is what that version did (runtime="torch", no prompt,
+        # no adaptation...), so get_params, clone and a refit work on it.
         state = dict(state)
-        state.setdefault("runtime", "torch")
-        state.setdefault("quantize", None)
+        for name, param in inspect.signature(type(self).__init__).parameters.items():
+            if name != "self" and param.default is not inspect.Parameter.empty:
+                state.setdefault(name, param.default)
         super().__setstate__(state)
 
 
