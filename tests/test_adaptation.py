@@ -14,7 +14,7 @@ from torch import nn
 
 import sktransfer
 from sktransfer import FineTunedClassifier, FineTunedRegressor
-from sktransfer.scorers import PredictionEntropyScorer
+from sktransfer.scorers import DeepEmbeddedValidation, PredictionEntropyScorer
 from sktransfer.training.adaptation import coral_loss, mmd_loss
 
 FAST = dict(lr=0.05, max_epochs=4, batch_size=32, random_state=0)
@@ -161,7 +161,9 @@ def test_clone_pickle_and_save_round_trips(shift, tmp_path):
     np.testing.assert_allclose(loaded.predict_proba(Xt), clf.predict_proba(Xt), atol=1e-6)
 
 
-def test_routing_through_pipeline_and_grid_search_with_the_entropy_scorer(shift):
+@pytest.mark.parametrize("scorer", [PredictionEntropyScorer(), DeepEmbeddedValidation()],
+                         ids=["entropy", "dev"])
+def test_routing_through_pipeline_and_grid_search_with_an_unsupervised_scorer(shift, scorer):
     X, y = _joint(shift)
     domain = np.where(y == -1, -1, 1)
     with sklearn.config_context(enable_metadata_routing=True):
@@ -172,7 +174,7 @@ def test_routing_through_pipeline_and_grid_search_with_the_entropy_scorer(shift)
         # one fold: train on everything but a quarter of each domain, score on that quarter
         fold = np.where(np.arange(len(y)) % 4 == 0, 0, -1)
         search = GridSearchCV(pipe, {"finetunedclassifier__adaptation_weight": [0.1, 10.0]},
-                              cv=PredefinedSplit(fold), scoring=PredictionEntropyScorer())
+                              cv=PredefinedSplit(fold), scoring=scorer)
         search.fit(X, y, sample_domain=domain)
     scores = search.cv_results_["mean_test_score"]
     assert np.all(scores <= 0) and np.all(np.isfinite(scores))
