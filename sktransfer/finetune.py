@@ -19,6 +19,7 @@ from ._finetune_base import N_PAIRS, OBJECTIVES, _FineTuned
 from ._finetune_docs import ATTRIBUTES_DOC, PARAMS_DOC
 from ._utils.validation import InstanceOf, Interval, Options
 from .scaling import is_lazy_collection
+from .training.adaptation import check_prediction_domain
 from .training.targets import (check_labels, check_regression_targets, class_weights,
                                encode_labels, fit_classes, stratification, target_scaling)
 
@@ -95,6 +96,10 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
     """
 
     _score_name = "accuracy"
+    # Domain-aware pipelines and scorers (skada's) pass sample_domain to
+    # prediction; request it by default, as skada's own estimators do.
+    __metadata_request__predict = {"sample_domain": True}
+    __metadata_request__predict_proba = {"sample_domain": True}
 
     _parameter_constraints = {
         **_FineTuned._parameter_constraints,
@@ -162,7 +167,7 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
         finally:
             self.__dict__.pop("_all_classes", None)
 
-    def predict_proba(self, X):
+    def predict_proba(self, X, sample_domain=None):
         """Class probabilities, columns in the order of ``classes_``.
 
         Parameters
@@ -170,6 +175,10 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
         X : array-like, list of paths, PIL images or strings, or a Dask collection
             A Dask array, DataFrame, Series or bag is predicted lazily on
             the Dask cluster (see :doc:`/scaling`).
+        sample_domain : array-like of shape (n_samples,) or None, default=None
+            Accepted so that domain-aware scorers (skada's) can pass it, with
+            skada's convention (positive: source, negative: target); a
+            sample's prediction does not depend on its domain.
 
         Returns
         -------
@@ -181,15 +190,20 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
         if is_lazy_collection(X):
             return self._lazy("predict_proba", X, len(self.classes_), np.float32,
                               list(self.classes_))
+        check_prediction_domain(sample_domain, X)
         samples = self._samples(X, reset=False)
         return self._predict("proba", samples)
 
-    def predict(self, X):
+    def predict(self, X, sample_domain=None):
         """Predicted labels.
 
         Parameters
         ----------
         X : array-like, list of paths, PIL images or strings, or a Dask collection
+        sample_domain : array-like of shape (n_samples,) or None, default=None
+            Accepted so that domain-aware scorers (skada's) can pass it, with
+            skada's convention (positive: source, negative: target); a
+            sample's prediction does not depend on its domain.
 
         Returns
         -------
@@ -200,7 +214,7 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
         if is_lazy_collection(X):
             check_is_fitted(self)
             return self._lazy("predict", X, None, self.classes_.dtype)
-        proba = self.predict_proba(X)
+        proba = self.predict_proba(X, sample_domain)
         return self.classes_[proba.argmax(axis=1)]
 
     def _check_y(self, y, reset):
@@ -259,6 +273,7 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
     """
 
     _score_name = "r2"
+    __metadata_request__predict = {"sample_domain": True}
 
     def partial_fit(self, X, y):
         """Train one more epoch over ``(X, y)``; the first call also builds the model.
@@ -278,12 +293,16 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
         """
         return self._partial_fit(X, y)
 
-    def predict(self, X):
+    def predict(self, X, sample_domain=None):
         """Predicted targets, shaped like the ``y`` given to ``fit``.
 
         Parameters
         ----------
         X : array-like, list of paths, PIL images or strings, or a Dask collection
+        sample_domain : array-like of shape (n_samples,) or None, default=None
+            Accepted so that domain-aware scorers (skada's) can pass it, with
+            skada's convention (positive: source, negative: target); a
+            sample's prediction does not depend on its domain.
 
         Returns
         -------
@@ -294,6 +313,7 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
         if is_lazy_collection(X):
             return self._lazy("predict", X, None if self._y_1d else self.n_outputs_,
                               np.float64)
+        check_prediction_domain(sample_domain, X)
         samples = self._samples(X, reset=False)
         scaled = self._predict("raw", samples).astype(np.float64)
         pred = scaled * self._y_scale + self._y_mean

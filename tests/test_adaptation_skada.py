@@ -59,3 +59,25 @@ def test_fine_tuner_in_a_skada_pipeline_with_skada_scorers(shifted):
         score = PredictionEntropyScorer()(pipe, X, np.where(domain < 0, -1, y),
                                           sample_domain=domain)
     assert np.isfinite(score) and score <= 0
+
+
+def test_skada_scorers_call_the_fine_tuner_directly(shifted):
+    from skada.metrics import PredictionEntropyScorer as SkadaEntropy
+
+    from sktransfer.scorers import PredictionEntropyScorer
+
+    X, y, domain = shifted
+    clf = FineTunedClassifier(nn.Sequential(nn.Linear(64, 16), nn.ReLU()), adaptation="coral",
+                              lr=0.05, max_epochs=2, random_state=0)
+    masked = np.where(domain < 0, -1, y)
+    clf.fit(X, masked, sample_domain=domain)
+    # skada passes sample_domain to predict_proba; the prediction does not depend on it
+    ours = PredictionEntropyScorer()(clf, X, masked, sample_domain=domain)
+    theirs = SkadaEntropy()(clf, X, masked, sample_domain=domain)
+    # skada's "mean" averages over the classes too (and adds 1e-7 inside the log)
+    assert theirs == pytest.approx(ours / len(clf.classes_), rel=1e-4)
+    np.testing.assert_array_equal(clf.predict(X, sample_domain=domain), clf.predict(X))
+    with pytest.raises(ValueError, match="one value per sample"):
+        clf.predict_proba(X, sample_domain=domain[:10])
+    with pytest.raises(ValueError, match="nonzero integers"):
+        clf.predict(X, sample_domain=np.zeros(len(X), int))

@@ -324,6 +324,28 @@ class DomainSplit:
         return None if self.target is None else samples.subset(self.target)
 
 
+def check_prediction_domain(sample_domain, X):
+    """Check the ``sample_domain`` a domain-aware scorer passes to ``predict``.
+
+    Predictions do not depend on the domain; a value that could not mark
+    ``X``'s rows by skada's convention is refused rather than ignored.
+    """
+    if sample_domain is not None:
+        check_domain(sample_domain, len(X))
+
+
+def check_domain(sample_domain, n):
+    """``sample_domain`` as a 1-D integer array of ``n`` nonzero values (skada's convention)."""
+    domain = np.asarray(sample_domain)
+    if domain.ndim != 1 or len(domain) != n:
+        raise ValueError(f"sample_domain must hold one value per sample: {n} samples, "
+                         f"sample_domain of shape {domain.shape}.")
+    if domain.dtype.kind not in "iu" or np.any(domain == 0):
+        raise ValueError("sample_domain must hold nonzero integers: positive for source "
+                         "samples, negative for target samples (skada's convention).")
+    return domain
+
+
 def check_adaptation(estimator):
     """Refuse the settings under which ``adaptation`` cannot act (once the backbone is loaded)."""
     method = estimator.adaptation
@@ -366,13 +388,7 @@ def split_domains(estimator, y, sample_domain, regression):
     if sample_domain is None:
         target = unlabelled
     else:
-        domain = np.asarray(sample_domain).ravel()
-        if len(domain) != n:
-            raise ValueError(f"sample_domain has {len(domain)} values for {n} samples.")
-        if domain.dtype.kind not in "iu" or np.any(domain == 0):
-            raise ValueError("sample_domain must hold nonzero integers: positive for source "
-                             "samples, negative for target samples (skada's convention).")
-        target = domain < 0
+        target = check_domain(np.ravel(sample_domain), n) < 0
         if np.any(unlabelled & ~target):
             raise ValueError(f"{int(np.sum(unlabelled & ~target))} source samples "
                              "(sample_domain > 0) have no label (y = -1 or NaN); every "
