@@ -105,9 +105,10 @@ class DeepEmbeddedValidation(_TargetAwareScorer):
     variate ``eta = -cov(w * loss, w) / var(w)``. The score is its negative,
     so that higher is better, as scikit-learn's searches expect.
 
-    The embedding is ``estimator.transform`` (a fine-tuner's backbone), or,
-    for a ``Pipeline``, its steps before the final classifier; the
-    probabilities are ``estimator.predict_proba``.
+    The embedding is ``estimator.transform`` (a fine-tuner's backbone, also
+    as a pipeline's last step), or, for a ``Pipeline`` ending in a plain
+    classifier, its steps before the classifier; the probabilities are
+    ``estimator.predict_proba``.
 
     Only the source rows' labels are read: a target row's label, when one is
     given, is ignored. The source rows must be samples the estimator did not
@@ -184,11 +185,18 @@ class DeepEmbeddedValidation(_TargetAwareScorer):
 
 
 def _embedding(estimator):
-    """The function that embeds ``X`` as the estimator's final step sees it."""
+    """The function that embeds ``X``: up to the last step that transforms (skada's rule).
+
+    A fine-tuner transforms (its backbone's embedding), also as a
+    pipeline's final step; a pipeline ending in a plain classifier embeds
+    through the steps before it; an estimator that transforms nothing sees
+    the flattened inputs.
+    """
     if isinstance(estimator, Pipeline):
-        if len(estimator) == 1:
-            return _flat
-        return estimator[:-1].transform
+        for i in reversed(range(len(estimator))):
+            if hasattr(estimator[i], "transform"):
+                return estimator[:i + 1].transform
+        return _flat
     if hasattr(estimator, "transform"):
         return estimator.transform
     return _flat

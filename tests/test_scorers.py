@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from torch import nn
 
 from sktransfer import FineTunedClassifier
@@ -91,6 +91,9 @@ def test_dev_on_a_fine_tuner_reads_the_source_labels_only(adapted):
     assert scorer(clf, X[rows], y[rows], sample_domain=domain) == pytest.approx(masked)
     shuffled = np.where(domain < 0, np.random.RandomState(1).permutation(y[rows]), y[rows])
     assert scorer(clf, X[rows], shuffled, sample_domain=domain) == pytest.approx(masked)
+    # as a pipeline's last step, the embedding is still the fine-tuner's
+    pipe = Pipeline([("identity", FunctionTransformer().fit(X)), ("clf", clf)])
+    assert scorer(pipe, X[rows], np.where(domain < 0, -1, y[rows])) == pytest.approx(masked)
 
 
 def test_dev_names_what_is_missing(adapted):
