@@ -177,9 +177,11 @@ PARAMS_DOC = """
         ``objective="contrastive"``, a fully frozen backbone or
         ``partial_fit``. See :doc:`/adaptation`.
     adaptation_weight : float, default=1.0
-        lambda, the weight of the adaptation term in the training loss
-        (choose it without target labels with
-        :class:`~sktransfer.scorers.PredictionEntropyScorer`)."""
+        lambda, the weight of the adaptation term in the training loss.
+        Its useful range depends on the method and the embedding's width
+        (CORAL's term is divided by ``4 d^2``: tens to hundreds for a
+        512-wide embedding): choose it without target labels with
+        :class:`~sktransfer.scorers.DeepEmbeddedValidation` in a search."""
 
 ATTRIBUTES_DOC = """
     backbone_ : Backbone
