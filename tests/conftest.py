@@ -38,6 +38,19 @@ def digits():
 
 
 @pytest.fixture(scope="session")
+def shifted_digits(digits):
+    """400 digits as 64 features: the first 200 clean (source, ``sample_domain`` 1), the
+    other 200 dimmed and noisy (target, -1); with their true labels."""
+    images, labels = digits
+    X = (images[:400].reshape(400, -1) / 255.0).astype(np.float32)
+    rng = np.random.RandomState(0)
+    Xt = np.clip(0.6 * X[200:] + 0.3 + rng.normal(0, 0.1, X[200:].shape), 0, 1)
+    X = np.concatenate([X[:200], Xt.astype(np.float32)])
+    domain = np.r_[np.ones(200, int), -np.ones(200, int)]
+    return X, labels[:400].copy(), domain
+
+
+@pytest.fixture(scope="session")
 def image_files(tmp_path_factory, digits):
     """Twelve real digit images written as PNG files of mixed sizes and modes."""
     from PIL import Image

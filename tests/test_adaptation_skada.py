@@ -12,14 +12,9 @@ skada = pytest.importorskip("skada")  # in the dev extra; skipped only where not
 
 
 @pytest.fixture(scope="module")
-def shifted(digits):
-    images, labels = digits
-    X = (images[:400].reshape(400, -1) / 255.0).astype(np.float32)
-    rng = np.random.RandomState(0)
-    Xt = np.clip(0.6 * X[200:] + 0.3 + rng.normal(0, 0.1, X[200:].shape), 0, 1)
-    X = np.concatenate([X[:200], Xt.astype(np.float32)])
-    domain = np.r_[np.ones(200, int), -np.ones(200, int)]
-    return X, labels[:400].copy(), domain
+def shifted(shifted_digits):
+    X, y, domain = shifted_digits
+    return X, y.copy(), domain
 
 
 def _frozen_net():

@@ -66,13 +66,8 @@ def test_dev_is_the_papers_estimator_with_its_control_variate():
 
 
 @pytest.fixture(scope="module")
-def adapted(digits):
-    images, labels = digits
-    X = (images[:400].reshape(400, -1) / 255.0).astype(np.float32)
-    rng = np.random.RandomState(0)
-    Xt = np.clip(0.6 * X[200:] + 0.3 + rng.normal(0, 0.15, X[200:].shape), 0, 1)
-    X = np.concatenate([X[:200], Xt.astype(np.float32)])
-    y = labels[:400].copy()
+def adapted(shifted_digits):
+    X, y, _ = shifted_digits
     train = np.r_[np.arange(150), np.arange(200, 400)]
     clf = FineTunedClassifier(nn.Sequential(nn.Linear(64, 16), nn.ReLU()), adaptation="coral",
                               lr=0.05, max_epochs=3, random_state=0)
