@@ -100,7 +100,7 @@ class DeepEmbeddedValidation(_TargetAwareScorer):
     the scored rows' labelled source samples are split in two; a domain
     classifier learns, on the embeddings of the first part and of the target
     rows, to tell source from target; each sample of the second part gets the
-    density ratio ``w = (n_source / n_target) * P(target | e) / P(source | e)``
+    density ratio ``w = (n_first / n_target) * P(target | e) / P(source | e)``
     and the estimate is the mean of ``w * log loss`` corrected by the control
     variate ``eta = -cov(w * loss, w) / var(w)``. The score is its negative,
     so that higher is better, as scikit-learn's searches expect.
@@ -156,6 +156,9 @@ class DeepEmbeddedValidation(_TargetAwareScorer):
         self.eps = eps
 
     def __call__(self, estimator, X, y=None, sample_domain=None):
+        if not hasattr(estimator, "predict_proba"):
+            raise TypeError(f"DeepEmbeddedValidation weights the log loss of predict_proba; "
+                            f"{type(estimator).__name__} has none (a classifier is needed).")
         target = _target_rows(X, y, sample_domain)
         if y is None:
             raise ValueError("DeepEmbeddedValidation needs the source rows' labels: pass y.")

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
@@ -98,3 +98,6 @@ def test_dev_names_what_is_missing(adapted):
     with pytest.raises(ValueError, match="source rows' labels"):
         DeepEmbeddedValidation()(clf, X, None, sample_domain=np.r_[np.ones(200, int),
                                                                   -np.ones(200, int)])
+    with pytest.raises(TypeError, match="predict_proba"):
+        DeepEmbeddedValidation()(LinearRegression().fit(X[:200], y[:200]), X,
+                                 np.r_[y[:200], -np.ones(200, dtype=int)])
