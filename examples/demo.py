@@ -206,6 +206,13 @@ def tables(all_reports, column):
     return pd.concat(frames, ignore_index=True)
 
 
+def size_name(k):
+    """How a study's size reads: ``2`` -> "2 labels per class"; the adaptation
+    study's key ``"2 + unlabelled scans"`` -> "2 labels per class + unlabelled scans"."""
+    count, _, extra = str(k).partition(" + ")
+    return f"{count} labels per class" + (f" + {extra}" if extra else "")
+
+
 def plot(all_reports, path):
     """One panel per scenario and size, as ``TransferReport.plot`` draws them."""
     from matplotlib.figure import Figure
@@ -215,7 +222,7 @@ def plot(all_reports, path):
     for ax, (scenario, k, report) in zip(fig.subplots(len(panels), 1, squeeze=False)[:, 0],
                                          panels):
         report.plot(ax=ax)
-        ax.set_title(f"{scenario}, {k} labels per class", fontsize=10)
+        ax.set_title(f"{scenario}\n{size_name(k)}", fontsize=10)
     fig.savefig(path, dpi=110)
 
 
@@ -246,13 +253,14 @@ def main(argv=None):
         for k, report in reports.items():
             baseline = ("training from scratch" if report.baseline == "scratch"
                         else report.baseline)
-            print(f"\n{scenario}, {k} labels per class, {report.n_splits} draws.\n"
+            print(f"\n{scenario}, {size_name(k)}, {report.n_splits} draws.\n"
                   f"Gain over {baseline}, in accuracy points (paired by draw), "
                   "its 95% interval and the verdict:")
             print(format_summary(report))
     print("\nA verdict of 'hurts' is negative transfer: the source network is a worse "
-          "start than random\nweights here. 'no clear difference': more draws or labels "
-          "would be needed to tell.")
+          "start than random\nweights here (in the unlabelled-scans tables: the adaptation "
+          "term made the model worse\nthan the same training without it). 'no clear "
+          "difference': more draws or labels would be\nneeded to tell.")
 
     os.makedirs(args.out, exist_ok=True)
     tables(all_reports, "results").to_csv(os.path.join(args.out, "results.csv"), index=False)

@@ -319,7 +319,8 @@ class TransferReport:
         what = (f"gain in {self._score_label()} over {base} "
                 f"({self.summary.loc[base, 'score_mean']:.3f}), paired per split"
                 if base else self._score_label())
-        ax.set_xlabel(f"{what}: mean and {CONFIDENCE:.0%} interval over {self.n_splits} "
+        # two lines: in one, the label outgrows a narrow panel and is cut
+        ax.set_xlabel(f"{what}:\nmean and {CONFIDENCE:.0%} interval over {self.n_splits} "
                       "splits (grey: each split)")
         ax.grid(axis="x", alpha=0.3)
         return fig
