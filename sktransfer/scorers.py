@@ -22,9 +22,12 @@ on a few source samples and the estimate is noisy; it cannot see a shift in
 the labels' meaning.
 
 :doc:`/adaptation` reports how often each one's choice matched the choice
-made on target labels. skada's scorers (``skada.metrics``) work with the
-fine-tuners too.
+made on target labels. Of skada's scorers (``skada.metrics``),
+``PredictionEntropyScorer``, ``SoftNeighborhoodDensity`` and
+``CircularValidation`` call the fine-tuners directly.
 """
+
+import warnings
 
 import numpy as np
 from sklearn.base import clone
@@ -35,7 +38,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils import _safe_indexing
 from sklearn.utils.metadata_routing import MetadataRequest
 
-from .training.adaptation import unlabelled_rows
+from .training.adaptation import check_domain, unlabelled_rows
 
 __all__ = ["PredictionEntropyScorer", "DeepEmbeddedValidation"]
 
@@ -143,9 +146,8 @@ class DeepEmbeddedValidation(_TargetAwareScorer):
     ...                                                                y_source[:100])
     >>> X = np.concatenate([X_source[100:], X_target])
     >>> y = np.concatenate([y_source[100:], -np.ones(100, dtype=int)])
-    >>> score = DeepEmbeddedValidation()(clf, X, y)
-    >>> bool(score < 0)  # a loss, negated
-    True
+    >>> round(DeepEmbeddedValidation()(clf, X, y), 2)  # the estimated target log loss, negated
+    -0.19
     """
 
     def __init__(self, domain_classifier=None, validation_size=0.33, random_state=0,
@@ -163,7 +165,13 @@ class DeepEmbeddedValidation(_TargetAwareScorer):
         if y is None:
             raise ValueError("DeepEmbeddedValidation needs the source rows' labels: pass y.")
         y = np.asarray(y)
-        source = np.flatnonzero(~target)
+        source = np.flatnonzero(~target & ~unlabelled_rows(y, regression=False))
+        known = np.isin(y[source], np.asarray(getattr(estimator, "classes_", y[source])))
+        if not known.all():
+            warnings.warn(f"{int((~known).sum())} held-out source samples have labels the "
+                          "model was not trained on; they are left out of the estimate.",
+                          UserWarning, stacklevel=2)
+            source = source[known]
         if len(source) < 4:
             raise ValueError(f"DeepEmbeddedValidation needs labelled source samples among the "
                              f"scored rows (sample_domain > 0, or labelled rows); got "
@@ -230,7 +238,7 @@ def _log_loss(estimator, X, y, eps):
 def _target_rows(X, y, sample_domain):
     n = len(X)
     if sample_domain is not None:
-        target = np.asarray(sample_domain).ravel() < 0
+        target = check_domain(np.ravel(sample_domain), n) < 0
     elif y is not None:
         target = unlabelled_rows(y, regression=False)
     else:

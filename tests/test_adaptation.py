@@ -164,8 +164,11 @@ def test_clone_pickle_and_save_round_trips(shift, tmp_path):
 @pytest.mark.parametrize("scorer", [PredictionEntropyScorer(), DeepEmbeddedValidation()],
                          ids=["entropy", "dev"])
 def test_routing_through_pipeline_and_grid_search_with_an_unsupervised_scorer(shift, scorer):
-    X, y = _joint(shift)
-    domain = np.where(y == -1, -1, 1)
+    Xs, ys, Xt, yt = shift
+    # the target rows keep their labels: only the routed sample_domain marks them, so
+    # a fit or a scorer that did not receive it would find no target row and fail
+    X, y = np.concatenate([Xs, Xt]), np.concatenate([ys, yt])
+    domain = np.r_[np.ones(len(ys), int), -np.ones(len(yt), int)]
     with sklearn.config_context(enable_metadata_routing=True):
         clf = FineTunedClassifier(mlp, adaptation="coral", **FAST).set_fit_request(
             sample_domain=True)
@@ -177,7 +180,10 @@ def test_routing_through_pipeline_and_grid_search_with_an_unsupervised_scorer(sh
                               cv=PredefinedSplit(fold), scoring=scorer)
         search.fit(X, y, sample_domain=domain)
     scores = search.cv_results_["mean_test_score"]
-    assert np.all(scores <= 0) and np.all(np.isfinite(scores))
+    # (entropy is never negative; DEV's control variate can push its estimate either way)
+    assert np.all(np.isfinite(scores))
+    if isinstance(scorer, PredictionEntropyScorer):
+        assert np.all(scores <= 0)
 
 
 def test_entropy_scorer_without_routing_uses_minus_one_rows(shift):

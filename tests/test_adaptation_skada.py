@@ -71,6 +71,12 @@ def test_skada_scorers_call_the_fine_tuner_directly(shifted):
     theirs = SkadaEntropy()(clf, X, masked, sample_domain=domain)
     # skada's "mean" averages over the classes too (and adds 1e-7 inside the log)
     assert theirs == pytest.approx(ours / len(clf.classes_), rel=1e-4)
+    # two more of skada's scorers that call predict / predict_proba (and, for circular
+    # validation, fit) on the fine-tuner with sample_domain
+    from skada.metrics import CircularValidation, SoftNeighborhoodDensity
+
+    for scorer in (SoftNeighborhoodDensity(), CircularValidation()):
+        assert np.isfinite(scorer(clf, X, masked.copy(), sample_domain=domain))
     np.testing.assert_array_equal(clf.predict(X, sample_domain=domain), clf.predict(X))
     with pytest.raises(ValueError, match="one value per sample"):
         clf.predict_proba(X, sample_domain=domain[:10])

@@ -101,3 +101,23 @@ def test_dev_names_what_is_missing(adapted):
     with pytest.raises(TypeError, match="predict_proba"):
         DeepEmbeddedValidation()(LinearRegression().fit(X[:200], y[:200]), X,
                                  np.r_[y[:200], -np.ones(200, dtype=int)])
+
+
+def test_dev_leaves_out_source_rows_it_cannot_score(adapted):
+    clf, X, y = adapted
+    rows = np.r_[np.arange(150, 200), np.arange(200, 400)]
+    domain = np.where(rows >= 200, -1, 1)
+    y_rows = y[rows].copy()
+    base = DeepEmbeddedValidation()(clf, X[rows], y_rows, sample_domain=domain)
+    # an unlabelled source row (y = -1) is not a source sample to score...
+    y_missing = y_rows.copy()
+    y_missing[:5] = -1
+    kept = DeepEmbeddedValidation()(clf, X[rows][5:], y_rows[5:], sample_domain=domain[5:])
+    assert DeepEmbeddedValidation()(clf, X[rows], y_missing, sample_domain=domain) == \
+        pytest.approx(kept)
+    # ...and a label the model never saw is left out, with a warning, not scored as -log(eps)
+    y_unknown = y_rows.copy()
+    y_unknown[:5] = 99
+    with pytest.warns(UserWarning, match="5 held-out source samples"):
+        score = DeepEmbeddedValidation()(clf, X[rows], y_unknown, sample_domain=domain)
+    assert score == pytest.approx(kept) and abs(score - base) < 1.0

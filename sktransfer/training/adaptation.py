@@ -327,11 +327,12 @@ class DomainSplit:
 def check_prediction_domain(sample_domain, X):
     """Check the ``sample_domain`` a domain-aware scorer passes to ``predict``.
 
-    Predictions do not depend on the domain; a value that could not mark
-    ``X``'s rows by skada's convention is refused rather than ignored.
+    Predictions do not depend on the domain; for an in-memory ``X``, a value
+    that could not mark its rows by skada's convention is refused rather
+    than ignored (a lazy Dask ``X`` has no length to check it against).
     """
     if sample_domain is not None:
-        check_domain(sample_domain, len(X))
+        check_domain(np.ravel(sample_domain), len(X))
 
 
 def check_domain(sample_domain, n):
