@@ -10,22 +10,10 @@ from sktransfer import PretrainedFeatureTransformer
 
 from test_threads import assert_threads_match_single_thread
 
-from .tiny import RATE, build, chirp, noise, tone
+from .tiny import RATE, chirp, noise, tone
 
 pytest.importorskip("soundfile")
 pytest.importorskip("soxr")
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("audio-engine")
-    built = {}
-
-    def get(kind):
-        if kind not in built:
-            built[kind] = build(kind, root / kind)
-        return built[kind]
-    return get
 
 
 def cosine(a, b):

@@ -7,25 +7,13 @@ import torch
 
 from sktransfer import PretrainedFeatureTransformer
 
-from .tiny import RATE, build, chirp, noise, tone
+from .tiny import RATE, chirp, noise, tone
 
 pytest.importorskip("soundfile")
 pytest.importorskip("soxr")
 
 KINDS = ["wav2vec2-layer", "wav2vec2-group", "hubert", "wavlm", "data2vec-audio", "whisper",
          "ast"]
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("audio-models")
-    built = {}
-
-    def get(kind):
-        if kind not in built:
-            built[kind] = build(kind, root / kind)
-        return built[kind]
-    return get
 
 
 def clips():
