@@ -23,8 +23,13 @@ transfer and deserialize the model again. A worker that lacks the model
 if the only replica was on a worker that died, from a peer that holds it.
 
 A worker keeps a model until the client releases it (the estimator and
-every lazy result needing it are gone): it checks when it loads the next
-model, and :func:`release_models` frees them all at once.
+every lazy result needing it are gone). Dask's own release frees only the
+scattered replicas, not the registry, so the client says so itself: the
+Future of each scatter sits in a :class:`_Hold`, held by the estimator and
+by the lazy results' :class:`ModelRef`; when the last hold of a model goes,
+the client tells every worker to drop it (:func:`_drop`). A worker also
+drops models whose keys the scheduler forgot when it fetches one, and
+:func:`release_models` frees them all at once.
 """
 
 import collections
@@ -48,9 +53,10 @@ _LOADS = collections.Counter()
 _RESIDENT_LOCK = threading.Lock()
 _FETCH_LOCK = threading.Lock()
 
-# Client side: estimator -> {client id: (digest, Future)}. Weak, so dropping
-# the estimator releases its Futures and, after them, the workers' copies.
+# Client side: estimator -> {client id: (digest, _Hold)}. Weak, so dropping
+# the estimator drops its hold; (client id, key) -> the live holds of that key.
 _SHIPPED = weakref.WeakKeyDictionary()
+_HOLDS = {}
 _SHIPPED_LOCK = threading.Lock()
 
 
@@ -98,18 +104,66 @@ class ShippedModel:
         return ("sktransfer-model", self.digest or id(self))
 
 
+class _Hold:
+    """The client's hold on one scatter of a model: the Future that keeps it on the cluster.
+
+    Held by the estimator (in ``_SHIPPED``) and by the :class:`ModelRef` of
+    each lazy result. When it goes and no other hold of the same key is
+    left on its client, the workers are told to drop the model.
+    """
+
+    def __init__(self, client, digest, future):
+        self.future = future
+        # Called under _SHIPPED_LOCK (by ship).
+        _HOLDS.setdefault((client.id, future.key), weakref.WeakSet()).add(self)
+        finalizer = weakref.finalize(self, _unheld, weakref.ref(client), client.id, future.key,
+                                     digest)
+        finalizer.atexit = False  # at exit the cluster goes anyway
+
+
+def _unheld(client_ref, client_id, key, digest):
+    # A finalizer runs on whichever thread dropped the hold, the client's
+    # event loop included, where a blocking call to the client would
+    # deadlock, and maybe under _SHIPPED_LOCK: the work is done in a thread.
+    threading.Thread(target=_release, args=(client_ref, client_id, key, digest), daemon=True,
+                     name="sktransfer-release-model").start()
+
+
+def _release(client_ref, client_id, key, digest):
+    """Tell the workers to drop the model ``digest`` if this client holds its key no more."""
+    with _SHIPPED_LOCK:
+        holds = _HOLDS.get((client_id, key))
+        if holds is not None and any(True for _ in holds):  # iterating skips dead holds
+            return  # the same model, shipped again (refit to the same weights, a copy)
+        _HOLDS.pop((client_id, key), None)
+    client = client_ref()
+    if client is None or client.status != "running":
+        return  # closed: its workers are not ours to tidy
+    try:
+        client.run(_drop, digest)  # in this thread of its own: waiting costs no one
+    except Exception:  # noqa: BLE001 - the client closed meanwhile: nothing left to free
+        pass
+
+
+def _drop(digest):
+    """Forget the model ``digest`` on this worker (its client holds it no more)."""
+    with _RESIDENT_LOCK:
+        _RESIDENT.pop(digest, None)
+        _LOADS.pop(digest, None)
+
+
 class ModelRef:
     """What a task carries of the model: its digest and key, never its weights.
 
     On a worker, :attr:`estimator` is the worker's one copy. On the client,
-    the object also holds the Future of the scattered model, so that the
-    model stays on the cluster while a lazy result that needs it lives.
+    the object also holds the :class:`_Hold` of the scattered model, so that
+    the model stays on the cluster while a lazy result that needs it lives.
     """
 
-    def __init__(self, digest, key, future=None):
+    def __init__(self, digest, key, hold=None):
         self.digest = digest
         self.key = key
-        self._future = future
+        self._hold = hold
 
     def __reduce__(self):
         return ModelRef, (self.digest, self.key)
@@ -242,8 +296,9 @@ def ship(estimator, client):
     With a ``distributed`` client, the estimator is scattered to every
     worker once per content (its pickle's digest), and its Future is
     reused by later calls until the estimator changes (refit,
-    ``set_params``) or is dropped. Without one, Dask's local schedulers run
-    the tasks in this process on the estimator itself.
+    ``set_params``) or is dropped; then, once no lazy result needs the
+    model either, the workers drop it too. Without one, Dask's local
+    schedulers run the tasks in this process on the estimator itself.
     """
     if client is None:
         return ShippedModel(estimator)
@@ -258,10 +313,11 @@ def ship(estimator, client):
     with _SHIPPED_LOCK:
         kept = _SHIPPED.setdefault(estimator, {}).get(client.id)
         key = KEY_PREFIX + digest
-        if kept is None or kept[0] != digest or kept[1].status != "finished":
+        if kept is None or kept[0] != digest or kept[1].future.status != "finished":
             future = client.scatter({key: ShippedModel(estimator, digest, payload, key)},
                                     broadcast=True, hash=False)[key]
-            kept = _SHIPPED[estimator][client.id] = (digest, future)
+            # Replacing the hold of an earlier content lets that model go.
+            kept = _SHIPPED[estimator][client.id] = (digest, _Hold(client, digest, future))
     return ModelRef(digest, key, kept[1])
 
 
