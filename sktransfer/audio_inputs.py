@@ -7,7 +7,10 @@ An audio backbone takes
   file carries its own sampling rate;
 - a list of 1-D float arrays of any lengths, or a 2-D array ``(N, samples)``
   of equal-length clips, at the rate ``sampling_rate`` states (required:
-  a rate is never guessed).
+  a rate is never guessed). A multichannel clip in the list may be
+  ``(samples, channels)`` (soundfile's layout) or ``(channels, samples)``
+  (torchaudio's): a first axis of at most :data:`MAX_CHANNELS` that is
+  shorter than the second holds the channels.
 
 Every clip is mixed down to mono (the mean of its channels), integer PCM is
 scaled to [-1, 1] (int16 by 1/32768, as libsndfile does), and the clip is
@@ -35,6 +38,10 @@ RESAMPLING = "soxr-HQ-mean-mono-1"
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".w64",
                   ".caf", ".opus")
+
+#: The most channels a clip's first axis is read as (7.1 sound has 8); a
+#: longer first axis, or one not shorter than the second, holds the samples.
+MAX_CHANNELS = 8
 
 _INT_SCALE = {"i": lambda dtype: float(2 ** (8 * dtype.itemsize - 1)),
               "u": lambda dtype: float(2 ** (8 * dtype.itemsize - 1))}
@@ -72,8 +79,34 @@ def resample(clip, rate, target_rate):
                                                                                    copy=False)
 
 
+def samples_first(clip):
+    """``clip`` with its samples first: torchaudio's ``(channels, samples)`` transposed.
+
+    A 2-D clip whose first axis is at most :data:`MAX_CHANNELS` long and
+    shorter than its second holds its channels first (a clip of a few
+    samples over more channels is not a sound a model can embed); it is
+    returned as a ``(samples, channels)`` view, without a copy, so that
+    lengths, truncation and mixing down all work on the samples axis.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> samples_first(np.zeros((2, 16000))).shape
+    (16000, 2)
+    >>> samples_first(np.zeros((16000, 2))).shape
+    (16000, 2)
+    """
+    clip = np.asarray(clip)
+    if clip.ndim == 2 and clip.shape[0] <= MAX_CHANNELS and clip.shape[0] < clip.shape[1]:
+        return clip.T
+    return clip
+
+
 def mono_float(array, name):
     """``array`` (samples,) or (samples, channels) as mono float32 in [-1, 1].
+
+    The layout is taken as given (see :func:`samples_first` for arrays a
+    user passes, whose channels may come first).
 
     Integer PCM is divided by its full scale; float samples are kept as they
     are (a float clip is already in the model's units).
@@ -87,7 +120,9 @@ def mono_float(array, name):
         raise ValueError(f"{name} must hold numbers; got dtype {array.dtype}")
     array = array.astype(np.float32, copy=False)
     if array.ndim == 2:
-        array = array.mean(axis=1, dtype=np.float32)  # stereo and more: mixed down
+        # Stereo and more: mixed down, over contiguous rows so that a
+        # channels-first clip (a transposed view) sums as its copy would.
+        array = np.ascontiguousarray(array).mean(axis=1, dtype=np.float32)
     if array.ndim != 1:
         raise ValueError(f"{name} must be a 1-D clip (or samples x channels); got shape "
                          f"{array.shape}")
@@ -110,8 +145,9 @@ class AudioSamples(torch.utils.data.Dataset):
     data : list or ndarray
         Paths (kind ``"audio_paths"``), the bytes of audio files
         (``"audio_encoded"``, what the feature cache embeds), or arrays
-        (``"audio_arrays"``: a list of 1-D or (samples, channels) arrays, or
-        a 2-D array of equal-length mono clips).
+        (``"audio_arrays"``: a list of 1-D or (samples, channels) arrays,
+        as :func:`samples_first` gives them, or a 2-D array of equal-length
+        mono clips).
     kind : {"audio_paths", "audio_encoded", "audio_arrays"}
     y : array, optional
     rate : int or None
@@ -221,7 +257,9 @@ def audio_samples(X, *, rate, target_rate, max_duration, y=None):
     Parameters
     ----------
     X : list, ndarray
-        Paths, a list of 1-D arrays, or a 2-D array (N, samples).
+        Paths, a list of clips (1-D arrays, or 2-D multichannel arrays in
+        either layout, see :func:`samples_first`), or a 2-D array
+        (N, samples) of mono clips.
     rate : int or None
         The sampling rate of arrays; required for arrays, ignored for files
         (which carry their own).
@@ -262,7 +300,8 @@ def audio_samples(X, *, rate, target_rate, max_duration, y=None):
             kinds = sorted({type(x).__name__ for x in items})
             raise ValueError(f"an audio backbone takes file paths or arrays of samples; got "
                              f"a list of {kinds}")
-        clips = [np.asarray(x) for x in items]
+        # Channels-first clips (torchaudio's layout) as views with their samples first.
+        clips = [samples_first(x) for x in items]
     elif isinstance(X, (np.ndarray, torch.Tensor)):
         X = np.asarray(X)
         if X.ndim != 2:
