@@ -128,13 +128,15 @@ def load_model(transformers, name, config, weights, *, model_class=None, subfold
     try:
         if weights == "DEFAULT":
             kwargs = {"subfolder": subfolder} if subfolder else {}
-            model = model_class.from_pretrained(name, config=config, **kwargs)
+            model = model_class.from_pretrained(name, config=config, trust_remote_code=False,
+                                                **kwargs)
             weights_id = f"hf:{os.path.abspath(name) if os.path.isdir(name) else name}"
         elif weights is None or is_weights_path(weights):
             # AutoModel builds from a config with from_config, a concrete
             # class (CLIPVisionModelWithProjection) with _from_config.
-            build = getattr(model_class, "from_config", None) or model_class._from_config
-            model = build(config)
+            auto = getattr(model_class, "from_config", None)
+            model = (auto(config, trust_remote_code=False) if auto is not None
+                     else model_class._from_config(config))
             weights_id = "random"
             if weights is not None:
                 state = load_state_dict_file(weights)
@@ -154,7 +156,8 @@ def load_config(transformers, name, subfolder=""):
     """``AutoConfig`` of ``name``, with a clear error when it cannot be had offline."""
     try:
         kwargs = {"subfolder": subfolder} if subfolder else {}
-        return transformers.AutoConfig.from_pretrained(name, **kwargs)
+        # Explicit: a folder's own code (auto_map) is never run, nor asked about.
+        return transformers.AutoConfig.from_pretrained(name, trust_remote_code=False, **kwargs)
     except OSError as exc:
         if os.path.isdir(name):
             raise

@@ -279,7 +279,8 @@ def load(transformers, name, config, weights, *, pooling="auto", spec=None):
     if sub:
         config = load_config(transformers, name, subfolder=sub)
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(name, **_sub(sub))
+        tokenizer = transformers.AutoTokenizer.from_pretrained(name, trust_remote_code=False,
+                                                               **_sub(sub))
     except OSError as exc:
         if os.path.isdir(name):
             raise
