@@ -4,8 +4,11 @@ Nothing stored by sktransfer runs code when read. A network travels as a
 config of plain values plus its tensors, never as a pickled module object,
 and a class is imported only when it is trusted.
 
-- :mod:`.trust`: which class names may be imported, and
+- :mod:`.trust`: which class names may be imported (by identity, never by
+  spelling), which attribute keys a file may set, and
   :class:`~sktransfer.persistence.trust.UntrustedTypeError`;
+- :mod:`.checks`: a stored module tree checked whole (classes, keys, tags)
+  before anything is built from it;
 - :mod:`.codec`: the one codec of values: tensors to numpy arrays and back,
   and the tagged JSON forms of parameters, module attributes and optimizer
   state;

@@ -45,10 +45,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from .trust import class_name
+from .trust import UntrustedContentError, class_name
 
 # Tensor dtypes numpy cannot hold: carried as same-width integers.
 VIEW_AS = {torch.bfloat16: torch.int16}
+
+# Every torch.dtype by its name, read from torch's own namespace (never
+# getattr(torch, name): a file's string must not reach torch.load, nor run
+# torch's lazy module __getattr__).
+_DTYPES = {str(v).removeprefix("torch."): v for v in vars(torch).values()
+           if isinstance(v, torch.dtype)}
 
 
 # -- tensors <-> numpy arrays --------------------------------------------------
@@ -63,6 +69,30 @@ def dtype_name(dtype):
     'bfloat16'
     """
     return str(dtype).removeprefix("torch.")
+
+
+def dtype_from_name(name):
+    """The ``torch.dtype`` named ``name`` (as :func:`dtype_name` writes it).
+
+    Raises
+    ------
+    UntrustedContentError
+        When ``name`` names anything but a dtype (``"load"`` would otherwise
+        reach ``torch.load``).
+
+    Examples
+    --------
+    >>> dtype_from_name("bfloat16")
+    torch.bfloat16
+    >>> dtype_from_name("load")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    sktransfer.persistence.trust.UntrustedContentError: refusing 'load' ...
+    """
+    dtype = _DTYPES.get(name) if isinstance(name, str) else None
+    if dtype is None:
+        raise UntrustedContentError(str(name), "a dtype tag must name a torch.dtype")
+    return dtype
 
 
 def tensor_to_array(tensor):
@@ -95,7 +125,7 @@ def array_to_tensor(array, dtype=None):
         array = np.array(array, copy=True, order="C")  # torch needs its own memory
     tensor = torch.from_numpy(array)
     if dtype is not None:
-        wanted = getattr(torch, dtype)
+        wanted = dtype_from_name(dtype)
         tensor = tensor.view(wanted) if wanted in VIEW_AS else tensor.to(wanted)
     return tensor
 
@@ -187,9 +217,13 @@ def from_json(value):
 
 def _plain_dtype(name):
     """Refuse any dtype but booleans, numbers and unicode strings (no object, no void)."""
-    dtype = np.dtype(str(name))
-    if dtype.kind not in "biufU":
-        raise ValueError(f"dtype {name!r} is not allowed in a model file")
+    try:
+        dtype = np.dtype(str(name))
+    except (TypeError, ValueError):
+        dtype = None
+    if dtype is None or dtype.kind not in "biufU":
+        raise UntrustedContentError(str(name), "a model file holds arrays of booleans, "
+                                               "numbers and strings only")
     return dtype
 
 
@@ -274,7 +308,7 @@ def decode_attribute(value, tensors, classes):
     if "__dict__" in value:
         return {k: decode_attribute(v, tensors, classes) for k, v in value["__dict__"].items()}
     if "__dtype__" in value:
-        return getattr(torch, value["__dtype__"])
+        return dtype_from_name(value["__dtype__"])
     if "__device__" in value:
         return torch.device(value["__device__"])
     if "__tensor__" in value:

@@ -21,15 +21,17 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter, is_lazy
 from torch.utils.hooks import RemovableHandle
 
-from .codec import array_to_tensor, decode_attribute, dtype_name, encode_attribute, tensor_to_array
-from .trust import class_name, class_names, resolve_classes, user_classes
+from .checks import check_module_config
+from .codec import (array_to_tensor, decode_attribute, dtype_from_name, dtype_name,
+                    encode_attribute, tensor_to_array)
+from .trust import MODULE_BOOKKEEPING, class_name, class_names, resolve_classes, user_classes
 
 #: Version of the config layout, checked when rebuilding.
 STATE_VERSION = 1
 
 # What nn.Module.__init__ puts in __dict__: torch's bookkeeping, rebuilt by
 # nn.Module.__init__ rather than carried ("training" is carried on its own).
-_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+_MODULE_INTERNALS = MODULE_BOOKKEEPING
 
 
 def check_state_version(config, what):
@@ -103,7 +105,7 @@ def _describe(module, prefix, tensors, seen):
             "attrs": attrs, "children": children, "parameters": params, "buffers": buffers}
 
 
-def module_from_state(config, tensors, *, classes=None, trusted=()):
+def module_from_state(config, tensors, *, classes=None, trusted=(), objects=None):
     """Rebuild the module :func:`module_state` described, running no constructor.
 
     Each module is made with ``cls.__new__(cls)`` and ``nn.Module.__init__``,
@@ -121,6 +123,10 @@ def module_from_state(config, tensors, *, classes=None, trusted=()):
     trusted : iterable of str, default=()
         Further class names that may be imported, such as
         ``["mypackage.nets.Net"]``.
+    objects : bool, optional
+        Whether attributes may hold objects as they are
+        (``{"__object__": value}``): pickles do, files never. By default,
+        true when ``classes`` is given (a pickle's state).
 
     Returns
     -------
@@ -131,6 +137,12 @@ def module_from_state(config, tensors, *, classes=None, trusted=()):
     UntrustedTypeError
         When a class is neither in ``classes``, nor torch.nn's or
         sktransfer's, nor in ``trusted``; the message lists them all.
+    UntrustedContentError
+        When a class name is not the class it names, an attribute key is a
+        dunder, torch's bookkeeping or a method or property of its class,
+        or a tag is not what it says (see
+        :func:`~sktransfer.persistence.trust.check_attribute_key`). Every
+        check is made before any module is built.
 
     Examples
     --------
@@ -145,6 +157,8 @@ def module_from_state(config, tensors, *, classes=None, trusted=()):
     check_state_version(config, "module")
     # Every class is checked (and refused together) before any is built.
     resolved = resolve_classes(class_names(config), classes, trusted)
+    check_module_config(config, tensors, resolved,
+                        objects=classes is not None if objects is None else objects)
     shared = {}
     return _build(config, "", tensors, resolved, shared)
 
@@ -190,7 +204,7 @@ def _tensor(item, prefix, tensors, shared, parameter):
         tensor = (data.detach().clone() if isinstance(data, torch.Tensor)
                   else array_to_tensor(data, item["dtype"]))
         if str(tensor.dtype) != f"torch.{item['dtype']}":
-            tensor = tensor.to(getattr(torch, item["dtype"]))
+            tensor = tensor.to(dtype_from_name(item["dtype"]))
         if parameter:
             tensor = nn.Parameter(tensor, requires_grad=bool(item.get("requires_grad", True)))
     shared[full] = tensor

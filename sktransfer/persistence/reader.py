@@ -18,8 +18,10 @@ from ..serialization import EstimatorSlot
 from .codec import from_json
 from .format import (ESTIMATORS, FORMAT_KEY, FORMAT_NAME, FORMAT_VERSION, MANIFEST, SKLEARN,
                      SLOT_TYPE, checksum, find_instances, skops_io, tensors_to_bytes)
+from .checks import check_networks
 from .modules import module_from_state
-from .trust import UntrustedTypeError, class_names, is_trusted
+from .trust import (UntrustedContentError, UntrustedTypeError, check_attribute_key, class_names,
+                    is_trusted)
 
 #: File kinds a library may unpickle when it reads them; carried files never are.
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt", ".joblib", ".npy",
@@ -80,6 +82,8 @@ def load(path, trusted=None):
             error = UntrustedTypeError(untrusted)
             error.args = (f"{path}: {error.args[0]} Only do so after checking them.",)
             raise error
+        _check_fitted_keys(manifest)
+        check_networks(manifest.get("estimators", []), trusted=trusted)
         # Tensors are read only now, after every check.
         tensors = _read_tensors(handle, manifest, path,
                                 [k for k in handle.keys() if k != SKLEARN])
@@ -169,26 +173,27 @@ def _check_manifest(manifest, path):
                for e in manifest.get("estimators", [])
                if not isinstance(e, dict) or e.get("class") not in ESTIMATORS]
     if unknown:
-        raise ValueError(f"{path} names {unknown} as estimator classes; a model file may "
-                         f"only name {sorted(ESTIMATORS)}. It was altered or not written "
-                         "by sktransfer.save; nothing was loaded.")
+        raise UntrustedContentError(
+            ", ".join(map(str, unknown)),
+            f"{path} names it as an estimator class; a model file may only name "
+            f"{sorted(ESTIMATORS)}")
 
 
 def _check_carried_files(manifest, path):
-    """Refuse carried files (a tokenizer's) of a kind that could be unpickled.
+    """Refuse carried files (a tokenizer's, a feature extractor's) that could be unpickled.
 
-    Writers save tokenizers as JSON and text (and sentencepiece models); a
-    file edited to carry a pickle for a legacy tokenizer class to read is
-    refused before anything is written to disk.
+    Writers save tokenizers and extractors as JSON and text (and
+    sentencepiece models); a file edited to carry a pickle for a legacy
+    class to read is refused before anything is written to disk.
     """
     def visit(node):
         if isinstance(node, dict):
-            files = node.get("files") if node.get("kind") == "tokenize" else None
+            files = node.get("files") if "kind" in node else None
             for name in files or ():
                 if str(name).lower().endswith(_PICKLE_SUFFIXES):
-                    raise ValueError(f"{path} carries the file {name!r} for a tokenizer; "
-                                     "model files never carry pickles. It was altered; "
-                                     "nothing was loaded.")
+                    raise UntrustedContentError(
+                        str(name), f"{path} carries the file {name!r} for a {node['kind']} preprocess, "
+                                   "and model files never carry pickles")
             for value in node.values():
                 visit(value)
         elif isinstance(node, list):
@@ -196,6 +201,26 @@ def _check_carried_files(manifest, path):
                 visit(value)
 
     visit(manifest.get("estimators", []))
+
+
+def _check_fitted_keys(manifest):
+    """Each fitted attribute key is data: never a dunder, a method, a property or a parameter.
+
+    Checked before any estimator is built (an instance attribute named
+    ``predict`` would shadow the method).
+    """
+    for entry in manifest.get("estimators", []):
+        cls = ESTIMATORS[entry["class"]]
+        for key in entry.get("attributes", {}) if entry.get("fitted") else ():
+            check_attribute_key(cls, key)
+            # scikit-learn's naming: learned state ends with "_", private starts
+            # with it; any other name is a parameter's or a method's.
+            if not (key.endswith("_") or key.startswith("_")):
+                raise UntrustedContentError(key, "a fitted attribute's name starts or "
+                                                 "ends with '_'")
+        for key in entry.get("networks", {}) if entry.get("fitted") else ():
+            if key not in ("head_", "l2sp_"):
+                raise UntrustedContentError(str(key), "a fitted network is head_ or l2sp_")
 
 
 def _untrusted_names(manifest, sklearn_part, trusted, path):
@@ -264,13 +289,9 @@ class _Reader:
     def fitted_state(self, est, entry, number):
         est.backbone_ = self.backbone(entry["backbone"], f"{number}/backbone/")
         for attr, config in entry["networks"].items():
-            if attr not in ("head_", "l2sp_"):
-                raise ValueError(f"unknown network {attr!r}")
             setattr(est, attr, None if config is None else module_from_state(
                 config, self.prefixed(f"{number}/{attr}/"), trusted=self.trusted))
         for key, value in entry["attributes"].items():
-            if not key.isidentifier() or key.startswith("__"):
-                raise ValueError(f"{key!r} is not a fitted attribute name")
             value = from_json(value)
             if key == "history_":
                 from skorch.history import History

@@ -1,19 +1,60 @@
-"""Which classes a stored model may make us import.
+"""Which classes a stored model may make us import, and which keys it may set.
 
 A pickle or a model file names the classes of its networks as
-``"<module>.<qualname>"``. Importing a class runs its module's code, so a
-name is imported only when it is trusted: ``torch.nn``'s own modules,
-sktransfer's own, and the names the user passes as ``trusted``. Class
-objects that a pickle carries itself (the user chose to load that pickle)
-are used as they are. Anything else raises :class:`UntrustedTypeError`,
-listing every such name at once, so one error tells the user all there is
-to check.
+``"<module>.<qualname>"``. Trust is by identity, never by spelling: a name
+is trusted when it is listed in ``trusted`` or lies in a trusted package
+(``torch.nn``, ``sktransfer``), and then the class found there must be
+that very class, its own ``__module__`` and ``__qualname__`` equal to the
+name. A name that only *reaches* a class through a trusted module (an
+imported module, a re-export: ``sktransfer._utils.files.tempfile.X``) is
+refused. Finding a class never walks attributes with ``getattr`` (which
+runs a module's ``__getattr__``): the module is looked up or imported by
+its own path, and the qualname read from the module's and classes' own
+``__dict__``. A module of a trusted package that is not imported yet is
+only imported once its source is seen to define the class (a name that
+cannot be a class imports nothing).
+
+Class objects that a pickle carries itself (the user chose to load that
+pickle) are used as they are.
+
+The keys a file sets on a rebuilt module are data too
+(:func:`check_attribute_key`): never a dunder, never torch's bookkeeping,
+never a method or property of the class.
+
+Refusals raise :class:`UntrustedTypeError` (names not trusted, listed all
+at once so one error tells the user all there is to check) or its subclass
+:class:`UntrustedContentError` (a disguised name, a forbidden key or tag:
+nothing the user can opt into).
 """
 
+import ast
+import functools
 import importlib
+import inspect
+import os
+import sys
 
-#: Class name prefixes importable without being listed in ``trusted``.
-TRUSTED_PREFIXES = ("torch.nn.", "sktransfer.")
+from torch import nn
+
+#: Packages whose own classes are importable without being listed in ``trusted``.
+TRUSTED_PACKAGES = ("torch.nn", "sktransfer")
+
+#: The same as name prefixes (kept for code that imported it).
+TRUSTED_PREFIXES = tuple(p + "." for p in TRUSTED_PACKAGES)
+
+#: Names that files and pickles written by earlier sktransfer releases give
+#: classes that have moved since: mapped to the class's own name before any
+#: check, so that only the class's identity is ever trusted.
+LEGACY_NAMES = {
+    "sktransfer.regularizers.L2SP": "sktransfer.training.l2sp.L2SP",
+    "sktransfer.heads.BackboneWithHead": "sktransfer.training.heads.BackboneWithHead",
+    "sktransfer.contrastive.CosinePairs": "sktransfer.training.contrastive.CosinePairs",
+    "sktransfer.backbones.huggingface.TextEncoder": "sktransfer.backbones.hf_text.TextEncoder",
+}
+
+# What nn.Module.__init__ puts in __dict__ (hook dicts, _parameters, _modules,
+# training...): torch's bookkeeping, which a file never sets.
+MODULE_BOOKKEEPING = frozenset(vars(nn.Module()))
 
 
 class UntrustedTypeError(TypeError):
@@ -42,6 +83,40 @@ class UntrustedTypeError(TypeError):
         )
 
 
+class UntrustedContentError(UntrustedTypeError, ValueError):
+    """A stored model asks for what no model file may: refused, whatever is trusted.
+
+    A name that is not the class it seems (it reaches another object through
+    a trusted module), an attribute key that is a dunder, torch's
+    bookkeeping or a method of the class, a tag that is not what it says
+    (a dtype tag naming anything but a ``torch.dtype``). Such content is not
+    written by sktransfer: the file was crafted or corrupted.
+
+    It is an :class:`UntrustedTypeError` (what callers catch for refused
+    files) and a :class:`ValueError` (the file's content is invalid).
+
+    Parameters
+    ----------
+    what : str
+        The refused name, key or tag, as the file spells it.
+    why : str
+        What is wrong with it.
+
+    Examples
+    --------
+    >>> error = UntrustedContentError("forward", "it is a method of Linear")
+    >>> error.names, isinstance(error, ValueError)
+    (['forward'], True)
+    """
+
+    def __init__(self, what, why):
+        self.names = [what]
+        self.why = why
+        TypeError.__init__(
+            self, f"refusing {what!r} from a stored model: {why}. sktransfer never writes "
+                  "this; the file was crafted or corrupted, and nothing was built from it.")
+
+
 def class_name(cls):
     """``"<module>.<qualname>"`` of a class.
 
@@ -54,53 +129,143 @@ def class_name(cls):
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def canonical_name(name):
+    """``name``, or the class's own name where an older release wrote an alias.
+
+    Examples
+    --------
+    >>> canonical_name("sktransfer.regularizers.L2SP")
+    'sktransfer.training.l2sp.L2SP'
+    """
+    return LEGACY_NAMES.get(name, name)
+
+
+def _in_trusted_package(name):
+    return any(name.startswith(p + ".") for p in TRUSTED_PACKAGES)
+
+
 def is_trusted(name, trusted=()):
-    """True when ``name`` may be imported: torch.nn's, sktransfer's or listed.
+    """True when ``name`` is listed or lies in a trusted package (``torch.nn``, ``sktransfer``).
+
+    This is the check made before importing anything; the class found
+    must still *be* that name (see :func:`import_class`).
 
     Examples
     --------
     >>> is_trusted("torch.nn.modules.linear.Linear"), is_trusted("evil.Payload")
     (True, False)
     """
-    return name in set(trusted) or name.startswith(TRUSTED_PREFIXES)
+    if not isinstance(name, str):
+        return False
+    return (name in set(trusted) or canonical_name(name) in set(trusted)
+            or _in_trusted_package(canonical_name(name)))
 
 
-def import_class(name):
-    """Import ``"<module>.<qualname>"``, trying the longest module path first.
+def import_class(name, *, allow_import=True):
+    """The class whose own ``__module__`` and ``__qualname__`` make ``name``.
 
-    The longest first, because a qualname may itself contain dots (a class
-    nested in a class) and a module path may name a package and a module.
+    Module paths are tried longest first (a qualname may contain dots, a
+    class nested in a class). A module already imported is used as it is;
+    one of a trusted package is imported only when its source defines the
+    class; any other is imported only with ``allow_import`` (a name the user
+    listed in ``trusted``).
 
     Raises
     ------
+    UntrustedContentError
+        When the object found at ``name`` is not a class with exactly that
+        name (``sktransfer._utils.files.tempfile.X`` reaches the standard
+        library's ``tempfile.X``).
     ImportError
-        When no prefix of ``name`` is an importable module holding a class
-        at the rest of the name.
+        When no module holds a class at the rest of the name.
 
     Examples
     --------
     >>> import_class("torch.nn.modules.linear.Linear").__name__
     'Linear'
+    >>> import_class("torch.nn.modules.module.weakref.finalize")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    sktransfer.persistence.trust.UntrustedContentError: refusing ...
     """
+    if not isinstance(name, str) or not all(p.isidentifier() for p in name.split(".")):
+        raise UntrustedContentError(str(name), "it is not a dotted class name")
     parts = name.split(".")
     for cut in range(len(parts) - 1, 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
+        module_path, qualname = ".".join(parts[:cut]), parts[cut:]
+        module = _module(module_path, qualname, allow_import)
+        if module is None:
             continue
-        try:
-            for attr in parts[cut:]:
-                obj = getattr(obj, attr)
-        except AttributeError:
-            break
-        if isinstance(obj, type):
-            return obj
-        break
+        obj = _own_member(module, qualname)
+        if obj is None:
+            raise UntrustedContentError(name, f"{module_path} defines no class "
+                                              f"{'.'.join(qualname)} of its own")
+        if not isinstance(obj, type) or class_name(obj) != name:
+            found = class_name(obj) if isinstance(obj, type) else type(obj).__name__
+            raise UntrustedContentError(name, f"it is not the class it names but {found}, "
+                                              f"reached through {module_path}")
+        return obj
     raise ImportError(
         f"cannot import class {name!r}: its module is not installed here, or it was "
         "defined where it cannot be imported (inside a function, in a script's "
         "__main__); pickles carry such classes with them, files cannot."
     )
+
+
+def _module(path, qualname, allow_import):
+    """The module at ``path`` if it exists and may be used, else None."""
+    module = sys.modules.get(path)
+    if module is not None:
+        return module
+    if not allow_import:
+        source = _trusted_source(path)
+        if source is None or not _defines_class(source, tuple(qualname)):
+            return None
+    try:
+        return importlib.import_module(path)
+    except ImportError:
+        return None
+
+
+def _own_member(module, qualname):
+    """``module.<qualname>`` read from ``__dict__`` only: no ``__getattr__``, no inheritance."""
+    obj = module
+    for i, part in enumerate(qualname):
+        if i and not isinstance(obj, type):
+            return None
+        obj = vars(obj).get(part)
+        if obj is None:
+            return None
+    return obj
+
+
+def _trusted_source(path):
+    """The source file of module ``path`` of a trusted package, found without importing."""
+    top = next((p for p in TRUSTED_PACKAGES if path == p or path.startswith(p + ".")), None)
+    root = sys.modules.get(top.split(".")[0]) if top else None
+    if root is None or not getattr(root, "__file__", None):
+        return None
+    folder = os.path.join(os.path.dirname(root.__file__), *path.split(".")[1:])
+    for candidate in (folder + ".py", os.path.join(folder, "__init__.py")):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _defines_class(source, qualname):
+    """True when the file ``source`` has a ``class`` statement at ``qualname``."""
+    try:
+        with open(source, encoding="utf-8") as fh:
+            body = ast.parse(fh.read()).body
+    except (OSError, SyntaxError, ValueError):
+        return False
+    for part in qualname:
+        found = [n for n in body if isinstance(n, ast.ClassDef) and n.name == part]
+        if not found:
+            return False
+        body = found[0].body
+    return True
 
 
 def resolve_classes(names, classes=None, trusted=()):
@@ -122,7 +287,10 @@ def resolve_classes(names, classes=None, trusted=()):
     Raises
     ------
     UntrustedTypeError
-        Listing every name that is neither in ``classes`` nor trusted.
+        Listing every name that is neither in ``classes`` nor trusted,
+        before any is imported.
+    UntrustedContentError
+        For a trusted-looking name that is not the class it names.
 
     Examples
     --------
@@ -134,11 +302,83 @@ def resolve_classes(names, classes=None, trusted=()):
     sktransfer.persistence.trust.UntrustedTypeError: refusing to import untrusted classes ...
     """
     classes = dict(classes or {})
+    trusted = set(trusted)
+    names = set(names)
     # Checked before importing any of them: a refused file imports nothing.
     untrusted = [n for n in names if n not in classes and not is_trusted(n, trusted)]
     if untrusted:
-        raise UntrustedTypeError(untrusted)
-    return {n: classes[n] if n in classes else import_class(n) for n in set(names)}
+        raise UntrustedTypeError([str(n) for n in untrusted])
+    resolved = {}
+    for name in names:
+        if name in classes:
+            resolved[name] = classes[name]
+            continue
+        own = canonical_name(name)
+        listed = name in trusted or own in trusted
+        resolved[name] = import_class(own, allow_import=listed)
+    return resolved
+
+
+def check_attribute_key(cls, key):
+    """Refuse ``key`` as an attribute a file sets on a module of class ``cls``.
+
+    An attribute key read from a file is data. It may not be a dunder
+    (``__class__``, ``__dict__``), torch's bookkeeping (``_parameters``,
+    ``_modules``, the hook dictionaries) or a name the class defines as a
+    method, property or other descriptor (``forward``, ``extra_repr``): any
+    of these would let a file change what the module's code does. Plain data
+    the class defines (``dump_patches = False``) may be set per instance.
+
+    Raises
+    ------
+    UntrustedContentError
+        Naming the key and why.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> check_attribute_key(nn.Linear, "in_features")
+    >>> check_attribute_key(nn.Linear, "forward")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    sktransfer.persistence.trust.UntrustedContentError: refusing 'forward' ...
+    """
+    if not isinstance(key, str) or not key.isidentifier():
+        raise UntrustedContentError(str(key), "an attribute key must be an identifier")
+    _check_name(cls, key)
+
+
+def check_member_name(cls, name):
+    """Refuse ``name`` as a child, parameter or buffer of a module of class ``cls``.
+
+    The rules of :func:`check_attribute_key`, on torch's names for members:
+    any non-empty string without a dot (``nn.Sequential``'s ``"0"``, an
+    ``nn.ModuleDict``'s ``"conv-1"``).
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> check_member_name(nn.Sequential, "0")
+    """
+    if not isinstance(name, str) or not name or "." in name:
+        raise UntrustedContentError(str(name), "a member name must be a non-empty "
+                                               "string without dots")
+    _check_name(cls, name)
+
+
+def _check_name(cls, name):
+    if name.startswith("__"):
+        raise UntrustedContentError(name, "a file never sets a dunder or name-mangled "
+                                          "attribute")
+    if name in MODULE_BOOKKEEPING:
+        raise UntrustedContentError(name, "it is torch's bookkeeping of the module")
+    defined = inspect.getattr_static(cls, name, _MISSING)
+    if defined is not _MISSING and (callable(defined) or hasattr(type(defined), "__get__")):
+        raise UntrustedContentError(name, f"{cls.__qualname__} defines it as "
+                                          f"{type(defined).__name__}")
+
+
+_MISSING = object()
 
 
 def class_names(config):
@@ -148,6 +388,8 @@ def class_names(config):
     rebuilding anything. A name is a module tree node's ``"class"`` (a dict
     that also has ``"children"``) or a class-valued attribute
     (``{"__class__": name}``, see :mod:`sktransfer.persistence.codec`).
+    Inside a module tree the walk follows the tree's own layout, so that an
+    attribute *key* spelled ``__class__`` is not mistaken for a tag.
 
     Examples
     --------
@@ -159,18 +401,46 @@ def class_names(config):
 
     def visit(node):
         if isinstance(node, dict):
-            if isinstance(node.get("class"), str) and "children" in node:
-                found.add(node["class"])
-            if isinstance(node.get("__class__"), str) and len(node) == 1:
-                found.add(node["__class__"])
+            if "children" in node and "class" in node:
+                tree(node)
+                return
             for value in node.values():
                 visit(value)
         elif isinstance(node, (list, tuple)):
             for value in node:
                 visit(value)
 
+    def tree(node):
+        found.add(_name(node["class"]))
+        attrs, children = node.get("attrs"), node.get("children")
+        for value in attrs.values() if isinstance(attrs, dict) else ():
+            attribute(value)
+        for child in children.values() if isinstance(children, dict) else ():
+            if isinstance(child, dict):
+                tree(child)
+
+    def attribute(value):
+        if isinstance(value, list):
+            for item in value:
+                attribute(item)
+        elif isinstance(value, dict) and len(value) == 1:
+            (tag, inner), = value.items()
+            if tag == "__class__":
+                found.add(_name(inner))
+            elif tag == "__tuple__":
+                attribute(inner)
+            elif tag == "__dict__" and isinstance(inner, dict):
+                for item in inner.values():
+                    attribute(item)
+
     visit(config)
     return sorted(found)
+
+
+def _name(value):
+    if not isinstance(value, str):
+        raise UntrustedContentError(repr(value), "a class name must be a string")
+    return value
 
 
 def user_classes(module):

@@ -19,10 +19,12 @@ from .._version import __version__
 from .._utils.validation import is_fitted
 from ..backbones.base import Backbone, backbone_state
 from ..serialization import EstimatorSlot
+from .checks import check_networks
 from .codec import check_json_able, to_json
 from .format import (ESTIMATORS, FORMAT_KEY, FORMAT_NAME, FORMAT_VERSION, MANIFEST, SKLEARN,
                      SKTRANSFER_BASES, bytes_to_tensors, checksum, find_instances, skops_io)
 from .modules import module_state
+from .trust import UntrustedContentError, user_classes
 
 # Fitted state that is not a plain attribute: networks go through their own
 # state functions, the skorch net is rebuilt when needed, and the optimizer
@@ -173,6 +175,7 @@ class _Writer:
         if isinstance(value, nn.Module):
             config, tensors = module_state(value)
             check_json_able(config, f"{type(est).__name__}'s backbone parameter")
+            _check_loadable(config, value, f"{type(est).__name__}'s backbone parameter")
             self.put(prefix, tensors)
             return {"__module__": config}
         if isinstance(value, Backbone):
@@ -187,6 +190,7 @@ class _Writer:
         config, tensors = backbone_state(backbone)
         config = bytes_to_tensors(config, prefix + "files/", self.tensors)
         check_json_able(config, what)
+        _check_loadable(config, backbone.module, what)
         self.put(prefix, tensors, same_as)
         return config
 
@@ -203,6 +207,7 @@ class _Writer:
             if module is not None:
                 config, tensors = module_state(module)
                 check_json_able(config, attr)
+                _check_loadable(config, module, attr)
                 self.put(f"{number}/{attr}/", tensors)
             state["networks"][attr] = config
         params = est.get_params(deep=False)
@@ -241,3 +246,19 @@ def _library_versions():
     # module, and an import back would be a cycle.
     return {"sktransfer": __version__, "torch": torch.__version__,
             "scikit-learn": sklearn.__version__, "skops": skops.__version__}
+
+
+def _check_loadable(config, module, what):
+    """Refuse now what :func:`sktransfer.load` would refuse: a file that saves must load.
+
+    A module whose instance attribute shadows a method of its class (an
+    assigned ``forward``), for example, is data :func:`~sktransfer.load`
+    never sets.
+    """
+    try:
+        check_networks(config, classes=user_classes(module))
+    except UntrustedContentError as exc:
+        raise TypeError(f"{what} cannot be written to a model file: sktransfer.load would "
+                        f"refuse {exc.names[0]!r} ({exc.why}). Make it a plain attribute "
+                        "under another name, or save with joblib for the same "
+                        "environment.") from None
