@@ -92,7 +92,7 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
         "distributed": [Options(("auto",)), Boolean()],
         "sync_batchnorm": [Boolean()],
         "adaptation": [None, Options(ADAPTATIONS)],
-        "adaptation_weight": [Interval(numbers.Real, 0)],
+        "adaptation_weight": [None, Interval(numbers.Real, 0)],
         **ENGINE_CONSTRAINTS,
     }
 
@@ -104,7 +104,7 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
                  prompt=None, random_state=None, verbose=0, callbacks=None, keep_optimizer=False,
                  distributed="auto", sync_batchnorm=False, runtime="torch", quantize=None,
                  sampling_rate=None, max_duration="auto", adaptation=None,
-                 adaptation_weight=1.0):
+                 adaptation_weight=None):
         self.backbone = backbone
         self.weights = weights
         self.head = head

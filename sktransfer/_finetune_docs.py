@@ -176,11 +176,14 @@ PARAMS_DOC = """
         validates on the labelled samples. Not with
         ``objective="contrastive"``, a fully frozen backbone or
         ``partial_fit``. See :doc:`/adaptation`.
-    adaptation_weight : float, default=1.0
+    adaptation_weight : float or None, default=None
         lambda, the weight of the adaptation term in the training loss.
-        Its useful range depends on the method and the embedding's width
-        (CORAL's term is divided by ``4 d^2``: tens to hundreds for a
-        512-wide embedding): choose it without target labels with
+        None: the method's default, ``300`` for ``"coral"`` (its term is
+        divided by ``4 d^2``), ``0.1`` for ``"mmd"``, ``0.3`` for ``"dann"``
+        (``sktransfer.training.adaptation.DEFAULT_WEIGHTS``), set on the
+        benchmark's shifts so that the default does not do worse than
+        source-only training there. The best weight depends on the shift and
+        the network: choose it without target labels with
         :class:`~sktransfer.scorers.DeepEmbeddedValidation` in a search."""
 
 ATTRIBUTES_DOC = """

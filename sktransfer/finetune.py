@@ -118,7 +118,7 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
                  callbacks=None, keep_optimizer=False, objective="cross_entropy", n_pairs=N_PAIRS,
                  distributed="auto", sync_batchnorm=False, runtime="torch", quantize=None,
                  sampling_rate=None, max_duration="auto", adaptation=None,
-                 adaptation_weight=1.0):
+                 adaptation_weight=None):
         super().__init__(
             backbone=backbone, weights=weights, head=head, dropout=dropout, freeze=freeze,
             freeze_epochs=freeze_epochs, lr=lr, backbone_lr_mult=backbone_lr_mult,

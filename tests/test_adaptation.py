@@ -192,3 +192,51 @@ def test_entropy_scorer_without_routing_uses_minus_one_rows(shift):
     proba = clf.predict_proba(X[y == -1])
     expected = np.mean(np.sum(proba * np.log(np.clip(proba, 1e-12, None)), axis=1))
     assert PredictionEntropyScorer()(clf, X, y) == pytest.approx(expected, rel=1e-5)
+
+
+def test_default_weight_is_the_documented_one_per_method(shift):
+    from sktransfer._finetune_docs import PARAMS_DOC
+    from sktransfer.training.adaptation import DEFAULT_WEIGHTS, DomainAdaptation
+
+    # documented, in the parameter's docstring, as these values
+    assert DEFAULT_WEIGHTS == {"coral": 300.0, "mmd": 0.1, "dann": 0.3}
+    doc = " ".join(PARAMS_DOC.split("adaptation_weight :")[1].split())
+    assert doc.startswith("float or None, default=None")
+    for method, weight in DEFAULT_WEIGHTS.items():
+        assert f'``{weight:g}`` for ``"{method}"``' in doc
+    assert FineTunedClassifier().adaptation_weight is None
+    assert FineTunedRegressor().adaptation_weight is None
+    for method, weight in DEFAULT_WEIGHTS.items():
+        assert DomainAdaptation(method, None, 16).weight == weight
+        assert DomainAdaptation(method, 0.7, 16).weight == 0.7
+    # a fit at the default trains with the method's weight; None survives clone
+    X, y = _joint(shift)
+    clf = FineTunedClassifier(mlp, adaptation="mmd", **{**FAST, "max_epochs": 1}).fit(X, y)
+    assert clf.net_.adaptation_.weight == DEFAULT_WEIGHTS["mmd"]
+    assert clone(clf).get_params()["adaptation_weight"] is None
+    with pytest.raises(ValueError, match="adaptation_weight"):
+        FineTunedClassifier(mlp, adaptation="mmd", adaptation_weight=-1.0, **FAST).fit(X, y)
+
+
+SLOW_MLP = dict(lr=3e-3, max_epochs=30, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def source_only_30_epochs(shift):
+    Xs, ys, Xt, yt = shift
+    return [FineTunedClassifier(mlp, random_state=seed, **SLOW_MLP).fit(Xs, ys).score(Xt, yt)
+            for seed in (0, 1)]
+
+
+@pytest.mark.parametrize("method", ["coral", "mmd", "dann"])
+def test_the_default_weight_does_not_wreck_a_small_mlp(shift, source_only_30_epochs, method):
+    # The failure: at adaptation_weight=1, MMD and DANN left an MLP on
+    # clean -> noisy digits far below source-only training (here 0.12 and 0.15
+    # against 0.47). At the defaults each method stays within a margin of
+    # source-only on the target, averaged over two seeds (the margin is loose:
+    # the benchmark, not this test, measures the gain).
+    _, _, Xt, yt = shift
+    X, y = _joint(shift)
+    adapted = [FineTunedClassifier(mlp, adaptation=method, random_state=seed, **SLOW_MLP)
+               .fit(X, y).score(Xt, yt) for seed in (0, 1)]
+    assert np.mean(adapted) >= np.mean(source_only_30_epochs) - 0.05
