@@ -5,6 +5,10 @@ An estimator builds an engine on its first ``transform`` / ``predict`` after
 ``runtime``, ``quantize`` and precision, and every later call (from any
 thread) runs through it:
 
+- :mod:`~sktransfer.engine.snapshot` keeps what an engine is built from (a
+  frozen copy of each fitted module) and checks, on every call, that the
+  fitted module has not changed since: weights, submodules, buffers, plain
+  attributes;
 - :mod:`~sktransfer.engine.module` holds the network an engine runs: a
   private, eval-mode copy of the fitted one (weights shared on the CPU,
   resident on an accelerator), with the layer taps and output head of the

@@ -28,9 +28,10 @@ def private_copy(module, device, channels_last=False):
     ----------
     module : torch.nn.Module
         The fitted model; left untouched.
-    device : torch.device
+    device : torch.device or None
         Where the copy's weights live. Tensors of ``module`` already there
         are shared (tied weights stay tied), others are copied there once.
+        None shares every tensor where it is.
     channels_last : bool, default=False
         Store 4-D weights (convolution kernels) in channels-last layout, a
         copy of each: with channels-last inputs, CPU and GPU convolution
@@ -55,6 +56,8 @@ def private_copy(module, device, channels_last=False):
 
 def _placed(tensor, device, channels_last):
     """``tensor`` itself if it is on ``device`` in the right layout, else such a copy."""
+    if device is None:
+        return tensor
     moved = tensor.detach()
     same_device = tensor.device == device or (
         device.index is None and tensor.device.type == device.type)
@@ -69,36 +72,33 @@ def _placed(tensor, device, channels_last):
     return moved
 
 
-def uses_convolutions(module):
-    """Whether ``module`` holds 2-D convolutions (so channels-last layout pays)."""
-    return any(isinstance(m, nn.Conv2d) for m in module.modules())
+#: What every ``nn.Module`` keeps in its ``__dict__`` for torch's own bookkeeping
+#: (its parameters, buffers, submodules, hooks, ``training``): every other
+#: entry is a plain attribute of the network.
+BOOKKEEPING = frozenset(vars(nn.Module()))
 
 
-def weights_of(modules):
-    """Every parameter and buffer of ``modules``, in order (tied ones repeated)."""
-    return tuple(t for m in modules for t in itertools.chain(m.parameters(), m.buffers()))
+def plain_attributes(module):
+    """The names of ``module``'s own plain (non-tensor-registry) attributes, sorted.
 
-
-def weights_version(tensors):
-    """A value that changes whenever one of ``tensors`` is replaced or changed in place.
-
-    Every in-place change of a tensor (an optimizer step, ``load_state_dict``,
-    BatchNorm statistics) bumps its version counter, and moving it
-    (``module.to``) changes its storage: an engine built from the old
-    values is then out of date. Reading the counters of a list of tensors
-    costs microseconds, so every call can check.
+    Attributes set in ``__init__`` or later (``self.scale = 2.0``, a config
+    object, a list of sizes), not its parameters, buffers and submodules,
+    and not torch's bookkeeping (hooks, ``training``). They can change what
+    ``forward`` computes, so engines watch them and cache keys cover them.
 
     Examples
     --------
-    >>> lin = nn.Linear(2, 2)
-    >>> tensors = weights_of([lin])
-    >>> before = weights_version(tensors)
-    >>> with torch.no_grad():
-    ...     _ = lin.weight.add_(1)
-    >>> before == weights_version(tensors)
-    False
+    >>> lin = nn.Linear(3, 2)
+    >>> lin.scale = 100
+    >>> plain_attributes(lin)
+    ['in_features', 'out_features', 'scale']
     """
-    return tuple((t.data_ptr(), t._version) for t in tensors)
+    return sorted(name for name in vars(module) if name not in BOOKKEEPING)
+
+
+def uses_convolutions(module):
+    """Whether ``module`` holds 2-D convolutions (so channels-last layout pays)."""
+    return any(isinstance(m, nn.Conv2d) for m in module.modules())
 
 
 class InferenceModule(nn.Module):

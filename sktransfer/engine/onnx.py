@@ -58,7 +58,9 @@ class OnnxEngine:
 
     The export happens at the first call, from that batch (the engine does
     not know the input names and shapes before), under a lock, so threads
-    arriving together wait for one export. ``session.run`` is thread-safe.
+    arriving together wait for one export. The session and the input names
+    it was exported for are published together, as one attribute, so a
+    thread never sees one without the other. ``session.run`` is thread-safe.
 
     Parameters
     ----------
@@ -77,25 +79,27 @@ class OnnxEngine:
         self.device = device
         self.quantize = quantize
         self.name = name
-        self._session = None
-        self._keys = None
+        # (session, input keys), assigned once, whole: one reference to read.
+        self._exported = None
         self._lock = threading.Lock()
 
     def __call__(self, inputs):
         keys, tensors = _flat(inputs)
-        if self._session is None:
+        exported = self._exported
+        if exported is None:
             with self._lock:
-                if self._session is None:
-                    self._session = self._export(keys, tensors)
-                    self._keys = keys
-        if keys != self._keys:
+                if self._exported is None:
+                    self._exported = (self._export(keys, tensors), keys)
+                exported = self._exported
+        session, exported_keys = exported
+        if keys != exported_keys:
             raise ValueError(f"runtime='onnx': the graph was exported for inputs "
-                             f"{self._keys}, and this batch has {keys}")
+                             f"{exported_keys}, and this batch has {keys}")
         given = dict(zip(_input_names(keys), tensors))
         # The exporter drops inputs the graph does not read (token_type_ids
         # of a model that ignores them): feed the ones it kept.
-        feed = {i.name: _np(given[i.name]) for i in self._session.get_inputs()}
-        (out,) = self._session.run(None, feed)
+        feed = {i.name: _np(given[i.name]) for i in session.get_inputs()}
+        (out,) = session.run(None, feed)
         return torch.from_numpy(out)
 
     def _export(self, keys, tensors):

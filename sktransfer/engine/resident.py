@@ -7,6 +7,12 @@ weights, device, ``runtime``, ``quantize``, precision and call settings. So
 the first call after ``fit`` or loading builds (copies the weights to the
 GPU, compiles, exports), and every later call, from any thread, reuses.
 
+Engines are built from a :class:`~sktransfer.engine.snapshot.ModelSnapshot`
+of each fitted module, which every call checks (by the identity of the
+module tree's objects and the tensors' versions, never by reading weights):
+a module changed in any way (weights, submodules, buffers, plain
+attributes) gets a new snapshot and new engines.
+
 On an accelerator the weights are copied there once per estimator and
 shared by all of its engines; :meth:`ServesFromEngine.release_engine` (or
 dropping the estimator) gives the memory back. Engines are left out of
@@ -23,8 +29,9 @@ import torch
 
 from .._utils.device import resolve_device
 from .._utils.validation import Options
-from .module import InferenceModule, private_copy, uses_convolutions, weights_of, weights_version
+from .module import InferenceModule, private_copy, uses_convolutions
 from .runtimes import QUANTIZATIONS, RUNTIMES, Engine, build_engine, check_runtime
+from .snapshot import ModelSnapshot
 
 #: The constraints of ``runtime`` and ``quantize`` (see sktransfer._utils.validation).
 ENGINE_CONSTRAINTS = {
@@ -40,12 +47,29 @@ _HELD_LOCK = threading.Lock()
 
 
 class _Held:
-    """What one estimator's engines keep: by call kind, the resident copies, a build lock."""
+    """What one estimator's engines keep: by call kind, the snapshots and resident copies
+    they are built from, a build lock."""
 
     def __init__(self):
-        self.engines = {}
+        self.engines = {}  # purpose -> (key, snapshots, engine)
+        self.snapshots = {}  # id(fitted module) -> ModelSnapshot (which holds the module)
         self.resident = None
         self.lock = threading.Lock()
+
+    def snapshot(self, module):
+        """The current snapshot of ``module``, taken anew if it changed. Called under ``lock``."""
+        kept = self.snapshots.get(id(module))
+        if kept is not None and kept.source is module and kept.current():
+            return kept
+        snapshot = self.snapshots[id(module)] = ModelSnapshot(module)
+        if kept is not None:
+            # What was built from the old snapshot is out of date: let it go now.
+            self.engines = {purpose: entry for purpose, entry in self.engines.items()
+                            if kept not in entry[1]}
+            if self.resident is not None:
+                self.resident["modules"] = [(s, c) for s, c in self.resident["modules"]
+                                            if s is not kept]
+        return snapshot
 
 
 def _held(estimator):
@@ -126,7 +150,9 @@ class ServesFromEngine:
             The kind of call; each has its own engine.
         sources : tuple of torch.nn.Module
             The fitted modules the network is made of. The engine is rebuilt
-            when any of them is replaced or its weights change.
+            when any of them is replaced or changes: its weights (in place or
+            reassigned), submodules, buffers or plain attributes (see
+            :class:`~sktransfer.engine.snapshot.ModelSnapshot`).
         network : callable
             ``network(*copies)`` builds the network from the engine's
             private copies of ``sources``. Must not hold the estimator (a
@@ -153,27 +179,43 @@ class ServesFromEngine:
         with held.lock:
             engine = self._current_engine(purpose, key, sources)
             if engine is None:
-                tensors = weights_of(sources)
-                version = weights_version(tensors)
+                snapshots = tuple(held.snapshot(m) for m in sources)
                 channels_last = self.runtime != "onnx" and uses_convolutions(sources[0])
-                copies = _resident_copies(held, sources, device, channels_last)
+                copies = _resident_copies(held, snapshots, device, channels_last)
                 # A tree of its own per engine (sharing the resident tensors),
                 # so one engine's layer hooks never fire in another's calls.
                 body = private_copy(network(*copies), device, channels_last)
                 module = InferenceModule(body, layers, output, channels_last=channels_last)
                 engine = build_engine(module, device, self.runtime, self.quantize, amp_dtype,
                                       name=_name(self))
-                held.engines[purpose] = (key, tuple(sources), tensors, version, engine)
+                held.engines[purpose] = (key, snapshots, engine)
         return engine
+
+    def _model_snapshot(self, module):
+        """The snapshot of the fitted ``module`` that this estimator's engines are built from.
+
+        Taken anew (and the engines built from the old one dropped) when
+        ``module`` changed since. What is computed from it (the feature
+        cache's key, from :attr:`ModelSnapshot.module`) describes the
+        numbers of every engine built from it.
+
+        Returns
+        -------
+        ModelSnapshot
+        """
+        held = _held(self)
+        with held.lock:
+            return held.snapshot(module)
 
     def _current_engine(self, purpose, key, sources):
         held = _HELD.get(self)
         entry = None if held is None else held.engines.get(purpose)
         if entry is None:
             return None
-        kept_key, kept_sources, tensors, version, engine = entry
-        if not _same(kept_sources, sources) or weights_version(tensors) != version:
-            # Refitted, or the weights changed in place: every engine is out of date.
+        kept_key, snapshots, engine = entry
+        if not _still_current(snapshots, sources):
+            # Refitted, or the model changed (weights, submodules, attributes):
+            # every engine is out of date.
             self.release_engine()
             return None
         return engine if kept_key == key else None
@@ -189,8 +231,8 @@ class ServesFromEngine:
         super().__setstate__(state)
 
 
-def _resident_copies(held, sources, device, channels_last):
-    """Copies of ``sources`` on ``device``, shared by every engine of these weights.
+def _resident_copies(held, snapshots, device, channels_last):
+    """Copies of the ``snapshots``' modules on ``device``, shared by every engine built from them.
 
     The fine-tuners' transform and predict_proba engines share the
     backbone's copy: calls alternating between them copy nothing. Called
@@ -206,14 +248,12 @@ def _resident_copies(held, sources, device, channels_last):
         resident = held.resident = {"device": device, "channels_last": channels_last,
                                     "modules": []}
     copies = []
-    for module in sources:
-        version = weights_version(weights_of([module]))
-        copy = next((c for m, v, c in resident["modules"] if m is module and v == version),
-                    None)
+    for snapshot in snapshots:
+        copy = next((c for s, c in resident["modules"] if s is snapshot), None)
         if copy is None:
-            copy = private_copy(module, device, channels_last)
-            resident["modules"] = [entry for entry in resident["modules"]
-                                   if entry[0] is not module] + [(module, version, copy)]
+            copy = private_copy(snapshot.module, device, channels_last)
+            resident["modules"] = [(s, c) for s, c in resident["modules"]
+                                   if s.source is not snapshot.source] + [(snapshot, copy)]
         copies.append(copy)
     return copies
 
@@ -223,5 +263,7 @@ def _name(estimator):
     return repr(backbone) if isinstance(backbone, str) else type(backbone).__name__
 
 
-def _same(kept, sources):
-    return len(kept) == len(sources) and all(a is b for a, b in zip(kept, sources))
+def _still_current(snapshots, sources):
+    """Whether ``snapshots`` are of ``sources`` (the same modules), each unchanged since."""
+    return len(snapshots) == len(sources) and all(
+        s.source is m and s.current() for s, m in zip(snapshots, sources))

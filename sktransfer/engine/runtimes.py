@@ -6,7 +6,11 @@ the ``(B, F)`` result as a tensor. Engines are read-only once built, so
 threads share one.
 """
 
+import os
+import stat
+import tempfile
 import threading
+import warnings
 
 import torch
 
@@ -123,6 +127,7 @@ class CompiledEngine(Engine):
 
     def __init__(self, module, device, amp_dtype=None):
         super().__init__(module, device, amp_dtype)
+        private_inductor_cache()
         self._compiled = torch.compile(module)
         self._lock = threading.Lock()
         self._warm = False
@@ -144,6 +149,78 @@ class CompiledEngine(Engine):
                     f"use runtime='torch' (eager), or runtime='onnx'.") from exc
             self._warm = True
             return result
+
+
+def private_inductor_cache():
+    """Make sure ``torch.compile`` writes and loads its code where only this user can write.
+
+    Inductor keeps the code it compiles (Python modules, shared libraries
+    it then loads) under ``$TORCHINDUCTOR_CACHE_DIR``, by default
+    ``<tmp>/torchinductor_<user>``: a name in a directory every user of the
+    host can write, which another user could create first and fill. Before
+    compiling, that default is made safe without changing anything a user
+    relies on:
+
+    - a directory the user chose (``TORCHINDUCTOR_CACHE_DIR`` set to
+      anything but the default) is theirs to choose, and left as it is;
+    - a default that does not exist yet is created, owned by this user, mode
+      0700, so torch finds it there as it always would;
+    - a default that exists, is owned by this user and is no symbolic link is
+      kept, and made 0700 if it was more open;
+    - otherwise (owned by someone else, a link, not a directory) this
+      process compiles into a fresh private directory
+      (``tempfile.mkdtemp``), set as ``TORCHINDUCTOR_CACHE_DIR`` for this
+      process only, with a warning naming the directory refused.
+
+    Returns
+    -------
+    str or None
+        The directory torch will use; None where ownership cannot be
+        checked (no ``os.getuid``: not POSIX).
+    """
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    if not hasattr(os, "getuid"):
+        return None
+    default = os.path.abspath(default_cache_dir())
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen is not None and os.path.abspath(chosen) != default:
+        return chosen
+    with _INDUCTOR_LOCK:
+        problem = _unsafe_directory(default)
+        if problem is None:
+            return default
+        private = tempfile.mkdtemp(prefix="sktransfer-inductor-")
+        warnings.warn(f"torch.compile's default cache directory {default} {problem}, so "
+                      f"another user of this host could plant code in it; compiling into "
+                      f"{private} instead (TORCHINDUCTOR_CACHE_DIR, for this process).",
+                      UserWarning, stacklevel=3)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = private
+        return private
+
+
+_INDUCTOR_LOCK = threading.Lock()
+
+
+def _unsafe_directory(path):
+    """None once ``path`` is a directory of this user's, mode 0700; else what is wrong with it."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        return f"cannot be created ({exc.strerror})"
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        return "is a symbolic link"
+    if not stat.S_ISDIR(info.st_mode):
+        return "is not a directory"
+    if info.st_uid != os.getuid():
+        return f"belongs to another user (uid {info.st_uid})"
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        # Ours: close it to others (a sticky temporary directory keeps others
+        # from replacing it meanwhile).
+        os.chmod(path, 0o700)
+    return None
 
 
 def _is_compile_error(exc):

@@ -9,6 +9,8 @@ all of its samples up at once and embeds only those not found.
 
 The room, by concern (each imports only the ones listed before it):
 
+- :mod:`.encoding`: a stable text of any value a network's plain attribute
+  holds, so that the key covers it;
 - :mod:`.keys`: what identifies an embedding: the output key of a
   computation (:func:`output_key`, from :func:`module_fingerprint` and
   :func:`weights_digest`), the digest of each sample
@@ -26,8 +28,11 @@ wrongly.
 """
 
 from .cache import BLOCK_SIZE, FeatureCache
-from .keys import FORMAT, module_fingerprint, output_key, sample_digests, weights_digest
+from .encoding import UnkeyableValueError
+from .keys import (FORMAT, model_key, module_fingerprint, output_key, sample_digests,
+                   weights_digest)
 from .store import NAMESPACE, STALE_AFTER
 
 __all__ = ["BLOCK_SIZE", "FORMAT", "NAMESPACE", "STALE_AFTER", "FeatureCache",
-           "module_fingerprint", "output_key", "sample_digests", "weights_digest"]
+           "UnkeyableValueError", "model_key", "module_fingerprint", "output_key",
+           "sample_digests", "weights_digest"]

@@ -12,6 +12,7 @@ by :func:`hash_of`. Changing what enters a key, or how, changes which stored
 entries are served: bump :data:`FORMAT` with it.
 """
 
+import functools
 import hashlib
 import inspect
 import itertools
@@ -22,11 +23,14 @@ import joblib
 import numpy as np
 import torch
 
+from ..engine.module import plain_attributes
 from ..inputs import DECODING
+from .encoding import encode, tensor_bytes
 
 #: Changes whenever the stored layout or the key's meaning changes, so an old
-#: cache is never read with new rules.
-FORMAT = 2
+#: cache is never read with new rules. 3: the key covers plain attributes,
+#: forward hooks and non-persistent buffers.
+FORMAT = 3
 #: Bytes of every digest and checksum (blake2b's ``digest_size``).
 DIGEST_SIZE = 16
 # Image files are hashed in blocks of this many bytes, never read whole.
@@ -65,16 +69,17 @@ def hash_of(parts):
 # -- the computation -----------------------------------------------------------
 
 
-def output_key(backbone, *, layers, pooling, precision, runtime="torch", quantize=None):
+def output_key(backbone, *, layers, pooling, precision, runtime="torch", quantize=None,
+               snapshot=None):
     """Hash of everything that changes the embeddings a backbone gives.
 
     Parameters
     ----------
     backbone : Backbone
         Its spec, modality, preprocessing constants, architecture (the
-        module's ``repr`` and the source code of every module class in it;
-        see :func:`module_fingerprint`) and weights (by content, through
-        :func:`weights_digest`) enter the key.
+        module's ``repr``, plain attributes and hooks, and the source code of
+        every module class in it; see :func:`module_fingerprint`) and weights
+        (by content, through :func:`weights_digest`) enter the key.
     layers : list of str or None
     pooling : str
     precision : torch.dtype or None
@@ -83,10 +88,21 @@ def output_key(backbone, *, layers, pooling, precision, runtime="torch", quantiz
     quantize : str or None, default=None
         Compiled and ONNX graphs, and int8 ones above all, give slightly
         different numbers: their entries are their own.
+    snapshot : ModelSnapshot, optional
+        The snapshot of ``backbone.module`` that the engine computing the
+        embeddings is built from (see :mod:`sktransfer.engine.snapshot`):
+        the key then describes that snapshot, computed once for it, and not
+        the live module, which may have changed since.
 
     Returns
     -------
     str
+
+    Raises
+    ------
+    UnkeyableValueError
+        For a network holding an attribute whose value has no stable
+        encoding (see :mod:`.encoding`): refused rather than keyed loosely.
 
     Examples
     --------
@@ -100,12 +116,16 @@ def output_key(backbone, *, layers, pooling, precision, runtime="torch", quantiz
     """
     preprocess = backbone.preprocess
     config = preprocess.config() if hasattr(preprocess, "config") else preprocess
+    if snapshot is None:
+        model = model_key(backbone.module)
+    else:
+        model = snapshot.memo("feature cache key",
+                              functools.partial(model_key, source=snapshot.source))
     return joblib.hash({
         "format": FORMAT,
         "spec": backbone.spec,
         "modality": backbone.modality,
-        "architecture": module_fingerprint(backbone.module),
-        "weights": weights_digest(backbone.module),
+        **model,
         "preprocess": (type(preprocess).__name__, config),
         # How image files are decoded (16-bit scaling, modes): entries made
         # under older, wrong decoding rules are never served.
@@ -119,15 +139,39 @@ def output_key(backbone, *, layers, pooling, precision, runtime="torch", quantiz
     })
 
 
-def module_fingerprint(module):
-    """What a module computes apart from its weights: its structure and code.
+def model_key(module, *, source=None):
+    """The part of the key that describes a network: its fingerprint and its weights.
 
-    The module's ``repr`` (submodules, their order and settings) and, for
+    Parameters
+    ----------
+    module : torch.nn.Module
+    source : torch.nn.Module, optional
+        A module whose tensors ``module`` shares (the live module a snapshot
+        copied): its remembered weights digest serves ``module`` when their
+        tensors are the same ones, unchanged, so the weights are not hashed
+        again.
+
+    Returns
+    -------
+    dict
+        ``{"architecture": ..., "weights": ...}``.
+    """
+    if source is not None:
+        _inherit_weights_digest(module, source)
+    return {"architecture": module_fingerprint(module), "weights": weights_digest(module)}
+
+
+def module_fingerprint(module):
+    """What a module computes apart from its weights: its structure, settings and code.
+
+    The module's ``repr`` (submodules, their order and settings), every
+    plain attribute of every submodule (``self.scale = 100``, a config
+    object, a function; see :mod:`.encoding`), its forward hooks, and, for
     every class in it (and their bases up to ``nn.Module``), the qualified
     name and a hash of its source code, so two networks with the same
-    weights but another activation, or another ``forward``, differ. Code
-    outside the module classes (a helper function ``forward`` calls) is not
-    seen.
+    weights but another activation, setting, or ``forward`` differ. Code
+    outside the module classes and hooks (a helper function ``forward``
+    calls) is not seen.
 
     Parameters
     ----------
@@ -137,6 +181,11 @@ def module_fingerprint(module):
     -------
     str
         A hex digest.
+
+    Raises
+    ------
+    UnkeyableValueError
+        For an attribute whose value has no stable encoding.
 
     Examples
     --------
@@ -152,8 +201,34 @@ def module_fingerprint(module):
             if cls is torch.nn.Module or cls is object:
                 break
             classes.add(cls)
-    text = "\0".join([repr(module), *sorted(_class_code(cls) for cls in classes)])
+    text = "\0".join([repr(module), *_attributes_text(module),
+                      *sorted(_class_code(cls) for cls in classes)])
     return hash_of([text.encode()]).hexdigest()
+
+
+def _attributes_text(module):
+    """One line per submodule: its name, plain attributes and forward hooks.
+
+    Registered submodules, parameters and buffers met again in an attribute
+    are encoded as their names (their weights are keyed by value apart).
+    """
+    named = list(module.named_modules())
+    seen = {id(m): (name, m) for name, m in named}
+    seen.update((id(t), (name, t)) for name, t in itertools.chain(
+        module.named_parameters(), module.named_buffers()))
+    for name, sub in named:
+        path = name or "<root>"
+        prefix = f"{name}." if name else ""
+        fields = vars(sub)
+        parts = [f"{k}={encode(fields[k], prefix + k, seen)}" for k in plain_attributes(sub)]
+        # Hooks in order (their dictionary keys are process-wide counters).
+        for kind in ("pre", "post"):
+            hooks = sub._forward_pre_hooks if kind == "pre" else sub._forward_hooks
+            with_kwargs = (sub._forward_pre_hooks_with_kwargs if kind == "pre"
+                           else sub._forward_hooks_with_kwargs)
+            parts += [f"<{kind} hook {h in with_kwargs}>={encode(hook, f'{prefix}<hook>', seen)}"
+                      for h, hook in hooks.items()]
+        yield f"{path}:{','.join(parts)}"
 
 
 _CLASS_CODE = weakref.WeakKeyDictionary()
@@ -184,7 +259,7 @@ _DIGESTS_LOCK = threading.Lock()
 
 
 def weights_digest(module):
-    """A hex digest of a module's parameters and buffers, by value.
+    """A hex digest of a module's parameters and buffers (non-persistent ones too), by value.
 
     The identity of a module's weights by content: the same weights under
     another name hit, changed weights (fine-tuned, another seed, a rewritten
@@ -236,15 +311,37 @@ def remember_weights_digest(module, digest):
             _DIGESTS[module] = (state, digest)
 
 
+def _inherit_weights_digest(module, source):
+    """Give ``module`` the digest remembered for ``source`` if they hold the same tensors."""
+    with _DIGESTS_LOCK:
+        known = _DIGESTS.get(source)
+    if known is not None and known[0] is not None and known[0] == _tensors_state(module):
+        remember_weights_digest(module, known[1])
+
+
+def _named_tensors(module):
+    """``(name, tensor)`` of the state dict, then of the non-persistent buffers.
+
+    A non-persistent buffer (``register_buffer(..., persistent=False)``, a
+    mask, rotary frequencies) is left out of state dicts but enters the
+    computation like any other.
+    """
+    state = module.state_dict(keep_vars=True)
+    yield from state.items()
+    for name, buffer in module.named_buffers():
+        if name not in state:
+            yield f"{name}\0non-persistent", buffer
+
+
 def _weights_parts(module):
     """The bytes :func:`weights_digest` hashes, one tensor at a time."""
-    for name, tensor in module.state_dict().items():
+    for name, tensor in _named_tensors(module):
         yield name.encode()
         if isinstance(tensor, torch.nn.parameter.UninitializedTensorMixin):
             yield b"\0uninitialized"
             continue
         yield f"\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode()
-        yield _tensor_bytes(tensor)
+        yield tensor_bytes(tensor)
 
 
 def _tensors_state(module):
@@ -255,19 +352,9 @@ def _tensors_state(module):
     """
     try:
         return tuple((name, t.device.type, t.data_ptr(), t._version)
-                     for name, t in module.state_dict(keep_vars=True).items())
+                     for name, t in _named_tensors(module))
     except (RuntimeError, ValueError, AttributeError):
         return None
-
-
-def _tensor_bytes(tensor):
-    tensor = tensor.detach()
-    if tensor.is_sparse or tensor.is_quantized:
-        tensor = tensor.to_dense() if tensor.is_sparse else tensor.dequantize()
-    flat = tensor.cpu().contiguous().reshape(-1)
-    if flat.numel() == 0:
-        return b""
-    return memoryview(np.ascontiguousarray(flat.view(torch.uint8).numpy()))
 
 
 # -- the samples ---------------------------------------------------------------

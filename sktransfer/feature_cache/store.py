@@ -13,6 +13,16 @@ Safetensors holds arrays only, so reading an entry never runs code, and every
 checksum is verified before a value is used; an entry that fails is deleted
 and its samples embedded again.
 
+A cache directory may be shared, so what is in it is data to check, never to
+trust: only names of 32 hex digits are read as chunks; a chunk file is
+opened only if it is a regular file reached through no symbolic link (a FIFO
+or a device planted there would block or feed a read forever), and it must
+be named by the checksum of its own digests; deleting a bad chunk never
+follows a link, and a write never goes through one. Someone who can write
+the directory can still store wrong numbers with matching checksums (the
+checksums detect damage, they are no signature): share a cache directory
+only with those whose embeddings you would use.
+
 Writes go to a temporary file beside the chunk directories, are flushed to
 disk, then renamed into place, so readers never see a torn file. Temporary
 files of killed writers are ignored and removed once they are old. Chunk
@@ -21,11 +31,15 @@ directories are named like joblib's own items (32 hex digits), so
 
 A process keeps, per output key, an index of which chunk holds which digest,
 read from the digests tensors alone (:class:`ChunkIndex`); a lookup reads
-features only from the chunks that hold its hits.
+features only from the chunks that hold its hits. It keeps the indexes of
+the :data:`MAX_INDEXES` keys used last; an index dropped is read again from
+the disk when its key is used again.
 """
 
+import collections
 import contextlib
 import os
+import re
 import threading
 import time
 import uuid
@@ -36,18 +50,24 @@ from safetensors import safe_open
 from safetensors.numpy import save as save_tensors
 
 from .._utils.files import write_atomically
+from .files import CHUNK_FILE as _FILE
+from .files import make_chunk_directory, opened_chunk, remove_chunk
 from .keys import DIGEST_SIZE, FORMAT, hash_of
 
 #: Directory under the joblib store that holds the feature cache.
 NAMESPACE = "sktransfer-features"
 #: Seconds after which a temporary file is taken to be a killed writer's.
 STALE_AFTER = 3600.0
-_FILE = "features.safetensors"
+#: Output keys whose index a process keeps in memory (those used last).
+MAX_INDEXES = 64
 # Names that refresh() skips and _remove_stale() may delete: never a chunk.
 _TMP_PREFIX = ".tmp-"
+# What a chunk's directory is named: the hex checksum of its digests.
+_CHUNK_NAME = re.compile(r"[0-9a-f]{32}")
 
 _LOCK = threading.Lock()
-_INDEXES = {}  # (namespace directory, output key) -> ChunkIndex, one per process
+# (namespace directory, output key) -> ChunkIndex, one per process, last used last.
+_INDEXES = collections.OrderedDict()
 
 
 def chunk_index(directory, key):
@@ -68,7 +88,15 @@ def chunk_index(directory, key):
     ChunkIndex
     """
     with _LOCK:
-        return _INDEXES.setdefault((directory, key), ChunkIndex(directory, key))
+        index = _INDEXES.get((directory, key))
+        if index is None:
+            index = _INDEXES[(directory, key)] = ChunkIndex(directory, key)
+            while len(_INDEXES) > MAX_INDEXES:
+                # A call still using the dropped index keeps it until it returns.
+                _INDEXES.popitem(last=False)
+        else:
+            _INDEXES.move_to_end((directory, key))
+        return index
 
 
 class ChunkIndex:
@@ -113,7 +141,7 @@ class ChunkIndex:
             names = os.listdir(self.directory)
         except FileNotFoundError:
             names = []
-        present = {n for n in names if not n.startswith(_TMP_PREFIX)}
+        present = {n for n in names if _CHUNK_NAME.fullmatch(n)}
         with self.lock:
             self._forget(set(self.chunks) - present)
             new = present - set(self.chunks)
@@ -195,6 +223,7 @@ class ChunkIndex:
         # prefix, and _remove_stale() deletes such files a killed writer left.
         temporary = os.path.join(self.directory, f"{_TMP_PREFIX}{chunk}-{uuid.uuid4().hex}")
         try:
+            make_chunk_directory(os.path.join(self.directory, chunk))
             write_atomically(self._path(chunk), lambda path: _write_bytes(path, data),
                              temporary=temporary)
         except OSError:
@@ -211,7 +240,10 @@ class ChunkIndex:
 
     def _add_from_disk(self, chunk):
         try:
-            keys, digests_checksum = _read_digests(self._path(chunk), self.key)
+            with opened_chunk(self.directory, chunk) as path:
+                keys, digests_checksum = _read_digests(path, self.key)
+            if digests_checksum != chunk:
+                raise ValueError(f"chunk {chunk} holds digests of checksum {digests_checksum}")
         except FileNotFoundError:
             return  # a directory whose file is not written yet, or just removed
         except Exception:  # noqa: BLE001 - any unreadable entry is recomputed
@@ -226,7 +258,8 @@ class ChunkIndex:
         if known is None:
             return None
         try:
-            features = _read_rows(self._path(chunk), self.key, known.digests_checksum, rows)
+            with opened_chunk(self.directory, chunk) as path:
+                features = _read_rows(path, self.key, known.digests_checksum, rows)
         except FileNotFoundError:
             # Gone since it was listed (cleared, or dropped by reduce_size).
             with self.lock:
@@ -290,10 +323,7 @@ class ChunkIndex:
     def _discard(self, chunk):
         with self.lock:
             self._forget([chunk])
-        with contextlib.suppress(OSError):
-            os.remove(self._path(chunk))
-        with contextlib.suppress(OSError):
-            os.rmdir(os.path.join(self.directory, chunk))
+        remove_chunk(os.path.join(self.directory, chunk))
 
 
 class _Chunk(NamedTuple):
@@ -332,7 +362,8 @@ def _remove_stale(directory, temporaries):
     for name in temporaries:
         path = os.path.join(directory, name)
         with contextlib.suppress(OSError):
-            if os.stat(path).st_mtime < limit:
+            # lstat: a link's own age; remove: the link itself, never its target.
+            if os.lstat(path).st_mtime < limit:
                 os.remove(path)
 
 
