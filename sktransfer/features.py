@@ -5,6 +5,7 @@ import functools
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from ._utils.seeding import seeded
@@ -231,6 +232,7 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
                 self.n_features_out_ = probe.shape[1]
             else:
                 self.n_features_out_ = backbone.out_dim
+            self._fitted_output = _output_settings(self.layers, self.pooling)
         return self
 
     def transform(self, X):
@@ -249,8 +251,17 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
             For a Dask collection, the matching lazy one: a Dask array
             ``(n_samples, n_features_out_)``, a Dask DataFrame with the
             columns of ``get_feature_names_out()``, or a bag of rows.
+
+        Raises
+        ------
+        NotFittedError
+            Before ``fit``; and after ``set_params`` changed ``layers``, or
+            ``pooling`` in a way the fitted network or ``n_features_out_``
+            cannot follow (the embedding's pooling, a wider one of layers):
+            fit again.
         """
         check_is_fitted(self, "backbone_")
+        self._check_output_settings()
         if is_lazy_collection(X):
             return lazy_call(self, "transform", X, LazyOutput(
                 self.n_features_out_, np.float32, self.get_feature_names_out()))
@@ -276,6 +287,25 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
 
     # -- internals -------------------------------------------------------
 
+    def _check_output_settings(self):
+        """Refuse ``layers`` or ``pooling`` changed since fit in a way the fit cannot follow.
+
+        ``n_features_out_`` and ``get_feature_names_out()`` (so the metadata
+        of lazy outputs) describe the fit, and without ``layers`` the fit
+        built the pooling into its network. Chosen layers are pooled per
+        call, so a pooling of the same width still applies at once.
+        """
+        fitted = getattr(self, "_fitted_output", None)
+        if fitted is None:
+            return  # fitted by a version that did not record it
+        name = _changed_output(fitted, _output_settings(self.layers, self.pooling))
+        if name is not None:
+            raise NotFittedError(
+                f"This {type(self).__name__} was fitted with {name}={fitted[name]!r} and now "
+                f"has {name}={getattr(self, name)!r}: its network, n_features_out_ and "
+                f"get_feature_names_out() describe the fit; call fit again to use the new "
+                f"{name}.")
+
     def _samples(self, X, reset):
         return estimator_samples(self, X, self.backbone_, reset=reset)
 
@@ -283,10 +313,25 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
         """Embeddings of ``samples``, through the feature cache when there is one."""
         if self.cache is None:
             return self._embed(samples)
+        # The key and the numbers stored under it come from one snapshot of the
+        # network (the one the engine is built from), never the key from the
+        # live module and the numbers from an engine built before it changed.
+        module = self.backbone_.module
+        snapshot = self._model_snapshot(module)
         key = output_key(self.backbone_, layers=self.layers, pooling=self.pooling,
                          precision=self._check_engine_params(), runtime=self.runtime,
-                         quantize=self.quantize)
-        return FeatureCache(self.cache).embed(samples, key, self._embed)
+                         quantize=self.quantize, snapshot=snapshot)
+
+        def compute(part):
+            features = self._embed(part)
+            if self._model_snapshot(module) is not snapshot:
+                # Changed by another thread meanwhile: these numbers may not be
+                # the key's, so they are not stored.
+                raise RuntimeError("the backbone's module changed while transform was "
+                                   "running; call transform again")
+            return features
+
+        return FeatureCache(self.cache).embed(samples, key, compute)
 
     def _embed(self, samples):
         backbone = self.backbone_
@@ -303,6 +348,27 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
         return predict_batches(engine, samples, backbone.preprocess, batch_size=self.batch_size,
                                num_workers=self.num_workers, verbose=self.verbose,
                                desc="embedding")
+
+
+def _output_settings(layers, pooling):
+    """The parameters that the fitted network and output width depend on."""
+    return {"layers": list(layers) if layers else None, "pooling": pooling}
+
+
+def _changed_output(fitted, now):
+    """The parameter of ``now`` that an estimator fitted with ``fitted`` cannot follow, or None."""
+    if now["layers"] != fitted["layers"]:
+        return "layers"
+    if now["pooling"] == fitted["pooling"]:
+        return None
+    same_width = _layer_width_factor(now["pooling"]) == _layer_width_factor(fitted["pooling"])
+    return None if now["layers"] and same_width else "pooling"
+
+
+def _layer_width_factor(pooling):
+    # "cls+avg" puts an image transformer's class token beside its patch
+    # mean; every other pooling gives one vector per layer.
+    return 2 if pooling == "cls+avg" else 1
 
 
 def _itself(module):
