@@ -121,3 +121,16 @@ def saved_as_if_on_cuda():
         yield
     finally:
         ser._package_registry.remove(entry)
+
+
+@contextlib.contextmanager
+def local_dask_client(threads_per_worker=1):
+    """A client on two worker processes of one torch thread each (a module's own cluster:
+    what one module leaves on its workers never shows in another's counts)."""
+    import distributed
+
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=threads_per_worker,
+                                       processes=True, dashboard_address=None)
+    with cluster, distributed.Client(cluster) as client:
+        client.run(torch.set_num_threads, 1)
+        yield client

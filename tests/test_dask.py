@@ -18,6 +18,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
 from torch import nn
 
+from conftest import local_dask_client
 from sktransfer import FineTunedClassifier, PretrainedFeatureTransformer
 
 distributed = pytest.importorskip("distributed")
@@ -25,10 +26,7 @@ distributed = pytest.importorskip("distributed")
 
 @pytest.fixture(scope="module")
 def client():
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None)
-    with cluster, distributed.Client(cluster) as dask_client:
-        dask_client.run(torch.set_num_threads, 1)
+    with local_dask_client() as dask_client:
         yield dask_client
 
 

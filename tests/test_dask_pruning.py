@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import local_dask_client
 from sktransfer import PretrainedFeatureTransformer
 from sktransfer.scaling import worker_models
 
@@ -23,10 +24,7 @@ da = pytest.importorskip("dask.array")
 
 @pytest.fixture(scope="module")
 def client():
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None)
-    with cluster, distributed.Client(cluster) as dask_client:
-        dask_client.run(torch.set_num_threads, 1)
+    with local_dask_client() as dask_client:
         yield dask_client
 
 

@@ -18,6 +18,7 @@ import torch
 from sklearn.exceptions import NotFittedError
 from torch import nn
 
+from conftest import local_dask_client
 from sktransfer import FineTunedClassifier, FineTunedRegressor, PretrainedFeatureTransformer
 from sktransfer.scaling import release_models, worker_models
 from sktransfer.scaling.shipping import KEY_PREFIX
@@ -31,10 +32,7 @@ pd = pytest.importorskip("pandas")
 
 @pytest.fixture(scope="module")
 def client():
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True,
-                                       dashboard_address=None)
-    with cluster, distributed.Client(cluster) as dask_client:
-        dask_client.run(torch.set_num_threads, 1)
+    with local_dask_client(threads_per_worker=2) as dask_client:
         yield dask_client
 
 
