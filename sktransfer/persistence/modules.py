@@ -24,14 +24,11 @@ from torch.utils.hooks import RemovableHandle
 from .checks import check_module_config
 from .codec import (array_to_tensor, decode_attribute, dtype_from_name, dtype_name,
                     encode_attribute, tensor_to_array)
-from .trust import MODULE_BOOKKEEPING, class_name, class_names, resolve_classes, user_classes
+from ..engine.module import plain_attributes
+from .trust import class_name, class_names, resolve_classes, user_classes
 
 #: Version of the config layout, checked when rebuilding.
 STATE_VERSION = 1
-
-# What nn.Module.__init__ puts in __dict__: torch's bookkeeping, rebuilt by
-# nn.Module.__init__ rather than carried ("training" is carried on its own).
-_MODULE_INTERNALS = MODULE_BOOKKEEPING
 
 
 def check_state_version(config, what):
@@ -97,8 +94,11 @@ def _describe(module, prefix, tensors, seen):
               for n, p in module._parameters.items()]
     buffers = [entry(n, b, persistent=n not in module._non_persistent_buffers_set)
                for n, b in module._buffers.items()]
-    attrs = {k: encode_attribute(v, prefix + k, tensors) for k, v in vars(module).items()
-             if k not in _MODULE_INTERNALS and not isinstance(v, RemovableHandle)}
+    # torch's bookkeeping is rebuilt by nn.Module.__init__, not carried
+    # ("training" is carried on its own); hook handles are not data.
+    attrs = {k: encode_attribute(v, prefix + k, tensors)
+             for k, v in ((k, vars(module)[k]) for k in plain_attributes(module))
+             if not isinstance(v, RemovableHandle)}
     children = {n: None if c is None else _describe(c, f"{prefix}{n}.", tensors, seen)
                 for n, c in module._modules.items()}
     return {"class": class_name(type(module)), "training": bool(module.training),

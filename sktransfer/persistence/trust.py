@@ -34,7 +34,7 @@ import inspect
 import os
 import sys
 
-from torch import nn
+from ..engine.module import BOOKKEEPING
 
 #: Packages whose own classes are importable without being listed in ``trusted``.
 TRUSTED_PACKAGES = ("torch.nn", "sktransfer")
@@ -51,10 +51,6 @@ LEGACY_NAMES = {
     "sktransfer.contrastive.CosinePairs": "sktransfer.training.contrastive.CosinePairs",
     "sktransfer.backbones.huggingface.TextEncoder": "sktransfer.backbones.hf_text.TextEncoder",
 }
-
-# What nn.Module.__init__ puts in __dict__ (hook dicts, _parameters, _modules,
-# training...): torch's bookkeeping, which a file never sets.
-MODULE_BOOKKEEPING = frozenset(vars(nn.Module()))
 
 
 class UntrustedTypeError(TypeError):
@@ -370,7 +366,7 @@ def _check_name(cls, name):
     if name.startswith("__"):
         raise UntrustedContentError(name, "a file never sets a dunder or name-mangled "
                                           "attribute")
-    if name in MODULE_BOOKKEEPING:
+    if name in BOOKKEEPING:
         raise UntrustedContentError(name, "it is torch's bookkeeping of the module")
     defined = inspect.getattr_static(cls, name, _MISSING)
     if defined is not _MISSING and (callable(defined) or hasattr(type(defined), "__get__")):
