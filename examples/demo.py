@@ -48,7 +48,7 @@ from torch import nn
 
 from sktransfer import FineTunedClassifier, PretrainedFeatureTransformer, rank_backbones
 from sktransfer.study import METHODS, compare_transfer
-from sktransfer.study_adaptation import WithSource
+from sktransfer.study import WithSource
 
 LR = 1e-2
 #: The target scanner: Gaussian blur (pixels) and additive noise (on [0, 1]).
@@ -160,8 +160,8 @@ def adaptation_methods(source, X_source, y_source, X_unlabelled, epochs):
     for method, weight in ADAPTATION_WEIGHTS.items():
         clf = FineTunedClassifier(source, adaptation=method, adaptation_weight=weight,
                                   max_epochs=epochs, lr=LR, random_state=0)
-        methods[f"{method} (lambda={weight:g})"] = WithSource(clf, X_source, y_source,
-                                                              X_unlabelled)
+        methods[f"{method} (lambda={weight:g})"] = WithSource(
+            clf, X_source=X_source, y_source=y_source, X_unlabelled=X_unlabelled)
     return methods
 
 

@@ -8,8 +8,7 @@ from ._version import __version__
 from .backbones import load_backbone
 from .features import PretrainedFeatureTransformer
 from .finetune import FineTunedClassifier, FineTunedRegressor
-from .persistence.reader import load
-from .persistence.writer import save
+from .saving import load, save
 from .selection import rank_backbones
 from .study import TransferReport, compare_transfer
 

@@ -14,7 +14,7 @@ import copy
 
 from sklearn.base import clone
 
-from .backbones.base import Backbone
+from .backbones import Backbone
 
 
 def is_trained_source(obj):

@@ -1,7 +1,5 @@
 """PretrainedFeatureTransformer: a frozen backbone as a scikit-learn transformer."""
 
-import functools
-
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
@@ -9,13 +7,10 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
 from ._utils.seeding import seeded
+from ._utils.signature import positional_deprecated
 from ._utils.validation import (BACKBONE_CONSTRAINTS, Checked, InvalidParameterError, Options,
                                 validate_params)
-from .backbones.loaded import load_backbone_cached
-from .backbones.hf_audio import AudioEncoder
-from .backbones.huggingface import TextEncoder
-from .backbones.pooling import (TOKEN_POOLINGS, pool_image_tokens, pool_tokens,
-                                 set_image_global_pool)
+from .backbones import POOLINGS, load_backbone_cached
 from .feature_cache import FeatureCache, output_key
 from .chaining import KeepsTrainedBackbone
 from .engine.resident import ENGINE_CONSTRAINTS, ServesFromEngine
@@ -23,11 +18,6 @@ from .inference import predict_batches
 from .inputs import Collate, estimator_samples
 from .persistence.modules import pack_modules, unpack_modules
 from .scaling import LazyOutput, is_lazy_collection, lazy_call
-
-#: "auto" is the model's own embedding; the rest name a pooling (see the docstring).
-#: "cls+avg" is an image transformer's class token and patch mean side by side.
-POOLINGS = ("auto",) + TOKEN_POOLINGS + ("cls+avg",)
-
 
 def _check_layers(layers):
     if isinstance(layers, str) or not layers:
@@ -170,7 +160,8 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
         **ENGINE_CONSTRAINTS,
     }
 
-    def __init__(self, backbone="torchvision:resnet18", weights="DEFAULT", layers=None,
+    @positional_deprecated
+    def __init__(self, backbone="torchvision:resnet18", *, weights="DEFAULT", layers=None,
                  pooling="auto", prompt=None, batch_size=32, device="auto", precision="auto",
                  num_workers=0, image_size=None, random_state=None, verbose=False, cache=None,
                  runtime="torch", quantize=None, sampling_rate=None, max_duration="auto"):
@@ -214,7 +205,7 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
                                             image_size=self.image_size,
                                             random_state=self.random_state)
             if not self.layers:
-                _pool_embedding(backbone, self.pooling)
+                backbone.set_pooling(self.pooling)
             backbone.use_prompt(self.prompt)
             self.backbone_ = backbone
             samples = self._samples(X, reset=True)
@@ -307,7 +298,10 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
                 f"{name}.")
 
     def _samples(self, X, reset):
-        return estimator_samples(self, X, self.backbone_, reset=reset)
+        # getattr: transformers pickled before audio support have neither parameter.
+        return estimator_samples(self, X, self.backbone_, reset=reset,
+                                 sampling_rate=getattr(self, "sampling_rate", None),
+                                 max_duration=getattr(self, "max_duration", "auto"))
 
     def _embed_or_look_up(self, samples):
         """Embeddings of ``samples``, through the feature cache when there is one."""
@@ -341,9 +335,7 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
         # threads sharing this estimator never see each other's batches).
         engine = self._engine_for(
             "transform", (backbone.module,), _itself, layers=layers,
-            output=functools.partial(_pooled_layers, layers, self.pooling,
-                                     prefix_tokens=getattr(backbone.module, "prefix_tokens",
-                                                           None)) if layers else None,
+            output=backbone.layer_pooling(layers, self.pooling) if layers else None,
             settings=(self.pooling,))
         return predict_batches(engine, samples, backbone.preprocess, batch_size=self.batch_size,
                                num_workers=self.num_workers, verbose=self.verbose,
@@ -375,53 +367,6 @@ def _itself(module):
     return module
 
 
-def _pooled_layers(layers, pooling, outputs, inputs, prefix_tokens=None):
-    """The outputs of ``layers``, each pooled into ``(B, F)``, side by side.
-
-    ``prefix_tokens``: for an image transformer, the class and register
-    tokens before its patch tokens (pooled apart from them).
-    """
-    # Audio batches carry the frames that hold sound; text its attention mask.
-    mask = (inputs.get("frame_mask", inputs.get("attention_mask"))
-            if isinstance(inputs, dict) else None)
-    return torch.cat([_pool(outputs[name], pooling, mask, prefix_tokens) for name in layers],
-                     dim=1)
-
-
-def _pool_embedding(backbone, pooling):
-    """Make ``backbone``'s own embedding (no ``layers``) pool by ``pooling``.
-
-    Changes the private copy made at fit. Text encoders pool their tokens
-    as told (a fitted estimator's encoder comes with the pooling it had);
-    image networks end in a global pool of their last feature map, which
-    ``"max"`` replaces by a global max pool; a module's output is already
-    its embedding.
-    """
-    module = backbone.module
-    if pooling == "auto":
-        return  # the embedding the model's authors configured
-    set_pooling = getattr(module, "set_pooling", None)
-    if set_pooling is not None:  # an encoder that pools its own outputs (Hugging Face images)
-        set_pooling(pooling, backbone.spec)
-        return
-    if backbone.modality in ("text", "audio"):
-        if isinstance(module, (TextEncoder, AudioEncoder)):
-            module.pooling = pooling
-        return
-    if pooling in ("avg", "mean"):
-        return  # the network's own pooling
-    if backbone.modality == "tensor":
-        raise ValueError(f"pooling={pooling!r} has nothing to pool in {backbone.spec}: a "
-                         f"module's forward output is its embedding. Use pooling='avg', or "
-                         f"layers=[...] to pool chosen layers' outputs.")
-    if pooling != "max":
-        raise ValueError(f"pooling={pooling!r} pools token outputs, and "
-                         f"{backbone.spec} is an image backbone whose embedding pools a "
-                         f"feature map; use pooling='auto', 'avg' or 'max' (or layers=[...] "
-                         f"of token outputs).")
-    set_image_global_pool(module, pooling, backbone.spec)
-
-
 def _initialize_lazy_layers(backbone, samples):
     """Give lazy layers their shapes with one forward pass of the fitted module itself.
 
@@ -437,28 +382,3 @@ def _initialize_lazy_layers(backbone, samples):
     inputs = Collate(backbone.preprocess)(samples.__getitems__(np.arange(min(2, len(samples)))))
     with torch.no_grad():
         module(inputs)
-
-
-def _pool(output, pooling, mask=None, prefix_tokens=None):
-    """Pool one layer's output into ``(B, F)``.
-
-    ``(B, C, H, W)`` maps pool over space; ``(B, T, D)`` token sequences pool
-    over tokens (masked by ``mask`` for text; for an image transformer, the
-    patch tokens after its ``prefix_tokens`` class and register tokens);
-    ``(B, F)`` passes through.
-    """
-    if pooling == "auto":
-        pooling = "avg"
-    if output.ndim == 2:
-        return output
-    if output.ndim == 3 and prefix_tokens is not None:
-        return pool_image_tokens(output, pooling, prefix_tokens)
-    if output.ndim == 3:
-        if mask is not None and output.shape[1] != mask.shape[1] == output.shape[2]:
-            output = output.transpose(1, 2)  # a convolution's (B, C, T): pool its frames
-        return pool_tokens(output, mask, pooling)
-    if pooling not in ("avg", "mean", "max"):
-        raise ValueError(f"pooling={pooling!r} needs token outputs (B, T, D); a layer gave "
-                         f"shape {tuple(output.shape)}; use 'avg' or 'max'")
-    flat = output.flatten(2)
-    return flat.amax(2) if pooling == "max" else flat.mean(2)

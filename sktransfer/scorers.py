@@ -38,7 +38,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils import _safe_indexing
 from sklearn.utils.metadata_routing import MetadataRequest
 
-from .training.adaptation import check_domain, unlabelled_rows
+from ._utils.signature import positional_deprecated
+from .inputs.domains import check_domain, unlabelled_rows
 
 __all__ = ["PredictionEntropyScorer", "DeepEmbeddedValidation"]
 
@@ -85,7 +86,8 @@ class PredictionEntropyScorer(_TargetAwareScorer):
     -0.6931
     """
 
-    def __init__(self, eps=1e-12):
+    @positional_deprecated
+    def __init__(self, *, eps=1e-12):
         self.eps = eps
 
     def __call__(self, estimator, X, y=None, sample_domain=None):
@@ -150,7 +152,8 @@ class DeepEmbeddedValidation(_TargetAwareScorer):
     -0.19
     """
 
-    def __init__(self, domain_classifier=None, validation_size=0.33, random_state=0,
+    @positional_deprecated
+    def __init__(self, domain_classifier=None, *, validation_size=0.33, random_state=0,
                  eps=1e-15):
         self.domain_classifier = domain_classifier
         self.validation_size = validation_size

@@ -222,8 +222,8 @@ def _spectral_projections(F, targets):
     the residual then tends to 0 and its precision to infinity.
 
     The eigendecomposition is of the smaller Gram matrix in float64, a
-    fraction of the cost of an SVD of ``F`` (7x less for 20,000 x 512 here);
-    eigenvalues below ``max(N, D) * eps * s_max``, lost to rounding, are set
+    fraction of the cost of an SVD of ``F`` (``benchmarks/RESULTS.md``,
+    "Ranking backbones"); eigenvalues below ``max(N, D) * eps * s_max``, lost to rounding, are set
     to 0, the cut numpy's ``matrix_rank`` makes.
     """
     n, d = F.shape

@@ -195,7 +195,7 @@ def test_entropy_scorer_without_routing_uses_minus_one_rows(shift):
 
 
 def test_default_weight_is_the_documented_one_per_method(shift):
-    from sktransfer._finetune_docs import PARAMS_DOC
+    from sktransfer.finetune.docs import PARAMS_DOC
     from sktransfer.training.adaptation import DEFAULT_WEIGHTS, DomainAdaptation
 
     # documented, in the parameter's docstring, as these values

@@ -167,3 +167,128 @@ def test_importing_sktransfer_changes_no_global_state(launch):
     dependencies = in_fresh_process(THIRD_PARTY, env)
     unchanged = in_fresh_process(IMPORT_STATE, env, json.dumps(dependencies))
     assert unchanged == {k: True for k in unchanged}
+
+
+# -- rooms: the graph collapsed to top-level packages and modules ----------------
+
+def room(module):
+    """The room of a module: its top-level package or module under sktransfer."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def alias_modules():
+    """The code aliases (old paths that re-export a moved module): not rooms of their own."""
+    from sktransfer._utils.aliases import MOVED
+
+    return set(MOVED)
+
+
+def room_graph(graph):
+    """``{room: rooms it imports}``, leaving out the package's __init__ and the aliases."""
+    skip = alias_modules()
+    rooms = {}
+    for name, deps in graph.items():
+        if room(name) is None or name in skip:
+            continue
+        rooms.setdefault(room(name), set()).update(
+            room(d) for d in deps if room(d) not in (None, room(name)) and d not in skip)
+    return rooms
+
+
+def test_the_room_graph_collapses_modules_and_finds_a_loop():
+    graph = {"sktransfer.a.x": {"sktransfer.b"}, "sktransfer.b": {"sktransfer.a.y"},
+             "sktransfer.a.y": set(), "sktransfer.c": {"sktransfer.a.y"}, "sktransfer": set()}
+    rooms = room_graph(graph)
+    assert rooms == {"a": {"b"}, "b": {"a"}, "c": {"a"}}
+    assert cycles(rooms) == [["a", "b"]]
+
+
+def test_no_loop_between_rooms():
+    rooms = room_graph(import_graph())
+    assert cycles(rooms) == [], {r: sorted(d) for r, d in sorted(rooms.items())}
+
+
+def imported_names(name, path):
+    """``(module imported from, name)`` for every ``from ... import name`` in ``path``."""
+    is_package = path.endswith("__init__.py")
+    package = name if is_package else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            for alias in node.names:
+                yield target, alias.name
+
+
+def private(name):
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def test_no_private_name_is_imported_across_rooms():
+    skip = alias_modules()
+    crossing = sorted(
+        f"{name} imports {target}.{what}"
+        for name, path in package_modules().items() if name not in skip
+        for target, what in imported_names(name, path)
+        if target.partition(".")[0] == "sktransfer" and private(what)
+        and room(target) != room(name))
+    assert crossing == []
+
+
+ESTIMATOR_ROOMS = ("features", "finetune", "selection", "study", "scorers", "saving",
+                   "chaining", "inference")
+
+
+def test_the_estimators_import_only_the_backbones_public_face():
+    # Which source or modality a backbone has is the backbones room's business:
+    # outside it, only `sktransfer.backbones` itself is imported.
+    reaching = sorted(f"{name} imports {dep}" for name, deps in import_graph().items()
+                      if room(name) in ESTIMATOR_ROOMS
+                      for dep in deps if dep.startswith("sktransfer.backbones."))
+    assert reaching == []
+
+
+def estimator_private_names():
+    """Private attribute and method names of the estimator classes (features, finetune)."""
+    names = set()
+    for name, path in package_modules().items():
+        if room(name) not in ("features", "finetune"):
+            continue
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+            if isinstance(node, ast.ClassDef):
+                for item in ast.walk(node):
+                    if isinstance(item, ast.FunctionDef) and private(item.name):
+                        names.add(item.name)
+                    elif (isinstance(item, ast.Attribute) and isinstance(item.ctx, ast.Store)
+                          and isinstance(item.value, ast.Name) and item.value.id == "self"
+                          and private(item.attr)):
+                        names.add(item.attr)
+    return names
+
+
+def test_training_reads_no_private_attribute_of_an_estimator():
+    # training/ is handed a plan (plain values and callables), never an
+    # estimator: no name that only an estimator defines is read there.
+    own = set()
+    reads = []
+    estimator_names = estimator_private_names()
+    assert "_contrastive" in estimator_names  # the scan sees the estimators' names
+    for name, path in package_modules().items():
+        if room(name) != "training":
+            continue
+        tree = ast.parse(open(path, encoding="utf-8").read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                own.add(node.name)
+            elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                  and node.value.id == "self"):
+                own.add(node.attr)
+        reads += [(name, node.attr) for node in ast.walk(tree)
+                  if isinstance(node, ast.Attribute) and node.attr in estimator_names
+                  and not (isinstance(node.value, ast.Name) and node.value.id == "self")]
+    assert [(m, a) for m, a in reads if a not in own] == []

@@ -19,7 +19,7 @@ def model():
 
 def test_penalty_is_half_alpha_times_the_sum_of_squared_distances():
     net = model()
-    penalty = L2SP(0.3, net.backbone)
+    penalty = L2SP(0.3, backbone=net.backbone)
     start = [p.detach().clone() for p in net.backbone.parameters()]
     assert penalty(net).item() == pytest.approx(
         0.15 * sum((p ** 2).sum().item() for p in net.head.parameters()), rel=1e-6)
@@ -34,7 +34,7 @@ def test_penalty_is_half_alpha_times_the_sum_of_squared_distances():
 
 def test_gradient_pulls_towards_the_reference():
     net = model()
-    penalty = L2SP(2.0, net.backbone)
+    penalty = L2SP(2.0, backbone=net.backbone)
     weight = net.backbone[0].weight
     with torch.no_grad():
         weight.add_(1.0)
@@ -45,7 +45,7 @@ def test_gradient_pulls_towards_the_reference():
 
 def test_frozen_parameters_are_skipped():
     net = model()
-    penalty = L2SP(1.0, net.backbone)
+    penalty = L2SP(1.0, backbone=net.backbone)
     with torch.no_grad():
         net.backbone[0].weight.add_(1.0)
     net.backbone[0].weight.requires_grad_(False)
@@ -55,7 +55,7 @@ def test_frozen_parameters_are_skipped():
 
 def test_references_are_buffers_that_pickle_and_move():
     net = model()
-    penalty = L2SP(1.0, net.backbone)
+    penalty = L2SP(1.0, backbone=net.backbone)
     assert len(list(penalty.buffers())) == len(list(net.backbone.parameters()))
     assert not list(penalty.parameters())  # nothing for an optimizer to train
     restored = pickle.loads(pickle.dumps(penalty))

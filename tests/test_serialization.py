@@ -25,7 +25,7 @@ from torch import nn
 import sktransfer
 from sktransfer import (FineTunedClassifier, FineTunedRegressor, PretrainedFeatureTransformer,
                         load, save)
-from sktransfer.persistence.format import FORMAT_VERSION
+from sktransfer.saving.format import FORMAT_VERSION
 from sktransfer.persistence.trust import UntrustedTypeError, class_name
 
 

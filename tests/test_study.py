@@ -259,7 +259,7 @@ def test_the_contrastive_method_compares_classifiers_only():
 
 def test_adaptation_methods_are_judged_against_source_only(digits):
     """compare_transfer with source=...: source_only is the baseline, the plot draws gains."""
-    from sktransfer.study_adaptation import WithSource
+    from sktransfer.study import WithSource
 
     images, labels = digits
     X = (images[:300].reshape(300, -1) / 255.0).astype(np.float32)
@@ -279,4 +279,5 @@ def test_adaptation_methods_are_judged_against_source_only(digits):
     assert "gain in accuracy over source_only" in fig.axes[0].get_xlabel()
     with pytest.raises(ValueError, match="needs source="):
         compare_transfer(Xt, labels[150:300], net, methods=["coral"], cv=splits)
-    assert isinstance(clone(WithSource(FineTunedClassifier(net), X, labels[:300])), WithSource)
+    with_source = WithSource(FineTunedClassifier(net), X_source=X, y_source=labels[:300])
+    assert isinstance(clone(with_source), WithSource)

@@ -7,5 +7,7 @@ Each module here is a leaf: it imports nothing from sktransfer outside
 - :mod:`.launch`: reading a torchrun / accelerate / srun launch from the environment;
 - :mod:`.device`: device and precision resolution, moving batches;
 - :mod:`.files`: atomic writes and folder I/O;
-- :mod:`.validation`: declarative parameter constraints, one message style.
+- :mod:`.validation`: declarative parameter constraints, one message style;
+- :mod:`.signature`: keyword-only parameters that still take a positional
+  call, with a warning, for one release.
 """

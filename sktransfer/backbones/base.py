@@ -10,6 +10,7 @@ modules would import each other.
 """
 
 import copy
+import functools
 
 from torch import nn
 from torch.nn.parameter import is_lazy
@@ -18,6 +19,7 @@ from ..persistence.codec import VIEW_AS, array_to_tensor, dtype_name, tensor_to_
 from ..persistence.modules import (STATE_VERSION, check_state_version, module_from_state,
                                    module_state)
 from ..persistence.trust import user_classes
+from .pooling import PoolingEncoder, pool_layers, set_network_pooling
 from .registry import get_source, preprocess_from_state, preprocess_state, spec_source
 
 MODALITIES = ("image", "text", "audio", "tensor")
@@ -114,6 +116,71 @@ class Backbone:
             raise ValueError(f"prompt={prompt!r} is prepended to texts, and {self.spec} is "
                              f"a {self.modality} backbone; leave prompt=None")
         use(prompt)
+
+    @property
+    def takes_images(self):
+        """Whether its raw samples are images (so image augmentation applies)."""
+        return self.modality == "image"
+
+    def set_pooling(self, pooling):
+        """Make the embedding (what ``layers=None`` gives) pool by ``pooling``, in place.
+
+        What a backbone's embedding can pool by is its family's business:
+        the Hugging Face encoders pool their own outputs (see
+        :class:`~sktransfer.backbones.pooling.PoolingEncoder`); an image
+        network's global average pool of its last feature map becomes a max
+        pool for ``"max"``; a module's forward output is its embedding.
+
+        Parameters
+        ----------
+        pooling : str
+            One of :data:`~sktransfer.backbones.pooling.POOLINGS`; ``"auto"``
+            keeps the embedding the model's authors configured.
+
+        Raises
+        ------
+        ValueError
+            For a pooling this backbone cannot apply, naming it and the
+            poolings it takes.
+
+        Examples
+        --------
+        >>> from torch import nn
+        >>> from sktransfer.backbones import load_backbone
+        >>> load_backbone(nn.Linear(4, 2)).set_pooling("max")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: pooling='max' has nothing to pool in module:Linear: ... Use pooling='avg', ...
+        """
+        if pooling == "auto":
+            return
+        if isinstance(self.module, PoolingEncoder):
+            self.module.set_pooling(pooling, self.spec)
+        else:
+            set_network_pooling(self.module, self.modality, pooling, self.spec)
+
+    def layer_pooling(self, layers, pooling):
+        """``output(outputs, inputs)``: the outputs of ``layers`` pooled by ``pooling``.
+
+        For :class:`~sktransfer.engine.module.InferenceModule`: each layer's
+        output pooled into ``(B, F)`` over its spatial or token axes (for an
+        image transformer, its patch tokens apart from its class and register
+        tokens), side by side in the order given.
+
+        Parameters
+        ----------
+        layers : list of str
+            Module names among :attr:`layer_names`.
+        pooling : str
+            One of :data:`~sktransfer.backbones.pooling.POOLINGS` (``"auto"``
+            is the mean).
+
+        Returns
+        -------
+        callable
+        """
+        prefix = self.module.prefix_tokens if isinstance(self.module, PoolingEncoder) else None
+        return functools.partial(pool_layers, list(layers), pooling, prefix_tokens=prefix)
 
     def copy(self):
         """A deep copy whose module shares no tensors with this one."""

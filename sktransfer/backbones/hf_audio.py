@@ -49,7 +49,7 @@ from .._utils.files import read_folder, temporary_folder, write_folder
 from .base import Backbone, ordered_param_groups
 from .hf_loading import (config_from_dict, config_to_dict, import_transformers, load_model,
                          quiet_loading, skipped_init)
-from .pooling import pool_tokens, token_pooling_modes
+from .pooling import PoolingEncoder, pool_tokens, token_pooling_modes
 from .registry import register_preprocess
 from .weights import hub_cache_location, weights_unavailable
 
@@ -78,7 +78,7 @@ def conv_lengths(lengths, convs):
     return lengths
 
 
-class AudioEncoder(nn.Module):
+class AudioEncoder(PoolingEncoder, nn.Module):
     """A Hugging Face audio encoder whose forward pools its frames into ``(B, D)``.
 
     Parameters
@@ -105,6 +105,10 @@ class AudioEncoder(nn.Module):
     @pooling.setter
     def pooling(self, value):
         self._pooling = ("auto",) if value in (None, "auto") else token_pooling_modes(value)
+
+    def set_pooling(self, pooling, spec=None):
+        """Pool tokens by ``pooling`` from now on (a ValueError lists the token poolings)."""
+        self.pooling = pooling
 
     def extra_repr(self):
         # Part of the feature cache's key (module_fingerprint reads the repr).

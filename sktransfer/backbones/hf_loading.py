@@ -10,8 +10,8 @@ model is for.
 import contextlib
 import os
 
-from .weights import (hub_cache_location, is_weights_path, load_into, load_state_dict_file,
-                      weights_unavailable)
+from .weights import (DEFAULT, FILE, hub_cache_location, load_into, load_state_dict_file,
+                      resolve_weights, weights_unavailable)
 
 
 def import_transformers():
@@ -125,27 +125,24 @@ def load_model(transformers, name, config, weights, *, model_class=None, subfold
         Identifies the weights (used in cache keys).
     """
     model_class = model_class or transformers.AutoModel
+    kind, weights_id = resolve_weights(weights)
     try:
-        if weights == "DEFAULT":
+        if kind == DEFAULT:
             kwargs = {"subfolder": subfolder} if subfolder else {}
             model = model_class.from_pretrained(name, config=config, trust_remote_code=False,
                                                 **kwargs)
             weights_id = f"hf:{os.path.abspath(name) if os.path.isdir(name) else name}"
-        elif weights is None or is_weights_path(weights):
+        else:
             # AutoModel builds from a config with from_config, a concrete
             # class (CLIPVisionModelWithProjection) with _from_config.
             auto = getattr(model_class, "from_config", None)
             model = (auto(config, trust_remote_code=False) if auto is not None
                      else model_class._from_config(config))
-            weights_id = "random"
-            if weights is not None:
+            if kind == FILE:
                 state = load_state_dict_file(weights)
                 load_into(model, unwrap(state) if unwrap else state, weights)
-                weights_id = f"file:{os.path.abspath(weights)}"
-        else:
-            raise ValueError(f"weights must be 'DEFAULT', None or a path; got {weights!r}")
     except OSError as exc:
-        if os.path.isdir(name) or (weights is not None and weights != "DEFAULT"):
+        if os.path.isdir(name) or kind == FILE:
             raise
         raise weights_unavailable(f"hf:{name}", hub_cache_location(name), exc) from exc
     model.eval()

@@ -24,16 +24,17 @@ from .._utils.files import read_folder, temporary_folder, write_folder
 from .base import Backbone
 from .hf_loading import (config_from_dict, config_to_dict, import_transformers, load_config,
                          load_model, quiet_loading, skipped_init)
-from .pooling import pool_tokens, token_pooling_modes
+from .pooling import PoolingEncoder, pool_tokens, token_pooling_modes
 from .registry import register_preprocess
 from .sentence_pipeline import (Dense, dense_layers, normalize, read_pipeline,
                                 resolve_prompt)
-from .weights import hub_cache_location, load_into, load_state_dict_file, weights_unavailable
+from .weights import (FILE, hub_cache_location, load_into, load_state_dict_file,
+                      resolve_weights, weights_unavailable)
 
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 
 
-class TextEncoder(nn.Module):
+class TextEncoder(PoolingEncoder, nn.Module):
     """A Hugging Face encoder whose forward pools token states into ``(B, D)``.
 
     Parameters
@@ -64,6 +65,10 @@ class TextEncoder(nn.Module):
     @pooling.setter
     def pooling(self, value):
         self._pooling = token_pooling_modes(value)
+
+    def set_pooling(self, pooling, spec=None):
+        """Pool tokens by ``pooling`` from now on (a ValueError lists the token poolings)."""
+        self.pooling = pooling
 
     def extra_repr(self):
         # Part of the feature cache's key (module_fingerprint reads the repr).
@@ -285,13 +290,13 @@ def load(transformers, name, config, weights, *, pooling="auto", spec=None):
         if os.path.isdir(name):
             raise
         raise weights_unavailable(f"hf:{name}", hub_cache_location(name), exc) from exc
-    if pipeline is not None and weights is not None and weights != "DEFAULT":
+    kind, weights_id = resolve_weights(weights)
+    if pipeline is not None and kind == FILE:
         # A local state dict of the whole encoder (pooling, Dense): the model and projections.
-        model, weights_id = load_model(transformers, name, config, None)
+        model, _ = load_model(transformers, name, config, None)
         dense = dense_layers(name, pipeline, None)
         encoder = TextEncoder(model, pipeline.pooling, dense, pipeline.normalize)
         _load_encoder_state(encoder, weights)
-        weights_id = f"file:{os.path.abspath(weights)}"
     else:
         model, weights_id = load_model(transformers, name, config, weights, subfolder=sub,
                                        unwrap=_unwrap_encoder_keys)

@@ -34,10 +34,10 @@ from .hf_image_preprocess import HFImagePreprocess
 from .hf_loading import (config_from_dict, config_to_dict, import_transformers, load_model,
                          quiet_loading, skipped_init)
 from .hf_text import Tokenize
-from .pooling import IMAGE_TOKEN_POOLINGS, pool_image_tokens
+from .pooling import IMAGE_TOKEN_POOLINGS, PoolingEncoder, pool_image_tokens
 from .registry import register_preprocess
-from .weights import (hub_cache_location, is_weights_path, load_into, load_state_dict_file,
-                      weights_unavailable)
+from .weights import (FILE, hub_cache_location, load_into, load_state_dict_file,
+                      resolve_weights, weights_unavailable)
 
 #: Image-text model types -> (image tower class, text tower class, text padding).
 #: SigLIP was trained on texts padded to its full length (its authors say to
@@ -52,7 +52,7 @@ _CLS_TYPES = ("vit", "deit", "vit_msn")
 _CLS_NORM = {"clip_vision_model": "vision_model.post_layernorm"}
 
 
-class ImageEncoder(nn.Module):
+class ImageEncoder(PoolingEncoder, nn.Module):
     """A Hugging Face image model whose forward gives the chosen embedding ``(B, D)``.
 
     Parameters
@@ -145,7 +145,7 @@ class ImageEncoder(nn.Module):
         return 2 * int(width) if mode == "cls+avg" else int(width)
 
 
-class TowerTextEncoder(nn.Module):
+class TowerTextEncoder(PoolingEncoder, nn.Module):
     """The text tower of an image-text model: ``get_text_features`` as a forward.
 
     Parameters
@@ -226,11 +226,12 @@ def load(transformers, name, config, weights, *, pooling="auto", image_size=None
     """
     spec = spec or f"hf:{name}"
     model_class, tower_config, padding = _tower(transformers, config, tower, spec)
-    if weights is None or weights == "DEFAULT":
+    kind, weights_id = resolve_weights(weights)
+    if kind != FILE:
         model, weights_id = load_model(transformers, name, tower_config, weights,
                                        model_class=model_class)
         _drop_unused_pooler(model)
-    elif is_weights_path(weights):  # a local state dict, of the model or of its encoder
+    else:  # a local state dict, of the model or of its encoder
         model, _ = load_model(transformers, name, tower_config, None, model_class=model_class)
         _drop_unused_pooler(model)
         state = load_state_dict_file(weights)
@@ -238,9 +239,6 @@ def load(transformers, name, config, weights, *, pooling="auto", image_size=None
             state = {k.removeprefix("model."): v for k, v in state.items()}
         load_into(model, state, weights, drop_prefixes=("pooler.",) if _drops_pooler(model)
                   else ())
-        weights_id = f"file:{os.path.abspath(weights)}"
-    else:
-        raise ValueError(f"weights must be 'DEFAULT', None or a path; got {weights!r}")
     if tower == "text":
         encoder = TowerTextEncoder(model)
         encoder.set_pooling(pooling, spec)

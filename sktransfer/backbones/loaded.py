@@ -15,7 +15,7 @@ import numpy as np
 
 from .._utils.seeding import seeded
 from ..feature_cache.keys import remember_weights_digest, weights_digest
-from . import load_backbone
+from .specs import load_backbone
 
 #: Backbones kept per process; a search over a few backbones fits, and an
 #: old one is dropped before memory fills with networks nobody uses.

@@ -3,13 +3,12 @@ returning one, or a fitted sktransfer estimator (whose backbone, fine-tuned or
 not, is reused)."""
 
 import copy
-import os
 
 from torch import nn
 
 from .base import Backbone
 from .preprocess import TensorPreprocess, Waveforms
-from .weights import is_weights_path, load_into, load_state_dict_file
+from .weights import DEFAULT, RANDOM, load_into, load_state_dict_file, resolve_weights
 
 
 def from_module(obj, weights="DEFAULT", **_):
@@ -112,18 +111,17 @@ def apply_weights(module, weights, *, fresh=False):
     >>> apply_weights(nn.Linear(2, 2), None)
     'random'
     """
-    if weights == "DEFAULT":
+    kind, weights_id = resolve_weights(
+        weights, what="weights for a module backbone",
+        accepted="'DEFAULT' (keep its weights), None (re-initialize) or a path to a state dict "
+                 "file")
+    if kind == DEFAULT:
         return "as-given"
-    if weights is None:
+    if kind == RANDOM:
         _reinitialize(module, check=not fresh)
-        return "random"
-    if is_weights_path(weights):
+    else:
         load_into(module, load_state_dict_file(weights), weights)
-        return f"file:{os.path.abspath(weights)}"
-    raise ValueError(
-        f"weights for a module backbone must be 'DEFAULT' (keep its weights), None "
-        f"(re-initialize) or a path to a state dict file; got {weights!r}"
-    )
+    return weights_id
 
 
 def _reinitialize(module, *, check):

@@ -10,6 +10,12 @@ image sources (torchvision, timm) save and rebuild of it.
 
 Token states of a text encoder, ``(B, T, D)``, become one vector per text
 by :func:`pool_tokens`, over the real (unmasked) tokens.
+
+Which pooling a backbone's embedding takes is its family's business:
+encoders that pool their own outputs (the Hugging Face families) are
+:class:`PoolingEncoder` modules, and :func:`set_network_pooling` says what
+``pooling=`` does to any other network. :func:`pool_layers` pools the
+outputs of chosen layers (``layers=``), whatever the family.
 """
 
 import torch
@@ -20,6 +26,67 @@ IMAGE_POOLS = ("avg", "max")
 SENTENCE_POOLINGS = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 #: What ``pooling=`` may name for token states: ours ("avg" is "mean") and theirs.
 TOKEN_POOLINGS = ("avg",) + SENTENCE_POOLINGS
+#: Every ``pooling=`` of an estimator: "auto" is the model's own embedding, and
+#: "cls+avg" an image transformer's class token and patch mean side by side.
+POOLINGS = ("auto",) + TOKEN_POOLINGS + ("cls+avg",)
+
+
+class PoolingEncoder:
+    """A family's encoder that pools its own outputs (a mixin of ``nn.Module`` classes).
+
+    :meth:`~sktransfer.backbones.Backbone.set_pooling` hands ``pooling=`` to
+    it; any other network is pooled as :func:`set_network_pooling` says.
+
+    Attributes
+    ----------
+    prefix_tokens : int or None
+        For an image transformer, the class and register tokens before its
+        patch tokens, which chosen layers' outputs are pooled apart from;
+        None otherwise.
+    """
+
+    prefix_tokens = None
+
+    def set_pooling(self, pooling, spec=None):
+        """Pool by ``pooling`` from now on; a ValueError names ``spec`` and what is allowed."""
+        raise NotImplementedError
+
+
+def set_network_pooling(module, modality, pooling, spec):
+    """Make the embedding of a network that does not pool itself pool by ``pooling``.
+
+    An image network ends in a global pool of its last feature map, which
+    ``"max"`` replaces by a global max pool; a module's forward output is
+    already its embedding (on tensors: only ``"avg"`` applies; on texts or
+    waveforms the choice is left to it).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Changed in place.
+    modality : {"image", "text", "audio", "tensor"}
+    pooling : str
+        Not ``"auto"`` (which keeps the embedding as it is).
+    spec : str
+        Named in the errors.
+
+    Raises
+    ------
+    ValueError
+        For a pooling the network's embedding cannot take, naming the ones it can.
+    """
+    if modality in ("text", "audio") or pooling in ("avg", "mean"):
+        return  # the network's own pooling, or a user's module's own output
+    if modality == "tensor":
+        raise ValueError(f"pooling={pooling!r} has nothing to pool in {spec}: a "
+                         f"module's forward output is its embedding. Use pooling='avg', or "
+                         f"layers=[...] to pool chosen layers' outputs.")
+    if pooling != "max":
+        raise ValueError(f"pooling={pooling!r} pools token outputs, and "
+                         f"{spec} is an image backbone whose embedding pools a "
+                         f"feature map; use pooling='auto', 'avg' or 'max' (or layers=[...] "
+                         f"of token outputs).")
+    set_image_global_pool(module, pooling, spec)
 
 
 def set_image_global_pool(module, pooling, spec):
@@ -235,3 +302,58 @@ def pool_image_tokens(tokens, pooling, prefix_tokens, cls_norm=None):
     elif pooling == "max":
         out.append(patches.amax(1))
     return out[0] if len(out) == 1 else torch.cat(out, dim=-1)
+
+
+def pool_layers(layers, pooling, outputs, inputs, prefix_tokens=None):
+    """The outputs of ``layers``, each pooled into ``(B, F)``, side by side.
+
+    Parameters
+    ----------
+    layers : list of str
+    pooling : str
+        One of :data:`POOLINGS` (``"auto"`` is ``"avg"``).
+    outputs : dict of {str: Tensor}
+        Each layer's output by name.
+    inputs : Tensor or dict of Tensor
+        The batch the network was given: an audio batch's ``frame_mask``
+        (frames that hold sound) or a text batch's ``attention_mask`` say
+        which tokens to pool.
+    prefix_tokens : int, optional
+        For an image transformer, the class and register tokens before its
+        patch tokens (pooled apart from them).
+
+    Examples
+    --------
+    >>> outputs = {"a": torch.ones(2, 3, 4, 4), "b": torch.ones(2, 5)}
+    >>> pool_layers(["a", "b"], "max", outputs, torch.zeros(2, 3, 8, 8)).shape
+    torch.Size([2, 8])
+    """
+    mask = (inputs.get("frame_mask", inputs.get("attention_mask"))
+            if isinstance(inputs, dict) else None)
+    return torch.cat([_pool_layer(outputs[name], pooling, mask, prefix_tokens)
+                      for name in layers], dim=1)
+
+
+def _pool_layer(output, pooling, mask=None, prefix_tokens=None):
+    """Pool one layer's output into ``(B, F)``.
+
+    ``(B, C, H, W)`` maps pool over space; ``(B, T, D)`` token sequences pool
+    over tokens (masked by ``mask`` for text; for an image transformer, the
+    patch tokens after its ``prefix_tokens`` class and register tokens);
+    ``(B, F)`` passes through.
+    """
+    if pooling == "auto":
+        pooling = "avg"
+    if output.ndim == 2:
+        return output
+    if output.ndim == 3 and prefix_tokens is not None:
+        return pool_image_tokens(output, pooling, prefix_tokens)
+    if output.ndim == 3:
+        if mask is not None and output.shape[1] != mask.shape[1] == output.shape[2]:
+            output = output.transpose(1, 2)  # a convolution's (B, C, T): pool its frames
+        return pool_tokens(output, mask, pooling)
+    if pooling not in ("avg", "mean", "max"):
+        raise ValueError(f"pooling={pooling!r} needs token outputs (B, T, D); a layer gave "
+                         f"shape {tuple(output.shape)}; use 'avg' or 'max'")
+    flat = output.flatten(2)
+    return flat.amax(2) if pooling == "max" else flat.mean(2)

@@ -8,8 +8,8 @@ from .base import Backbone
 from .pooling import image_network_from_state, image_network_state
 from .preprocess import ImagePreprocess
 from .registry import register_source
-from .weights import (hub_cache_location, is_weights_path, load_into, load_state_dict_file,
-                      weights_unavailable)
+from .weights import (DEFAULT, FILE, hub_cache_location, load_into, load_state_dict_file,
+                      resolve_weights, weights_unavailable)
 
 
 def _import_timm():
@@ -29,7 +29,8 @@ def load(name, weights="DEFAULT", *, image_size=None, **_):
         raise ValueError(
             f"timm has no model {name!r}; see timm.list_models() for the names it knows"
         )
-    if weights == "DEFAULT":
+    kind, weights_id = resolve_weights(weights)
+    if kind == DEFAULT:
         try:
             model = timm.create_model(name, pretrained=True, num_classes=0)
         except (OSError, RuntimeError) as exc:
@@ -37,18 +38,13 @@ def load(name, weights="DEFAULT", *, image_size=None, **_):
             hub = getattr(cfg, "hf_hub_id", None) or getattr(cfg, "url", None) or name
             raise weights_unavailable(f"timm:{name}", hub_cache_location(hub), exc) from exc
         weights_id = f"timm-pretrained:{model.pretrained_cfg.get('hf_hub_id') or name}"
-    elif weights is None:
+    else:
         model = timm.create_model(name, pretrained=False, num_classes=0)
-        weights_id = "random"
-    elif is_weights_path(weights):
-        model = timm.create_model(name, pretrained=False, num_classes=0)
+    if kind == FILE:
         head = model.pretrained_cfg.get("classifier") or "head"
         heads = head if isinstance(head, (tuple, list)) else (head,)
         load_into(model, load_state_dict_file(weights), weights,
                   drop_prefixes=tuple(h + "." for h in heads))
-        weights_id = f"file:{os.path.abspath(weights)}"
-    else:
-        raise ValueError(f"weights must be 'DEFAULT', None or a path; got {weights!r}")
     model.eval()
 
     cfg = timm.data.resolve_model_data_config(model)

@@ -9,7 +9,8 @@ from .base import Backbone, replace_last_linear
 from .pooling import image_network_from_state, image_network_state
 from .preprocess import ImagePreprocess
 from .registry import register_source
-from .weights import is_weights_path, load_into, load_state_dict_file, weights_unavailable
+from .weights import (DEFAULT, FILE, TAG, load_into, load_state_dict_file, resolve_weights,
+                      weights_unavailable)
 
 
 def load(name, weights="DEFAULT", *, image_size=None, **_):
@@ -29,7 +30,8 @@ def load(name, weights="DEFAULT", *, image_size=None, **_):
         ) from None
     enum = torchvision.models.get_model_weights(name)
     chosen = None
-    if isinstance(weights, str) and not is_weights_path(weights):
+    kind, weights_id = resolve_weights(weights, tags=True)
+    if kind in (DEFAULT, TAG):  # "DEFAULT" is a member of every weights enum
         try:
             chosen = enum[weights]
         except KeyError:
@@ -43,17 +45,11 @@ def load(name, weights="DEFAULT", *, image_size=None, **_):
         except OSError as exc:  # URLError is an OSError
             raise weights_unavailable(f"torchvision:{name} ({chosen})", cache, exc) from exc
         weights_id = str(chosen)
-    elif weights is None:
-        model = builder(weights=None)
-        weights_id = "random"
-    elif is_weights_path(weights):
-        model = builder(weights=None)
-        weights_id = f"file:{os.path.abspath(weights)}"
     else:
-        raise ValueError(f"weights must be 'DEFAULT', a tag, None or a path; got {weights!r}")
+        model = builder(weights=None)
 
     head, out_dim = replace_last_linear(model)
-    if is_weights_path(weights):
+    if kind == FILE:
         # A file saved from the full classifier and one saved from this
         # headless backbone both load: the old head is not part of the embedding.
         load_into(model, load_state_dict_file(weights), weights, drop_prefixes=(head + ".",))

@@ -1,10 +1,15 @@
-"""Reading weight files safely and explaining missing pretrained weights."""
+"""The ``weights=`` choice of every source, reading weight files safely, and
+explaining missing pretrained weights."""
 
 import os
+from typing import NamedTuple
 
 import torch
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+#: The kinds of ``weights=`` choice :func:`resolve_weights` tells apart.
+DEFAULT, TAG, RANDOM, FILE = "default", "tag", "random", "file"
 
 
 def is_weights_path(weights):
@@ -12,6 +17,74 @@ def is_weights_path(weights):
     return isinstance(weights, (str, os.PathLike)) and (
         str(weights).endswith(WEIGHT_SUFFIXES) or os.sep in str(weights)
     )
+
+
+class Weights(NamedTuple):
+    """A ``weights=`` choice, as :func:`resolve_weights` read it.
+
+    Attributes
+    ----------
+    kind : {"default", "tag", "random", "file"}
+    weights_id : str or None
+        ``"random"``, or ``"file:<absolute path>"``; None for ``"default"``
+        and ``"tag"``, whose identity the source names (a hub id, a
+        torchvision enum member).
+    """
+
+    kind: str
+    weights_id: object
+
+
+def resolve_weights(weights, *, tags=False, what="weights", accepted=None):
+    """Which ``weights=`` choice ``weights`` is: the one switch every source reads.
+
+    Parameters
+    ----------
+    weights : "DEFAULT", str, None or path
+        ``"DEFAULT"``: the source's pretrained weights (for a module, the
+        weights it has); ``None``: random initialization; a path (a
+        ``.pt``/``.pth``/``.bin``/``.safetensors`` name, or one holding a
+        directory separator): a local state dict; any other string, where
+        ``tags`` allows, a weights tag.
+    tags : bool, default=False
+        Whether the source names weights by tags (torchvision's enum members).
+    what, accepted : str, optional
+        The error's subject and its list of accepted values, where a source
+        words them its own way.
+
+    Returns
+    -------
+    Weights
+
+    Raises
+    ------
+    ValueError
+        For anything else, naming what is accepted.
+
+    Examples
+    --------
+    >>> resolve_weights("DEFAULT")
+    Weights(kind='default', weights_id=None)
+    >>> resolve_weights(None).weights_id
+    'random'
+    >>> resolve_weights("IMAGENET1K_V2", tags=True).kind
+    'tag'
+    >>> resolve_weights("IMAGENET1K_V2")
+    Traceback (most recent call last):
+    ...
+    ValueError: weights must be 'DEFAULT', None or a path; got 'IMAGENET1K_V2'
+    """
+    if weights is None:
+        return Weights(RANDOM, "random")
+    if is_weights_path(weights):
+        return Weights(FILE, f"file:{os.path.abspath(weights)}")
+    if isinstance(weights, str) and weights == "DEFAULT":
+        return Weights(DEFAULT, None)
+    if tags and isinstance(weights, str):
+        return Weights(TAG, None)
+    if accepted is None:
+        accepted = "'DEFAULT', a tag, None or a path" if tags else "'DEFAULT', None or a path"
+    raise ValueError(f"{what} must be {accepted}; got {weights!r}")
 
 
 def load_state_dict_file(path):

@@ -144,8 +144,8 @@ def _quantized(path):
     from onnxruntime.quantization import QuantType, quantize_dynamic
     target = path.replace(".onnx", ".int8.onnx")
     # Per-channel weight scales: a per-tensor scale costs transformer
-    # embeddings several points of cosine similarity (0.92 against 0.98 on
-    # all-MiniLM-L6-v2, measured).
+    # embeddings several points of cosine similarity to float32
+    # (benchmarks/RESULTS.md, "Inference engine and runtimes").
     root = logging.getLogger()
     # The quantizer advises (on the root logger) a shape pre-processing pass,
     # which cannot infer the exported graphs' symbolic shapes: not advice a

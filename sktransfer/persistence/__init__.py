@@ -13,13 +13,18 @@ and a class is imported only when it is trusted.
   and the tagged JSON forms of parameters, module attributes and optimizer
   state;
 - :mod:`.modules`: any ``nn.Module`` as a config tree plus arrays, and the
-  :class:`~sktransfer.persistence.modules.PickledModule` estimators pickle;
-- :mod:`.format`: the layout of a model file (manifest, checksums, where
-  the sktransfer estimators sit in a scikit-learn graph);
-- :mod:`.writer` / :mod:`.reader`: :func:`sktransfer.save` and
-  :func:`sktransfer.load`.
+  :class:`~sktransfer.persistence.modules.PickledModule` estimators pickle.
 
-This package imports none of its submodules: the estimators import
-:mod:`.modules` and :mod:`.codec`, while :mod:`.writer` and :mod:`.reader`
-import the estimators; an eager import here would close that circle.
+Model files themselves (:func:`sktransfer.save` and :func:`sktransfer.load`)
+are :mod:`sktransfer.saving`'s, the room above the estimators. This one sits
+below them: the estimators import :mod:`.modules` and :mod:`.codec` to pickle
+their networks, so these four modules import no estimator and nothing of
+:mod:`sktransfer.saving`. The only exceptions are the old paths
+``sktransfer.persistence.format``, ``.reader`` and ``.writer``: code aliases
+of :mod:`sktransfer.saving`'s modules (listed in
+:data:`sktransfer._utils.aliases.MOVED`) that warn on import and go in the
+release it names.
+
+This package imports none of its submodules, so that importing one of them
+(as the estimators do) loads only what it needs.
 """

@@ -306,8 +306,8 @@ def ship(estimator, client):
         raise TypeError("sktransfer's lazy transform and predict need a synchronous Dask "
                         "client; with an asynchronous one, call them in a thread "
                         "(await asyncio.to_thread(est.transform, X)).")
-    # Pickled on every call: a few milliseconds per 10 MB, and the one sure
-    # way to notice any change of parameters or weights since the last call.
+    # Pickled on every call (its cost: benchmarks/RESULTS.md, "Dask"): the one
+    # sure way to notice any change of parameters or weights since the last call.
     payload = pickle.dumps(estimator, protocol=5)
     digest = hashlib.blake2b(payload, digest_size=20).hexdigest()
     with _SHIPPED_LOCK:

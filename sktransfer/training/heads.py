@@ -7,7 +7,11 @@ the target task's outputs.
 
 import numbers
 
+import numpy as np
+import torch
 from torch import nn
+
+from ..inputs import Collate
 
 
 def check_head(head):
@@ -26,6 +30,34 @@ def check_head(head):
     sizes = list(head)
     if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in sizes):
         raise ValueError(f"head sizes must be positive integers; got {head!r}")
+
+
+def embedding_width(backbone, samples):
+    """The width of ``backbone``'s embedding, from one forward pass where it does not say.
+
+    Parameters
+    ----------
+    backbone : Backbone
+    samples : Samples
+        The fit's samples (two of them go through the network).
+
+    Returns
+    -------
+    int
+    """
+    if backbone.out_dim is not None:
+        return int(backbone.out_dim)
+    # One forward pass over two samples tells the width, and initializes
+    # lazy layers (under the fit's seed) before the optimizer sees them.
+    module = backbone.module
+    n = min(2, len(samples))
+    inputs, _ = Collate(backbone.preprocess)(samples.__getitems__(np.arange(n)))
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        width = module(inputs).reshape(n, -1).shape[1]
+    module.train(was_training)
+    return int(width)
 
 
 def make_head(in_features, n_outputs, hidden=None, dropout=0.0):

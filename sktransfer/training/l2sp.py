@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from .._utils.signature import positional_deprecated
+
 
 class L2SP(nn.Module):
     r"""The L2-SP penalty: pull transferred weights towards their starting point.
@@ -40,7 +42,7 @@ class L2SP(nn.Module):
     >>> import torch
     >>> from sktransfer.training.heads import BackboneWithHead
     >>> model = BackboneWithHead(nn.Linear(2, 2), nn.Linear(2, 1))
-    >>> penalty = L2SP(0.5, model.backbone)
+    >>> penalty = L2SP(0.5, backbone=model.backbone)
     >>> with torch.no_grad():
     ...     _ = model.backbone.weight.add_(1.0)  # 4 entries moved by 1
     ...     _ = model.head.weight.fill_(2.0)     # 2 entries of 2
@@ -49,7 +51,8 @@ class L2SP(nn.Module):
     3.0
     """
 
-    def __init__(self, alpha, backbone):
+    @positional_deprecated
+    def __init__(self, alpha, *, backbone):
         super().__init__()
         self.alpha = float(alpha)
         self.names = []

@@ -20,7 +20,6 @@ from skorch.helper import predefined_split
 from torch.nn.parallel import DistributedDataParallel
 
 from .._utils.device import autocast, to_device
-from .adaptation import adapted_train_step
 from .callbacks import RankMeanScoring, ValidScore
 from .distributed import from_sync_batchnorm, shard_size, to_sync_batchnorm
 
@@ -33,13 +32,11 @@ def cpu_training_layout(x):
     """The memory format a CPU training step should run an image batch ``x`` in.
 
     PyTorch's CPU convolutions follow the layout of their input, and which
-    layout trains faster depends on the image size. Measured with resnet18
-    (forward, backward and AdamW step, batch 32, 2 threads, AVX-512, oneDNN
-    3): at 64 px contiguous NCHW took 0.96x the channels-last time with the
-    whole network training and 0.74x with the first four groups frozen; at
-    96 px the two were within 3%; from 128 px up channels-last was faster,
-    by 12-20% at 160 to 224 px (there NCHW's max pooling, BatchNorm forward
-    and ReLU backward took two to nine times as long as in channels-last).
+    layout trains faster depends on the image size: contiguous NCHW wins on
+    small images, channels-last from about 96 px up (where NCHW's max
+    pooling, BatchNorm and ReLU backward are slow). The threshold and the
+    measurements behind it are in benchmarks/RESULTS.md ("Per training
+    step").
 
     Parameters
     ----------
@@ -350,12 +347,13 @@ class FineTuningNet(NeuralNet):
         return loss
 
     def train_step_single(self, batch, **fit_params):
-        if self.adaptation is not None:
-            return adapted_train_step(self, batch)
         self._set_training(True)
         Xi, yi = unpack_data(batch)
-        y_pred = self.infer(Xi, **fit_params)
-        loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        if self.adaptation is None:
+            y_pred = self.infer(Xi, **fit_params)
+            loss = self.get_loss(y_pred, yi, X=Xi, training=True)
+        else:
+            y_pred, loss = self._adapted_loss(Xi, yi)
         scaler = self.grad_scaler_
         if scaler is None:
             loss.backward()
@@ -363,7 +361,47 @@ class FineTuningNet(NeuralNet):
             scaler.scale(loss).backward()
             # Callbacks such as gradient clipping must see the true gradients.
             scaler.unscale_(self.optimizer_)
+        if self.adaptation is not None and self.group is not None \
+                and self.adaptation_.discriminator is not None:
+            # The domain classifier sits outside DistributedDataParallel's
+            # module: average its gradients across the ranks by hand.
+            for p in self.adaptation_.discriminator.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad.div_(self.group.world_size)
         return {"loss": loss, "y_pred": y_pred}
+
+    def _adapted_loss(self, Xs, ys):
+        """The predictions and loss of a training step with domain adaptation.
+
+        The source batch and a target batch of the same size go through the
+        network together (one forward pass, so BatchNorm sees both domains);
+        the supervised loss is on the source rows, the adaptation term on
+        the embeddings (the head's input) of both.
+        """
+        adaptation = self.adaptation_
+        n_source = _length(Xs)
+        Xt = adaptation.stream.next(n_source)
+        adaptation.progress = adaptation.stream.progress
+        embeddings = []
+        hook = self.module_.head.register_forward_pre_hook(
+            lambda _module, args: embeddings.append(args[0]))
+        try:
+            joint = _concat(Xs, Xt)
+            if joint is not None:
+                outputs = self.infer(joint)
+                y_pred = outputs[:n_source]
+                source, target = embeddings[0][:n_source], embeddings[0][n_source:]
+            else:
+                y_pred = self.infer(Xs)
+                self.infer(Xt)
+                source, target = embeddings
+        finally:
+            hook.remove()
+        loss = self.get_loss(y_pred, ys, X=Xs, training=True)
+        term = adaptation(source, target)
+        self.history.record_batch("adaptation_loss", float(term.detach()))
+        return y_pred, loss + term
 
     def _step_optimizer(self, step_fn):
         scaler = self.grad_scaler_
@@ -373,6 +411,20 @@ class FineTuningNet(NeuralNet):
         scaler.step(self.optimizer_)
         scaler.update()
         return None
+
+
+def _concat(a, b):
+    """``a`` and ``b`` as one batch, or None when they cannot be stacked (ragged dicts)."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return torch.cat([a, b]) if a.shape[1:] == b.shape[1:] else None
+    if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
+        if all(a[k].shape[1:] == b[k].shape[1:] for k in a):
+            return {k: torch.cat([a[k], b[k]]) for k in a}
+    return None
+
+
+def _length(x):
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
 
 
 class Rows(torch.utils.data.Dataset):

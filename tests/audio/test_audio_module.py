@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from sktransfer import FineTunedClassifier, PretrainedFeatureTransformer
-from sktransfer.audio_inputs import resample
+from sktransfer.inputs.audio import resample
 from sktransfer.backbones import waveform_backbone
 
 from .tiny import noise, tone

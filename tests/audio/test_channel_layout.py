@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sktransfer import PretrainedFeatureTransformer
-from sktransfer.audio_inputs import audio_samples
+from sktransfer.inputs.audio import audio_samples
 
 from .tiny import RATE, chirp, noise, tone
 

@@ -19,8 +19,8 @@ from sklearn.base import clone, is_classifier, is_regressor
 from sklearn.model_selection import check_cv, cross_validate
 from sklearn.utils.multiclass import type_of_target
 
-from .finetune import FineTunedClassifier, FineTunedRegressor
-from .study_adaptation import ADAPTATION_METHODS, adaptation_method
+from ..finetune import FineTunedClassifier, FineTunedRegressor
+from .adaptation import ADAPTATION_METHODS, adaptation_method
 
 #: The built-in methods compared by default, in the order they are reported.
 METHODS = ("scratch", "linear_probe", "fine_tune", "lp_ft", "l2sp")

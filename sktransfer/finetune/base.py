@@ -2,14 +2,15 @@
 
 The estimator contract lives here: ``__init__`` stores, ``fit`` validates
 the parameters (``_parameter_constraints``), loads the backbone, builds the
-head and the penalty, and hands the training to a
-:class:`~sktransfer.training.run.TrainingRun`; ``transform`` embeds with the
-fine-tuned backbone. The training itself (the skorch net, its callbacks,
-freezing, rates, objectives) is in :mod:`sktransfer.training`.
+head and the penalty, hands the training to :mod:`sktransfer.training` as a
+:class:`~sktransfer.training.plan.TrainingPlan` (the training never sees the
+estimator) and keeps the net and history it returns; ``transform`` embeds
+with the fine-tuned backbone.
 """
 
 import contextlib
 import numbers
+from functools import partial
 
 import numpy as np
 import torch
@@ -18,27 +19,29 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import TransformerTags
 from sklearn.utils.validation import check_is_fitted
 
-from ._utils.device import resolve_device
-from ._utils.launch import is_main_process
-from ._utils.seeding import seed_from, seeded
-from ._utils.validation import (BACKBONE_CONSTRAINTS, AnyOf, Boolean, Checked, InstanceOf,
+from .._utils.device import resolve_device
+from .._utils.launch import is_main_process
+from .._utils.seeding import seed_from, seeded
+from .._utils.signature import positional_deprecated
+from .._utils.validation import (BACKBONE_CONSTRAINTS, AnyOf, Boolean, Checked, InstanceOf,
                                 Interval, Options, validate_params)
-from .backbones.loaded import load_backbone_cached
-from .chaining import KeepsTrainedBackbone
-from .engine.resident import ENGINE_CONSTRAINTS, ServesFromEngine
-from .inference import predict_batches
-from .inputs import Collate, estimator_samples
-from .persistence.codec import from_plain, to_plain
-from .persistence.modules import pack_modules, unpack_modules
-from .scaling import LazyOutput, is_lazy_collection, lazy_call
-from .training.distributed import shared_random_state, training_group
-from .training.freezing import FREEZE_RULE, auto_frozen, n_frozen_groups
-from .training.adaptation import ADAPTATIONS, check_adaptation, split_domains
-from .training.heads import BackboneWithHead, check_head, make_head
-from .training.l2sp import L2SP
-from .training.net import Rows
-from .training.optimization import SCHEDULES, resolve_optimizer
-from .training.run import TrainingRun
+from ..backbones import load_backbone_cached
+from ..chaining import KeepsTrainedBackbone
+from ..engine.resident import ENGINE_CONSTRAINTS, ServesFromEngine
+from ..inference import predict_batches
+from ..inputs import estimator_samples, split_domains
+from ..persistence.codec import from_plain, to_plain
+from ..persistence.modules import pack_modules, unpack_modules
+from ..scaling import LazyOutput, is_lazy_collection, lazy_call
+from ..training.distributed import shared_random_state, training_group
+from ..training.freezing import FREEZE_RULE, auto_frozen, n_frozen_groups
+from ..training.adaptation import ADAPTATIONS
+from ..training.heads import BackboneWithHead, check_head, embedding_width, make_head
+from ..training.l2sp import L2SP
+from ..training.net import Rows
+from ..training.optimization import SCHEDULES, resolve_optimizer
+from ..training.plan import TrainingPlan
+from ..training.run import TrainingRun
 
 #: The training objectives of FineTunedClassifier.
 OBJECTIVES = ("cross_entropy", "contrastive")
@@ -96,8 +99,9 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
         **ENGINE_CONSTRAINTS,
     }
 
-    def __init__(self, backbone="torchvision:resnet18", weights="DEFAULT", head=None, dropout=0.0,
-                 freeze="auto", freeze_epochs=0, lr=None, backbone_lr_mult=1.0,
+    @positional_deprecated
+    def __init__(self, backbone="torchvision:resnet18", *, weights="DEFAULT", head=None,
+                 dropout=0.0, freeze="auto", freeze_epochs=0, lr=None, backbone_lr_mult=1.0,
                  weight_decay=0.01, optimizer="adamw", schedule="onecycle", l2sp=0.0,
                  max_epochs=None, batch_size=32, early_stopping=None, validation_fraction=0.1,
                  augment=False, device="auto", precision="auto", num_workers=0, image_size=None,
@@ -175,15 +179,18 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
         """
         validate_params(self, unused=self._unused_params())
         self._check_engine_params()
-        domains, y = split_domains(self, y, sample_domain, self._score_name == "r2")
+        domains, y = split_domains(y, sample_domain, self._score_name == "r2",
+                                   adaptation=self.adaptation, methods=ADAPTATIONS,
+                                   name=type(self).__name__)
         target = domains.fill(self._check_y(y, reset=True))
         with self._training_group(target) as (group, random_state):
             samples = self._start(X, target, random_state)
-            check_adaptation(self)
+            plan = self._training_plan()
+            plan.check_adaptation()
             with seeded(random_state):
                 train, valid = self._split(domains.labelled_samples(samples))
-                run = TrainingRun(self, group, domains.target_rows(samples))
-                run.fit_model(train, valid, self._max_epochs(), first=True)
+                self._train(plan, group, train, valid, plan.max_epochs, first=True,
+                            target=domains.target_rows(samples))
         return self
 
     def _partial_fit(self, X, y):
@@ -199,7 +206,7 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
             if first:
                 samples = self._start(X, target, random_state)
                 with seeded(random_state):
-                    TrainingRun(self, group).fit_model(samples, None, 1, first=True)
+                    self._train(self._training_plan(), group, samples, None, 1, first=True)
                 return self
             samples = self._samples(X, reset=False, target=target)
             # A different seed per call: the same seed would repeat the same
@@ -207,8 +214,21 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
             seed = None if random_state is None else (
                 seed_from(random_state) + len(self.history_)) % (2**31 - 1)
             with seeded(seed):
-                TrainingRun(self, group).fit_model(samples, None, 1, first=False)
+                self._train(self._training_plan(), group, samples, None, 1, first=False)
         return self
+
+    def _train(self, plan, group, train, valid, epochs, first, target=None):
+        """Run one training call; keep its net and history, also when it stops midway
+        (an interrupted fit keeps the weights trained so far: partial_fit continues)."""
+        run = TrainingRun(plan, group, target, net=getattr(self, "net_", None))
+        try:
+            run.fit_model(train, valid, epochs, first)
+        finally:
+            trained = run.trained()
+            if trained is not None:
+                self.net_, self.history_ = trained.net, trained.history
+                if trained.built:  # the new net took over a pickled optimizer state
+                    self.__dict__.pop("_optimizer_state", None)
 
     @contextlib.contextmanager
     def _training_group(self, target):
@@ -337,7 +357,10 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
         return int(self.early_stopping)
 
     def _samples(self, X, reset, target=None):
-        return estimator_samples(self, X, self.backbone_, reset=reset, y=target)
+        # getattr: models pickled before audio support have neither parameter.
+        return estimator_samples(self, X, self.backbone_, reset=reset, y=target,
+                                 sampling_rate=getattr(self, "sampling_rate", None),
+                                 max_duration=getattr(self, "max_duration", "auto"))
 
     def _split(self, samples):
         """Training and validation rows (validation only with early stopping)."""
@@ -387,36 +410,46 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
                                             image_size=self.image_size,
                                             random_state=random_state)
         backbone.use_prompt(self.prompt)
-        if self.augment and backbone.modality != "image":
+        if self.augment and not backbone.takes_images:
             raise ValueError(f"augment=True applies to image backbones; {backbone.spec} "
                              f"takes {backbone.modality} input. Use augment=False.")
-        n_frozen_groups(self.freeze, backbone.param_groups, auto_frozen(backbone))
+        self._n_frozen(backbone)  # refuses a freeze the backbone has not the groups for
         self.backbone_ = backbone
         samples = self._samples(X, reset=True, target=target)
         with seeded(random_state):
-            self.n_features_out_ = self._embedding_width(samples)
-            self.l2sp_ = L2SP(self.l2sp, backbone.module) if self.l2sp > 0 else None
+            self.n_features_out_ = embedding_width(backbone, samples)
+            self.l2sp_ = L2SP(self.l2sp, backbone=backbone.module) if self.l2sp > 0 else None
             self.head_ = make_head(self.n_features_out_, self._n_outputs(), self.head,
                                    self.dropout)
         return samples
 
-    def _embedding_width(self, samples):
-        if self.backbone_.out_dim is not None:
-            return int(self.backbone_.out_dim)
-        # One forward pass over two samples tells the width, and initializes
-        # lazy layers (under the fit's seed) before the optimizer sees them.
-        module = self.backbone_.module
-        n = min(2, len(samples))
-        inputs, _ = Collate(self.backbone_.preprocess)(samples.__getitems__(np.arange(n)))
-        was_training = module.training
-        module.eval()
-        with torch.no_grad():
-            width = module(inputs).reshape(n, -1).shape[1]
-        module.train(was_training)
-        return int(width)
-
     def _model(self):
         return BackboneWithHead(self.backbone_.module, self.head_)
+
+    def _n_frozen(self, backbone):
+        """The groups of ``backbone`` that ``freeze`` freezes (a ValueError where too few)."""
+        return n_frozen_groups(self.freeze, backbone.param_groups, auto_frozen(backbone))
+
+    def _training_plan(self):
+        """This call's :class:`~sktransfer.training.plan.TrainingPlan`, from the parameters."""
+        return TrainingPlan(
+            backbone=self.backbone_, head=self.head_, embedding_width=self.n_features_out_,
+            penalty=self.l2sp_, criterion=self._criterion, name=type(self).__name__,
+            objective="contrastive" if self._contrastive() else "cross_entropy",
+            n_pairs=getattr(self, "n_pairs", N_PAIRS),  # a regressor has no pairs
+            score=self._score_name, adaptation=self.adaptation,
+            adaptation_weight=self.adaptation_weight, freeze=self.freeze,
+            n_frozen=self._n_frozen(self.backbone_), freeze_epochs=self.freeze_epochs,
+            lr=self._lr(), backbone_lr_mult=self.backbone_lr_mult,
+            weight_decay=self.weight_decay, optimizer=self.optimizer, schedule=self.schedule,
+            augment=self.augment, max_epochs=self._max_epochs(), batch_size=self.batch_size,
+            patience=self._patience(), validation_fraction=self.validation_fraction,
+            callbacks=tuple(self.callbacks or ()), verbose=self.verbose,
+            num_workers=self.num_workers, device=self.device, precision=self.precision,
+            sync_batchnorm=self.sync_batchnorm, keep_optimizer=self.keep_optimizer,
+            history=getattr(self, "history_", None),
+            optimizer_state=self.__dict__.get("_optimizer_state"),
+            embed=partial(self._predict, "transform", resident=False))
 
     def _objective(self):
         """The training objective: the classifier's ``objective`` parameter."""

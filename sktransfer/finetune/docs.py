@@ -48,10 +48,9 @@ PARAMS_DOC = """
         labels per class (user guide, "Few labels"): ``1e-3`` when a new head
         trains from random weights; ``1e-4`` when the head is first fitted to
         convergence (``freeze_epochs > 0``): only the pretrained features
-        move then, and larger steps wreck them (LP-FT on all-MiniLM-L6-v2 at
-        8 labels per class: 0.681 at 1e-4 against 0.584 at 1e-3, frozen
-        features 0.650); ``2e-4`` with ``objective="contrastive"``, where it
-        is the backbone's rate (the head is fitted afterwards).
+        move then, and larger steps wreck them (``benchmarks/RESULTS.md``,
+        "Few-shot transfer"); ``2e-4`` with ``objective="contrastive"``, where
+        it is the backbone's rate (the head is fitted afterwards).
     backbone_lr_mult : float, default=1.0
         Discriminative learning rates: backbone group ``i`` (0-based, input
         first) of ``G`` trains at ``lr * backbone_lr_mult ** (G - i)``. A value

@@ -4,7 +4,7 @@ A pretrained backbone gets a new head and is trained on the target task,
 with the controls that make transfer work on little data: freezing,
 head-first training, discriminative learning rates, L2-SP, early stopping
 and light augmentation. What the two share is
-:class:`sktransfer._finetune_base._FineTuned`; skorch runs the training loop
+:class:`sktransfer.finetune.base._FineTuned`; skorch runs the training loop
 underneath (:mod:`sktransfer.training`).
 """
 
@@ -15,12 +15,13 @@ import torch
 from sklearn.base import ClassifierMixin, RegressorMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._finetune_base import N_PAIRS, OBJECTIVES, _FineTuned
-from ._finetune_docs import ATTRIBUTES_DOC, PARAMS_DOC
-from ._utils.validation import InstanceOf, Interval, Options
-from .scaling import is_lazy_collection
-from .training.adaptation import check_prediction_domain
-from .training.targets import (check_labels, check_regression_targets, class_weights,
+from .base import N_PAIRS, OBJECTIVES, _FineTuned
+from .docs import ATTRIBUTES_DOC, PARAMS_DOC
+from .._utils.signature import positional_deprecated
+from .._utils.validation import InstanceOf, Interval, Options
+from ..inputs.domains import check_prediction_domain
+from ..scaling import is_lazy_collection
+from ..training.targets import (check_labels, check_regression_targets, class_weights,
                                encode_labels, fit_classes, stratification, target_scaling)
 
 __all__ = ["FineTunedClassifier", "FineTunedRegressor"]
@@ -54,18 +55,17 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
         not (there is no head in it); ``history_`` records the pair loss.
         ``transform`` gives the contrastively tuned embeddings. Its defaults
         (``lr=2e-4``, ``max_epochs=3``, ``n_pairs=8``) were chosen from a sweep
-        on all-MiniLM-L6-v2 with short reviews at 8 labels per class (user
-        guide, "Few labels"; ``benchmarks/bench_fewshot.py``): accuracy 0.698
-        against 0.650 for frozen embeddings + ``LogisticRegression`` over 8
-        draws (7 won, 1 tied), where ``lr=1e-3`` lost ground with every epoch
-        and 2e-5 to 5e-5 barely moved the backbone. On a CNN after a domain
-        shift (clean to noisy digits) it tied the frozen features.
+        on all-MiniLM-L6-v2 with short reviews at 8 labels per class; the
+        user guide ("Few labels") and ``benchmarks/RESULTS.md`` show how it
+        compares with frozen embeddings + ``LogisticRegression``
+        (``benchmarks/bench_fewshot.py``).
     n_pairs : int, default={N_PAIRS}
         With ``objective="contrastive"``: pairs per training sample and
         epoch, half of the same class and half not, drawn afresh every epoch
         (a sample meets ``n_pairs * max_epochs`` partners; the pairs grow
         linearly with the samples, not quadratically). What counts is the
-        number of steps: 3 epochs of 8 pairs did as well as 10 epochs of 2.
+        number of steps, ``n_pairs * max_epochs``, more than how it is split
+        (user guide, "Few labels").
 
     Attributes
     ----------
@@ -109,8 +109,9 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
         "n_pairs": [Interval(numbers.Integral, 1)],
     }
 
-    def __init__(self, backbone="torchvision:resnet18", weights="DEFAULT", head=None, dropout=0.0,
-                 freeze="auto", freeze_epochs=0, lr=None, backbone_lr_mult=1.0,
+    @positional_deprecated
+    def __init__(self, backbone="torchvision:resnet18", *, weights="DEFAULT", head=None,
+                 dropout=0.0, freeze="auto", freeze_epochs=0, lr=None, backbone_lr_mult=1.0,
                  weight_decay=0.01, optimizer="adamw", schedule="onecycle", l2sp=0.0,
                  max_epochs=None, batch_size=32, early_stopping=None, validation_fraction=0.1,
                  augment=False, class_weight=None, device="auto", precision="auto",
