@@ -80,8 +80,10 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
     Examples
     --------
     >>> import numpy as np
+    >>> import torch
     >>> from torch import nn
     >>> from sktransfer import FineTunedClassifier
+    >>> _ = torch.manual_seed(0)  # the backbone's initial weights (random_state seeds the rest)
     >>> rng = np.random.RandomState(0)
     >>> X = rng.rand(40, 4).astype(np.float32)
     >>> y = np.where(X[:, 0] > 0.5, "big", "small")
@@ -260,8 +262,10 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
     Examples
     --------
     >>> import numpy as np
+    >>> import torch
     >>> from torch import nn
     >>> from sktransfer import FineTunedRegressor
+    >>> _ = torch.manual_seed(0)  # the backbone's initial weights (random_state seeds the rest)
     >>> rng = np.random.RandomState(0)
     >>> X = rng.rand(64, 3).astype(np.float32)
     >>> y = 100 * X[:, 0] + 50
