@@ -56,9 +56,10 @@ def set_network_pooling(module, modality, pooling, spec):
     """Make the embedding of a network that does not pool itself pool by ``pooling``.
 
     An image network ends in a global pool of its last feature map, which
-    ``"max"`` replaces by a global max pool; a module's forward output is
-    already its embedding (on tensors: only ``"avg"`` applies; on texts or
-    waveforms the choice is left to it).
+    ``"max"`` replaces by a global max pool; any other network's forward
+    output (a user's module on tensors, texts or waveforms) is already its
+    embedding, so only ``"avg"`` (a no-op) applies: a pooling that would be
+    ignored is refused.
 
     Parameters
     ----------
@@ -75,9 +76,9 @@ def set_network_pooling(module, modality, pooling, spec):
     ValueError
         For a pooling the network's embedding cannot take, naming the ones it can.
     """
-    if modality in ("text", "audio") or pooling in ("avg", "mean"):
-        return  # the network's own pooling, or a user's module's own output
-    if modality == "tensor":
+    if pooling in ("avg", "mean"):
+        return  # an image network's own pooling, or a module's own output
+    if modality != "image":
         raise ValueError(f"pooling={pooling!r} has nothing to pool in {spec}: a "
                          f"module's forward output is its embedding. Use pooling='avg', or "
                          f"layers=[...] to pool chosen layers' outputs.")

@@ -52,6 +52,18 @@ def test_a_users_module_embeds_each_clip_as_given_alone():
                                atol=1e-4)
 
 
+@pytest.mark.parametrize("pooling", ["max", "cls"])
+def test_a_pooling_a_users_module_cannot_apply_is_refused_by_name(pooling):
+    # Its forward output is its embedding: "max" or "cls" would be ignored.
+    pft = PretrainedFeatureTransformer(waveform_backbone(WaveNet, sampling_rate=16000),
+                                       sampling_rate=8000, pooling=pooling, device="cpu")
+    with pytest.raises(ValueError, match=f"pooling='{pooling}' has nothing to pool in "
+                                         "module:WaveNet"):
+        pft.fit(sounds(2))
+    for kept in ("auto", "avg"):
+        assert pft.set_params(pooling=kept).fit(sounds(2)).n_features_out_ == 8
+
+
 def test_a_users_module_fine_tunes_and_pickles():
     X, y = sounds(12), np.arange(12) % 2
     clf = FineTunedClassifier(waveform_backbone(WaveNet, sampling_rate=16000),

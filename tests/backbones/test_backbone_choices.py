@@ -100,12 +100,19 @@ def test_an_image_network_swaps_its_global_pool_or_names_the_choices():
     assert isinstance(backbone.module.avgpool, nn.AdaptiveMaxPool2d)
 
 
-def test_a_waveform_module_keeps_its_own_output():
+def test_a_waveform_module_keeps_its_own_output_and_refuses_other_poolings():
+    # Its forward output is its embedding: a pooling it would ignore is refused.
     backbone = waveform_backbone(nn.Linear(8, 2), sampling_rate=8000)
     before = repr(backbone.module)
+    kept = {"auto", "avg", "mean"} & set(POOLINGS)
     for pooling in POOLINGS:
-        backbone.set_pooling(pooling)
+        if pooling in kept:
+            backbone.set_pooling(pooling)
+        else:
+            with pytest.raises(ValueError, match=re.escape(f"pooling='{pooling}' has nothing")):
+                backbone.set_pooling(pooling)
     assert repr(backbone.module) == before
+    assert kept >= {"auto", "avg"}
 
 
 def test_a_text_encoder_pools_its_tokens_as_told(tiny_bert_path):
