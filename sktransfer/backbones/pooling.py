@@ -37,6 +37,10 @@ class PoolingEncoder:
     :meth:`~sktransfer.backbones.Backbone.set_pooling` hands ``pooling=`` to
     it; any other network is pooled as :func:`set_network_pooling` says.
 
+    Each encoder class defines ``set_pooling(pooling, spec=None)``: pool by
+    ``pooling`` from now on, or raise a ValueError naming ``spec`` and the
+    poolings it takes. A class that does not is refused when it is defined.
+
     Attributes
     ----------
     prefix_tokens : int or None
@@ -47,9 +51,11 @@ class PoolingEncoder:
 
     prefix_tokens = None
 
-    def set_pooling(self, pooling, spec=None):
-        """Pool by ``pooling`` from now on; a ValueError names ``spec`` and what is allowed."""
-        raise NotImplementedError
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not callable(getattr(cls, "set_pooling", None)):
+            raise TypeError(f"{cls.__qualname__} is a PoolingEncoder without set_pooling"
+                            "(pooling, spec=None)")
 
 
 def set_network_pooling(module, modality, pooling, spec):

@@ -424,6 +424,7 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
         return samples
 
     def _model(self):
+        """The fitted network: the backbone's module with the head on it."""
         return BackboneWithHead(self.backbone_.module, self.head_)
 
     def _n_frozen(self, backbone):

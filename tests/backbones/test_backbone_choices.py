@@ -172,3 +172,17 @@ def test_layer_pooling_masks_text_padding():
     tokens = torch.tensor([[[1.0], [3.0], [50.0]]])
     inputs = {"attention_mask": torch.tensor([[1, 1, 0]])}
     assert backbone.layer_pooling(["x"], "max")({"x": tokens}, inputs).item() == 3.0
+
+
+def test_a_pooling_encoder_without_set_pooling_is_refused_when_defined():
+    from sktransfer.backbones.pooling import PoolingEncoder
+
+    with pytest.raises(TypeError, match="Forgetful is a PoolingEncoder without set_pooling"):
+        class Forgetful(PoolingEncoder, nn.Module):
+            pass
+
+    class Pools(PoolingEncoder, nn.Module):
+        def set_pooling(self, pooling, spec=None):
+            self.pooling = pooling
+
+    Pools().set_pooling("max")
