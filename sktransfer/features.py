@@ -152,6 +152,9 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
     """
 
     #: What each parameter takes, checked at fit (see sktransfer._utils.validation).
+    # fit ignores sample_weight: a weighted pipeline need not ask this step.
+    __metadata_request__fit = {"sample_weight": False}
+
     _parameter_constraints = {
         **BACKBONE_CONSTRAINTS,
         "layers": [None, Checked(_check_layers)],
@@ -183,7 +186,7 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
         self.sampling_rate = sampling_rate
         self.max_duration = max_duration
 
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, sample_weight=None):
         """Load the backbone and check ``X``; the network is not trained.
 
         Parameters
@@ -191,6 +194,12 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
         X : array-like, list of paths, PIL images or strings
             Samples of the kind the backbone takes.
         y : ignored
+        sample_weight : ignored
+            Accepted, as unsupervised scikit-learn transformers accept it, so
+            that a weighted fit of a pipeline can pass it; nothing is trained.
+            Not requested under metadata routing (the default request is
+            False), so a pipeline routes weights to its final estimator
+            without asking this step.
 
         Returns
         -------

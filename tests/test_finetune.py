@@ -44,9 +44,22 @@ ROUNDING = ("float32 products round by 1 ulp with the batch composition; "
             "test_predictions_do_not_depend_on_sample_order asserts invariance at atol=1e-6")
 
 
+# scikit-learn's weight-equivalence checks compare a weighted fit with a fit
+# on repeated (or removed) rows at rtol=1e-7: mini-batch training in float32
+# sees other batches and other rounding. tests/test_sample_weight.py asserts
+# both equivalences where they hold (one batch, no dropout, atol=1e-5).
+WEIGHT_CHECKS = ("check_sample_weight_equivalence_on_dense_data",
+                 "check_sample_weight_equivalence_on_sparse_data")
+WEIGHT_ROUNDING = ("mini-batch float32 training cannot match a fit on repeated rows at "
+                   "rtol=1e-7; tests/test_sample_weight.py asserts the equivalences on one "
+                   "batch at atol=1e-5")
+
+
 @parametrize_with_checks([FineTunedClassifier(tiny_mlp, **FAST),
                           FineTunedRegressor(tiny_mlp, **FAST)],
-                         expected_failed_checks=lambda est: {ORDER_CHECK: ROUNDING})
+                         expected_failed_checks=lambda est: {
+                             ORDER_CHECK: ROUNDING,
+                             **{check: WEIGHT_ROUNDING for check in WEIGHT_CHECKS}})
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 

@@ -21,8 +21,9 @@ from .._utils.signature import positional_deprecated
 from .._utils.validation import InstanceOf, Interval, Options
 from ..inputs.domains import check_prediction_domain
 from ..scaling import is_lazy_collection
-from ..training.targets import (check_labels, check_regression_targets, class_weights,
-                               encode_labels, fit_classes, stratification, target_scaling)
+from ..training.targets import (check_indicator, check_labels, check_regression_targets,
+                               class_weights, encode_labels, fit_classes, is_multilabel,
+                               label_weights, stratification, target_scaling)
 
 __all__ = ["FineTunedClassifier", "FineTunedRegressor"]
 
@@ -33,13 +34,18 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
     Parameter transfer: the backbone's pretrained weights are the starting
     point, a new head maps its embedding to the classes, and the network is
     trained with cross-entropy. Labels may be strings or any integers, binary
-    or multiclass.
+    or multiclass; a multilabel indicator ``y`` of shape (n_samples, n_labels)
+    (0/1) trains one network with ``n_labels`` outputs and binary
+    cross-entropy (user guide, "Weights and multilabel targets").
 
     Parameters
     ----------{PARAMS_DOC}
     class_weight : dict, "balanced" or None, default=None
         Weights of the classes in the loss: ``{{label: weight}}``, or
-        ``"balanced"`` for weights inversely proportional to class frequencies.
+        ``"balanced"`` for weights inversely proportional to class frequencies;
+        they multiply ``sample_weight``. With a multilabel ``y``, each label's
+        weight of its positive samples (``{{column: weight}}``; ``"balanced"``:
+        its negative samples over its positive ones).
     objective : {{"cross_entropy", "contrastive"}}, default="cross_entropy"
         ``"cross_entropy"``: the network (backbone and head) trains end to end
         on the classification loss. ``"contrastive"`` (SetFit's recipe, for
@@ -70,7 +76,8 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
-        The labels, in the order of :meth:`predict_proba`'s columns.{ATTRIBUTES_DOC}
+        The labels, in the order of :meth:`predict_proba`'s columns
+        (``np.arange(n_labels)`` for a multilabel ``y``).{ATTRIBUTES_DOC}
 
     See Also
     --------
@@ -141,7 +148,7 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
     def _objective(self):
         return self.objective
 
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X, y, classes=None, sample_weight=None):
         """Train one more epoch over ``(X, y)``; the first call also builds the model.
 
         Training continues from the current weights and optimizer state (and
@@ -154,10 +161,13 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
         Parameters
         ----------
         X : array-like, list of paths, PIL images or strings
-        y : array-like of shape (n_samples,)
+        y : array-like of shape (n_samples,) or (n_samples, n_labels)
         classes : array-like, optional
             All the labels, needed on the first call when this batch does not
-            hold every class.
+            hold every class (with a multilabel ``y``: ``np.arange(n_labels)``
+            or None).
+        sample_weight : array-like of shape (n_samples,), scalar or None, default=None
+            Weights of the samples in the loss, as in :meth:`fit`.
 
         Returns
         -------
@@ -166,7 +176,7 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
         if classes is not None and not self.__sklearn_is_fitted__():
             self._all_classes = np.unique(np.asarray(classes))
         try:
-            return self._partial_fit(X, y)
+            return self._partial_fit(X, y, sample_weight)
         finally:
             self.__dict__.pop("_all_classes", None)
 
@@ -186,6 +196,8 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
         Returns
         -------
         ndarray of shape (n_samples, n_classes), float32
+            Rows sum to 1; with a multilabel ``y``, each column is its
+            label's probability (a sigmoid), independently of the others.
             For a Dask collection, the matching lazy one (a DataFrame's
             columns are ``classes_``).
         """
@@ -211,16 +223,52 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
         Returns
         -------
         ndarray of shape (n_samples,)
+            With a multilabel ``y``: the int64 indicator matrix of shape
+            (n_samples, n_labels), 1 where a label's probability exceeds 0.5.
             For a Dask collection, the matching lazy one (a Series for a
             DataFrame or Series).
         """
+        multilabel = getattr(self, "_multilabel", False)
         if is_lazy_collection(X):
             check_is_fitted(self)
-            return self._lazy("predict", X, None, self.classes_.dtype)
+            return self._lazy("predict", X, len(self.classes_) if multilabel else None,
+                              np.int64 if multilabel else self.classes_.dtype)
         proba = self.predict_proba(X, sample_domain)
+        if multilabel:
+            return (proba > 0.5).astype(np.int64)
         return self.classes_[proba.argmax(axis=1)]
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+    def _check_target_kind(self, y, sample_domain):
+        if not is_multilabel(y):
+            return
+        if self.objective == "contrastive":
+            raise ValueError("objective='contrastive' draws pairs of the same class and of "
+                             "different classes; a multilabel y has no single class per "
+                             "sample. Use objective='cross_entropy' for multilabel targets.")
+        if self.adaptation is not None or sample_domain is not None:
+            raise ValueError("domain adaptation marks unlabelled samples with y = -1, which "
+                             "a multilabel y cannot hold; fit multilabel targets with "
+                             "adaptation=None and no sample_domain.")
+
     def _check_y(self, y, reset):
+        if reset:
+            self._multilabel = is_multilabel(y)
+        if self._multilabel:
+            Y = check_indicator(y, None if reset else len(self.classes_))
+            if reset:
+                self.classes_ = np.arange(Y.shape[1])
+                given = getattr(self, "_all_classes", None)
+                if given is not None and not np.array_equal(given, self.classes_):
+                    raise ValueError(f"classes must be np.arange({Y.shape[1]}) (or None) with "
+                                     f"a multilabel y of {Y.shape[1]} labels; got "
+                                     f"{given.tolist()}")
+                self._class_weights = label_weights(self.class_weight, Y)
+            return Y
         y = check_labels(y, type(self).__name__)
         if reset:
             self.classes_ = fit_classes(y, getattr(self, "_all_classes", None))
@@ -232,11 +280,20 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
 
     def _criterion(self):
         weights = getattr(self, "_class_weights", None)
-        return torch.nn.CrossEntropyLoss(
-            weight=None if weights is None else torch.from_numpy(weights))
+        weights = None if weights is None else torch.from_numpy(weights)
+        if getattr(self, "_multilabel", False):
+            return torch.nn.BCEWithLogitsLoss(pos_weight=weights)
+        return torch.nn.CrossEntropyLoss(weight=weights)
+
+    def _validation_score(self):
+        return "subset_accuracy" if getattr(self, "_multilabel", False) else "accuracy"
+
+    def _probabilities(self):
+        return _sigmoid if getattr(self, "_multilabel", False) else super()._probabilities()
 
     def _stratify(self, target, n_valid):
-        return stratification(target, n_valid)
+        # Multilabel rows have no single class to stratify by: an unstratified split.
+        return None if getattr(self, "_multilabel", False) else stratification(target, n_valid)
 
 
 class FineTunedRegressor(RegressorMixin, _FineTuned):
@@ -280,7 +337,7 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
     _score_name = "r2"
     __metadata_request__predict = {"sample_domain": True}
 
-    def partial_fit(self, X, y):
+    def partial_fit(self, X, y, sample_weight=None):
         """Train one more epoch over ``(X, y)``; the first call also builds the model.
 
         Training continues from the current weights and optimizer state;
@@ -291,12 +348,14 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
         ----------
         X : array-like, list of paths, PIL images or strings
         y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        sample_weight : array-like of shape (n_samples,), scalar or None, default=None
+            Weights of the samples in the loss, as in :meth:`fit`.
 
         Returns
         -------
         self
         """
-        return self._partial_fit(X, y)
+        return self._partial_fit(X, y, sample_weight)
 
     def predict(self, X, sample_domain=None):
         """Predicted targets, shaped like the ``y`` given to ``fit``.
@@ -346,3 +405,7 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
 
     def _criterion(self):
         return torch.nn.MSELoss()
+
+
+def _sigmoid(out, _inputs):
+    return out.float().sigmoid()

@@ -13,9 +13,7 @@ import numbers
 from functools import partial
 
 import numpy as np
-import torch
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
-from sklearn.model_selection import train_test_split
 from sklearn.utils import TransformerTags
 from sklearn.utils.validation import check_is_fitted
 
@@ -30,18 +28,18 @@ from ..chaining import KeepsTrainedBackbone
 from ..engine.resident import ENGINE_CONSTRAINTS, ServesFromEngine
 from ..inference import predict_batches
 from ..inputs import estimator_samples, split_domains
-from ..persistence.codec import from_plain, to_plain
-from ..persistence.modules import pack_modules, unpack_modules
 from ..scaling import LazyOutput, is_lazy_collection, lazy_call
 from ..training.distributed import shared_random_state, training_group
 from ..training.freezing import FREEZE_RULE, auto_frozen, n_frozen_groups
 from ..training.adaptation import ADAPTATIONS
 from ..training.heads import BackboneWithHead, check_head, embedding_width, make_head
 from ..training.l2sp import L2SP
-from ..training.net import Rows
+from ..training.holdout import holdout_split
 from ..training.optimization import SCHEDULES, resolve_optimizer
 from ..training.plan import TrainingPlan
 from ..training.run import TrainingRun
+from ..training.weights import check_sample_weight, training_data_digest, with_weights
+from .state import PicklesPlainly
 
 #: The training objectives of FineTunedClassifier.
 OBJECTIVES = ("cross_entropy", "contrastive")
@@ -62,7 +60,7 @@ DEFAULT_MAX_EPOCHS = {"cross_entropy": 10, "contrastive": 3}
 DEFAULT_PATIENCE = 5
 
 
-class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeaturesOutMixin,
+class _FineTuned(PicklesPlainly, KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeaturesOutMixin,
                  TransformerMixin, BaseEstimator):
     """What the classifier and the regressor share: everything but the target."""
 
@@ -146,7 +144,7 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
 
     # -- public API ------------------------------------------------------
 
-    def fit(self, X, y, sample_domain=None):
+    def fit(self, X, y, sample_domain=None, sample_weight=None):
         """Load the backbone, put a new head on it and train for ``max_epochs``.
 
         Parameters
@@ -162,6 +160,14 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
             None, the unlabelled rows are the target domain's. Routed by
             scikit-learn's metadata routing (``set_fit_request``). See
             :doc:`/adaptation`.
+        sample_weight : array-like of shape (n_samples,), scalar or None, default=None
+            Non-negative weights of the samples in the loss (a weighted mean
+            over each batch, multiplied by ``class_weight`` where set; the
+            scale does not matter), in the early-stopping validation scores
+            and in a head fitted first. Routed by metadata routing
+            (``set_fit_request(sample_weight=True)``). The weights of
+            unlabelled target samples are ignored. See the user guide,
+            "Weights and multilabel targets".
 
         Returns
         -------
@@ -179,10 +185,15 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
         """
         validate_params(self, unused=self._unused_params())
         self._check_engine_params()
+        self._check_target_kind(y, sample_domain)
         domains, y = split_domains(y, sample_domain, self._score_name == "r2",
                                    adaptation=self.adaptation, methods=ADAPTATIONS,
                                    name=type(self).__name__)
-        target = domains.fill(self._check_y(y, reset=True))
+        weight = check_sample_weight(sample_weight, domains.n)
+        if weight is not None and not weight[domains.labelled].any():
+            raise ValueError("sample_weight is zero for every labelled sample: there is "
+                             "nothing to train on")
+        target = with_weights(domains.fill(self._check_y(y, reset=True)), weight)
         with self._training_group(target) as (group, random_state):
             samples = self._start(X, target, random_state)
             plan = self._training_plan()
@@ -193,7 +204,7 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
                             target=domains.target_rows(samples))
         return self
 
-    def _partial_fit(self, X, y):
+    def _partial_fit(self, X, y, sample_weight):
         first = not self.__sklearn_is_fitted__()
         if self.adaptation is not None:
             raise ValueError("partial_fit does not train the adaptation term (it sees no "
@@ -201,7 +212,10 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
         if first:
             validate_params(self, unused=self._unused_params())
             self._check_engine_params()
+        if first:
+            self._check_target_kind(y, None)
         target = self._check_y(y, reset=first)
+        target = with_weights(target, check_sample_weight(sample_weight, len(target)))
         with self._training_group(target) as (group, random_state):
             if first:
                 samples = self._start(X, target, random_state)
@@ -249,7 +263,7 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
                 # what it trains, may differ (verbose on rank 0 only).
                 params = {k: v for k, v in self.get_params(deep=False).items()
                           if k not in ("verbose", "num_workers")}
-                group.check_same_data(target, params)
+                group.check_same_data(training_data_digest(target), params)
                 if self.sync_batchnorm and group.device.type != "cuda":
                     raise ValueError(f"sync_batchnorm=True needs CUDA devices: PyTorch's "
                                      f"SyncBatchNorm does not run on {group.device.type}; "
@@ -312,33 +326,6 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
         tags.transformer_tags = TransformerTags(preserves_dtype=["float32"])
         return tags
 
-    # -- pickling --------------------------------------------------------
-    # The skorch net is rebuilt when needed; pickles hold the networks as
-    # config + numpy arrays (no torch.save bytes, so they load without CUDA
-    # and run no inner pickle), the history and, only when keep_optimizer is
-    # set, the optimizer's state.
-
-    def __getstate__(self):
-        # A copy: BaseEstimator may hand back the live __dict__.
-        state = dict(super().__getstate__())
-        net = state.pop("net_", None)
-        if net is not None and self.keep_optimizer:
-            state["_optimizer_state"] = net.optimizer_.state_dict()
-        elif not self.keep_optimizer:
-            state.pop("_optimizer_state", None)
-        if state.get("_optimizer_state") is not None:
-            # Tensors as numpy arrays, the rest plain values: no torch.save bytes.
-            state["_optimizer_state"] = to_plain(state["_optimizer_state"])
-        # The head, the penalty and a module given as ``backbone`` travel as
-        # config + arrays (backbone_ handles itself: Backbone.__getstate__).
-        return pack_modules(state, ("head_", "l2sp_", "backbone"))
-
-    def __setstate__(self, state):
-        state = unpack_modules(state)
-        if state.get("_optimizer_state") is not None:
-            state["_optimizer_state"] = from_plain(state["_optimizer_state"])
-        super().__setstate__(state)
-
     # -- parameters and data ---------------------------------------------
 
     def _unused_params(self):
@@ -366,22 +353,14 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
         """Training and validation rows (validation only with early stopping)."""
         if self._patience() is None:
             return samples, None
-        n = len(samples)
-        n_valid = max(1, int(round(self.validation_fraction * n)))
-        if n - n_valid < 1:
-            raise ValueError(f"early_stopping holds out validation_fraction="
-                             f"{self.validation_fraction} of the data, which leaves no "
-                             f"training sample out of {n}; give more samples or set "
-                             "early_stopping=None.")
-        stratify = self._stratify(samples.y, n_valid)
-        seed = int(torch.randint(0, 2**31 - 1, ()).item())  # drawn from the seeded RNG
-        train_idx, valid_idx = train_test_split(np.arange(n), test_size=n_valid,
-                                                random_state=seed, stratify=stratify)
-        return Rows(samples, np.sort(train_idx)), Rows(samples, np.sort(valid_idx))
+        return holdout_split(samples, self.validation_fraction, self._stratify)
 
     def _stratify(self, target, n_valid):
         """The labels to stratify the validation split by (classes), or None."""
         return None
+
+    def _check_target_kind(self, y, sample_domain):
+        """Refuse a kind of target this estimator's settings cannot train on (classifier)."""
 
     # -- building ----------------------------------------------------------
 
@@ -438,7 +417,7 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
             penalty=self.l2sp_, criterion=self._criterion, name=type(self).__name__,
             objective="contrastive" if self._contrastive() else "cross_entropy",
             n_pairs=getattr(self, "n_pairs", N_PAIRS),  # a regressor has no pairs
-            score=self._score_name, adaptation=self.adaptation,
+            score=self._validation_score(), adaptation=self.adaptation,
             adaptation_weight=self.adaptation_weight, freeze=self.freeze,
             n_frozen=self._n_frozen(self.backbone_), freeze_epochs=self.freeze_epochs,
             lr=self._lr(), backbone_lr_mult=self.backbone_lr_mult,
@@ -451,6 +430,10 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
             history=getattr(self, "history_", None),
             optimizer_state=self.__dict__.get("_optimizer_state"),
             embed=partial(self._predict, "transform", resident=False))
+
+    def _validation_score(self):
+        """The score recorded per epoch on held-out samples (see ``TrainingPlan.score``)."""
+        return self._score_name
 
     def _objective(self):
         """The training objective: the classifier's ``objective`` parameter."""
@@ -486,10 +469,15 @@ class _FineTuned(KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeatures
         else:
             sources, network = (self.backbone_.module, self.head_), BackboneWithHead
         engine = self._engine_for(purpose, sources, network, resident=resident,
-                                  output=_softmax if purpose == "proba" else None)
+                                  output=self._probabilities() if purpose == "proba" else None)
         return predict_batches(engine, samples, self.backbone_.preprocess,
                                batch_size=self.batch_size, num_workers=self.num_workers,
                                verbose=self.verbose >= 2 and is_main_process())
+
+
+    def _probabilities(self):
+        """The function of the model's outputs that gives ``predict_proba``."""
+        return _softmax
 
 
 def _itself(module):

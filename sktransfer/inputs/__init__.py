@@ -4,8 +4,9 @@ The modules, by concern:
 
 - :mod:`.samples`: :func:`as_samples` (``X`` checked for a backbone's
   modality and wrapped, nothing copied or decoded), the :class:`Samples`
-  dataset and :class:`Collate`, and :func:`estimator_samples`, the
-  estimators' entry;
+  dataset and :class:`Collate`, :func:`estimator_samples`, the
+  estimators' entry, and :class:`WeightedTargets` (targets with their
+  ``sample_weight``);
 - :mod:`.arrays`: image and tensor arrays;
 - :mod:`.files`: image files, decoded when their batch is drawn;
 - :mod:`.text`: lists of strings;
@@ -23,8 +24,10 @@ from .audio import AudioSamples, audio_samples
 from .domains import (DomainSplit, check_domain, check_prediction_domain, split_domains,
                       unlabelled_rows)
 from .files import DECODING, IMAGE_SUFFIXES
-from .samples import Collate, Samples, as_samples, estimator_samples
+from .samples import (Collate, Samples, WeightedTargets, as_samples, estimator_samples,
+                      plain_targets)
 
 __all__ = ["AudioSamples", "Collate", "DECODING", "DomainSplit", "IMAGE_SUFFIXES", "Samples",
            "as_samples", "audio_samples", "check_domain", "check_prediction_domain",
-           "estimator_samples", "split_domains", "unlabelled_rows"]
+           "estimator_samples", "plain_targets", "split_domains", "unlabelled_rows",
+           "WeightedTargets"]

@@ -93,6 +93,51 @@ class Samples(torch.utils.data.Dataset):
         return batch, self.y[np.asarray(indices)]
 
 
+class WeightedTargets:
+    """Targets with a weight per sample, indexed together like one array.
+
+    Stands where a :class:`Samples`' ``y`` array stands when the user gave
+    ``sample_weight``: slicing and fancy indexing slice both, so held-out
+    rows, shards and batches carry their weights. :class:`Collate` turns a
+    batch of them into ``{"target": tensor, "weight": tensor}``, which the
+    training loss (:class:`~sktransfer.training.weights.WeightedLoss`) reads.
+
+    Parameters
+    ----------
+    target : ndarray of shape (n_samples,) or (n_samples, n_outputs)
+    weight : ndarray of shape (n_samples,), float32
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> y = WeightedTargets(np.array([0, 1, 1]), np.array([1.0, 0.5, 2.0], dtype=np.float32))
+    >>> part = y[np.array([2, 0])]
+    >>> part.target.tolist(), part.weight.tolist(), len(part)
+    ([1, 0], [2.0, 1.0], 2)
+    """
+
+    def __init__(self, target, weight):
+        if len(target) != len(weight):
+            raise ValueError(f"{len(target)} targets but {len(weight)} weights")
+        self.target = target
+        self.weight = weight
+
+    def __len__(self):
+        return len(self.target)
+
+    def __getitem__(self, indices):
+        return WeightedTargets(self.target[indices], self.weight[indices])
+
+    def as_tensors(self):
+        """The batch as the loss takes it: ``{"target": tensor, "weight": tensor}``."""
+        return {"target": torch.as_tensor(self.target), "weight": torch.as_tensor(self.weight)}
+
+
+def plain_targets(y):
+    """The target values of ``y``, without their weights (an array stays itself)."""
+    return y.target if isinstance(y, WeightedTargets) else y
+
+
 class Collate:
     """DataLoader ``collate_fn``: apply the backbone's preprocessing to a batch.
 
@@ -106,7 +151,8 @@ class Collate:
     def __call__(self, batch):
         if isinstance(batch, tuple):
             raw, y = batch
-            return self._apply(raw), torch.as_tensor(y)
+            y = y.as_tensors() if isinstance(y, WeightedTargets) else torch.as_tensor(y)
+            return self._apply(raw), y
         return self._apply(batch)
 
     def _apply(self, raw):

@@ -33,12 +33,21 @@ class RankMeanScoring(PassthroughScoring):
         super().on_epoch_end(net, **kwargs)
 
     def get_avg_score(self, history):
-        if self.group_ is None:
+        phase = "train" if self.on_train else "valid"
+        batches = history[-1, "batches"]
+        # With sample_weight, each batch's loss is a weighted mean: the
+        # epoch's is their mean weighted by each batch's total weight.
+        weighted = bool(batches) and all(f"{phase}_weight" in b for b in batches
+                                         if self.name in b)
+        key = f"{phase}_weight" if weighted else f"{phase}_batch_size"
+        if self.group_ is None and not weighted:
             return super().get_avg_score(history)
-        key = "train_batch_size" if self.on_train else "valid_batch_size"
         sizes, scores = map(np.asarray, zip(*history[-1, "batches", :, [key, self.name]]))
-        total, count = self.group_.all_reduce([(sizes * scores).sum(), sizes.sum()])
-        return float(total / count)
+        total, count = (sizes * scores).sum(), sizes.sum()
+        if self.group_ is not None:
+            total, count = self.group_.all_reduce([total, count])
+        # Held-out samples whose weights are all zero: their loss counts as 0.
+        return float(total / count) if count > 0 else 0.0
 
 
 class ValidatedEarlyStopping(EarlyStopping):
@@ -64,8 +73,11 @@ class ValidScore(Callback):
 
     Parameters
     ----------
-    score : {"accuracy", "r2"} or None
-        None records nothing.
+    score : {"accuracy", "subset_accuracy", "r2"} or None
+        ``"subset_accuracy"``: multilabel outputs (logits), a sample counts
+        as correct when every label is. With ``sample_weight``, the scores
+        are weighted as scikit-learn's ``accuracy_score`` and ``r2_score``
+        weight them. None records nothing.
     """
 
     def __init__(self, score=None):
@@ -77,17 +89,24 @@ class ValidScore(Callback):
     def on_batch_end(self, net, batch=None, training=False, y_pred=None, **kwargs):
         if training or self.score is None:
             return
-        y_true = batch[1].to(y_pred.device)
+        y_true, weight = batch[1], None
+        if isinstance(y_true, dict):  # with sample_weight: weighted scores
+            weight = y_true["weight"].to(y_pred.device, torch.float64)
+            y_true = y_true["target"]
+        y_true = y_true.to(y_pred.device)
         y_pred = y_pred.detach().double()
-        if self.score == "accuracy":
-            sums = torch.stack([(y_pred.argmax(1) == y_true).sum().double(),
-                                torch.tensor(float(len(y_true)), device=y_pred.device,
-                                             dtype=torch.float64)])
+        if weight is None:
+            weight = torch.ones(len(y_true), device=y_pred.device, dtype=torch.float64)
+        if self.score in ("accuracy", "subset_accuracy"):
+            correct = (y_pred.argmax(1) == y_true if self.score == "accuracy"
+                       else ((y_pred > 0) == (y_true > 0.5)).all(1))
+            sums = torch.stack([(weight * correct).sum(), weight.sum()])
         else:
-            y_true = y_true.double()
-            sums = torch.stack([((y_true - y_pred) ** 2).sum(0), y_true.sum(0),
-                                (y_true ** 2).sum(0),
-                                torch.full_like(y_true[0], float(len(y_true)))])
+            y_true = y_true.double().reshape(y_pred.shape)
+            w = weight.reshape(-1, *[1] * (y_true.ndim - 1))
+            sums = torch.stack([(w * (y_true - y_pred) ** 2).sum(0), (w * y_true).sum(0),
+                                (w * y_true ** 2).sum(0),
+                                (w * torch.ones_like(y_true)).sum(0)])
         self.sums_ = sums if self.sums_ is None else self.sums_ + sums
 
     def on_epoch_end(self, net, dataset_valid=None, **kwargs):
@@ -97,7 +116,9 @@ class ValidScore(Callback):
         # In a data-parallel fit each rank scored its shard: add them up.
         sums = self.sums_.cpu().numpy() if group is None else group.all_reduce(self.sums_)
         self.sums_ = None  # no device memory held after training
-        if self.score == "accuracy":
+        if not np.all(sums[-1] > 0):  # held-out samples whose weights are all zero
+            return
+        if self.score != "r2":
             net.history.record("valid_acc", float(sums[0] / sums[1]))
             return
         sse, total, squares, count = sums

@@ -24,6 +24,8 @@ import torch
 from sklearn.utils import check_random_state
 from torch import nn
 
+from ..inputs import WeightedTargets
+
 
 def make_pairs(y, n_pairs, random_state=None):
     """Draw ``n_pairs`` partners for every sample, half of the same class, half not.
@@ -115,6 +117,9 @@ class PairRows(torch.utils.data.Dataset):
         Pairs per sample and epoch.
     seed : int
         Seed of epoch 0's pairs.
+    weight : array-like of shape (len(rows),), optional
+        The rows' ``sample_weight``: a pair's weight in the loss is the
+        product of its two samples' weights.
 
     Examples
     --------
@@ -128,9 +133,10 @@ class PairRows(torch.utils.data.Dataset):
     [0.0, 1.0]
     """
 
-    def __init__(self, rows, y, n_pairs, seed):
+    def __init__(self, rows, y, n_pairs, seed, weight=None):
         self.rows = rows
         self.y = np.asarray(y)
+        self.weight = None if weight is None else np.asarray(weight)
         self.n_pairs = n_pairs
         self.seed = seed
         self._epochs = {}
@@ -161,6 +167,9 @@ class PairRows(torch.utils.data.Dataset):
         raw = self.rows.__getitems__(np.concatenate([first, second]))
         if isinstance(raw, tuple):  # rows with targets: keep the samples only
             raw = raw[0]
+        if self.weight is not None:
+            # Each member stands for its sample: a pair weighs as both together.
+            return raw, WeightedTargets(target, self.weight[first] * self.weight[second])
         return raw, target
 
 

@@ -15,8 +15,11 @@ import copy
 import numpy as np
 import torch
 
+from .weights import WeightedLoss
 
-def fit_head(head, embeddings, target, criterion=None, l2=None, max_iter=500):
+
+def fit_head(head, embeddings, target, criterion=None, l2=None, max_iter=500,
+             sample_weight=None):
     """Train ``head`` in place on ``embeddings`` by full-batch L-BFGS.
 
     The objective is the mean of ``criterion`` plus ``l2 / 2`` times the
@@ -45,6 +48,9 @@ def fit_head(head, embeddings, target, criterion=None, l2=None, max_iter=500):
         ``LogisticRegression``'s default ``C=1``.
     max_iter : int, default=500
         L-BFGS iterations at most (a linear probe converges in tens).
+    sample_weight : ndarray of shape (n_samples,), optional
+        Weights of the samples in the loss: its mean becomes the weighted
+        mean of :class:`~sktransfer.training.weights.WeightedLoss`.
 
     Returns
     -------
@@ -61,13 +67,16 @@ def fit_head(head, embeddings, target, criterion=None, l2=None, max_iter=500):
     n = len(target)
     l2 = 1.0 / n if l2 is None else l2
     criterion = torch.nn.CrossEntropyLoss() if criterion is None else criterion
-    criterion = copy.deepcopy(criterion).double()  # class weights in float64 too
+    # Class weights in float64 too.
+    criterion = WeightedLoss(copy.deepcopy(criterion).double())
     work = copy.deepcopy(head).double().cpu().eval()
     params = list(work.parameters())
     x = torch.as_tensor(np.asarray(embeddings), dtype=torch.float64).reshape(n, -1)
     target = np.asarray(target)
     t = torch.as_tensor(target, dtype=torch.int64 if target.dtype.kind in "iub"
                         else torch.float64)
+    weighted = None if sample_weight is None else torch.as_tensor(
+        np.asarray(sample_weight), dtype=torch.float64)
     optimizer = torch.optim.LBFGS(params, lr=1, max_iter=max_iter, history_size=20,
                                   tolerance_grad=1e-9, tolerance_change=1e-12,
                                   line_search_fn="strong_wolfe")
@@ -75,7 +84,8 @@ def fit_head(head, embeddings, target, criterion=None, l2=None, max_iter=500):
     def closure():
         optimizer.zero_grad()
         out = work(x)
-        loss = criterion(out.reshape(t.shape) if t.is_floating_point() else out, t)
+        out = out.reshape(t.shape) if t.is_floating_point() else out
+        loss = criterion(out, t if weighted is None else {"target": t, "weight": weighted})
         loss = loss + 0.5 * l2 * sum(p.pow(2).sum() for p in params if p.ndim >= 2)
         loss.backward()
         return loss

@@ -21,7 +21,7 @@ from skorch.callbacks import ProgressBar
 
 from .._utils.device import resolve_device, resolve_precision
 from .._utils.launch import is_main_process
-from ..inputs import Collate, Samples
+from ..inputs import Collate, Samples, plain_targets
 from .adaptation import DomainAdaptation, TargetStream
 from .augment import FlipAndResizedCrop
 from .callbacks import FreezeSchedule, LRSchedule, ValidatedEarlyStopping
@@ -32,6 +32,7 @@ from .heads import BackboneWithHead
 from .net import FineTuningNet, Rows
 from .optimization import param_groups, resolve_optimizer
 from .probe import fit_head
+from .weights import WeightedLoss, weights_of
 
 
 class Trained(NamedTuple):
@@ -112,14 +113,16 @@ class TrainingRun:
         if rows is None:
             return None
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
-        return PairRows(rows, targets_of(rows), self.plan.n_pairs, seed)
+        return PairRows(rows, targets_of(rows), self.plan.n_pairs, seed,
+                        weight=weights_of(rows_targets(rows)))
 
     def fit_head_to_convergence(self, rows):
         """Fit the head on the backbone's embeddings of ``rows`` (no augmentation)."""
         plan = self.plan
         plain = rows.samples.subset(rows.indices) if isinstance(rows, Rows) else rows
         embeddings = plan.embed(Samples(plain.data, plain.kind))
-        fit_head(plan.head, embeddings, targets_of(rows), plan.criterion())
+        fit_head(plan.head, embeddings, targets_of(rows), plan.criterion(),
+                 sample_weight=weights_of(rows_targets(rows)))
 
     def build_net(self):
         """The skorch net that trains the plan's model, the plan's history carried over."""
@@ -151,7 +154,8 @@ class TrainingRun:
         callbacks += copy.deepcopy(list(plan.callbacks))
         net = FineTuningNet(
             BackboneWithHead(backbone.module, CosinePairs() if contrastive else plan.head),
-            torch.nn.MSELoss() if contrastive else plan.criterion(),
+            # Weighted where the batches bring weights (sample_weight), else the plain loss.
+            WeightedLoss(torch.nn.MSELoss() if contrastive else plan.criterion()),
             optimizer_groups=groups, penalty=plan.penalty,
             augment=FlipAndResizedCrop() if plan.augment else None,
             amp_dtype=resolve_precision(plan.precision, device),
@@ -254,8 +258,14 @@ class TrainingRun:
             "(frozen BatchNorm layers stay in evaluation mode).")
 
 
-def targets_of(rows):
-    """The targets of a :class:`~sktransfer.inputs.Samples` or of :class:`Rows` of one."""
+def rows_targets(rows):
+    """The targets of a :class:`~sktransfer.inputs.Samples` or of :class:`Rows` of one,
+    with their weights where they have them."""
     if isinstance(rows, Rows):
         return rows.samples.y[rows.indices]
     return rows.y
+
+
+def targets_of(rows):
+    """The target values of ``rows`` (see :func:`rows_targets`), without weights."""
+    return plain_targets(rows_targets(rows))

@@ -7,7 +7,7 @@ gave and encode it, with errors that name what is wrong.
 
 import numpy as np
 from sklearn.utils import compute_class_weight
-from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_array, column_or_1d
 
 
@@ -88,3 +88,50 @@ def target_scaling(y2d):
     """The mean and scale that standardize each column of ``y2d`` (scale 1 where constant)."""
     std = y2d.std(axis=0)
     return y2d.mean(axis=0), np.where(std > 0, std, 1.0)
+
+
+def is_multilabel(y):
+    """Whether ``y`` is a multilabel indicator matrix (an (n, k) array of 0/1, k >= 2)."""
+    if y is None or (isinstance(y, (list, tuple)) and len(y) == 0):
+        return False
+    return type_of_target(y, input_name="y") == "multilabel-indicator"
+
+
+def check_indicator(y, n_labels=None):
+    """A multilabel indicator ``y`` as float32 (n, k) 0/1, with ``n_labels`` columns if given."""
+    y = check_array(y, dtype=None, input_name="y")
+    if n_labels is not None and y.shape[1] != n_labels:
+        raise ValueError(f"y has {y.shape[1]} labels, but the model was fitted with "
+                         f"{n_labels}")
+    return y.astype(np.float32)
+
+
+def label_weights(class_weight, indicator):
+    """Each label's positive weight (``BCEWithLogitsLoss``'s ``pos_weight``), or None.
+
+    ``class_weight`` is ``{label_index: weight}`` or ``"balanced"``: for each
+    label, its negative samples over its positive ones (1 where a label has
+    no positive sample), so that both count alike.
+
+    Examples
+    --------
+    >>> Y = np.array([[1, 0], [0, 0], [0, 1], [0, 1]])
+    >>> label_weights("balanced", Y).tolist(), label_weights({1: 2.0}, Y).tolist()
+    ([3.0, 1.0], [1.0, 2.0])
+    """
+    if class_weight is None:
+        return None
+    n_labels = indicator.shape[1]
+    if isinstance(class_weight, dict):
+        unknown = [k for k in class_weight
+                   if not (isinstance(k, (int, np.integer)) and 0 <= k < n_labels)]
+        if unknown:
+            raise ValueError(f"class_weight names labels {unknown}; with a multilabel y the "
+                             f"labels are the columns 0 to {n_labels - 1}")
+        full = np.ones(n_labels)
+        for label, weight in class_weight.items():
+            full[label] = weight
+        return full.astype(np.float32)
+    positive = (np.asarray(indicator) > 0).sum(0)
+    negative = len(indicator) - positive
+    return np.where(positive > 0, negative / np.maximum(positive, 1), 1.0).astype(np.float32)
