@@ -82,3 +82,31 @@ def test_skada_scorers_call_the_fine_tuner_directly(shifted):
         clf.predict_proba(X, sample_domain=domain[:10])
     with pytest.raises(ValueError, match="nonzero integers"):
         clf.predict(X, sample_domain=np.zeros(len(X), int))
+
+
+def test_skada_weighted_and_mixval_scorers_in_cross_validation(shifted):
+    """ImportanceWeightedScorer scores with sample_weight, MixValScorer passes sample_domain
+    to score: both work on the fine-tuner inside cross_validate (issue 29)."""
+    import sklearn
+    from skada.metrics import ImportanceWeightedScorer, MixValScorer
+    from sklearn.model_selection import ShuffleSplit, cross_validate
+
+    X, y, domain = shifted
+    masked = np.where(domain < 0, -1, y)
+    with sklearn.config_context(enable_metadata_routing=True):
+        clf = FineTunedClassifier(_frozen_net(), adaptation="coral", lr=0.05, max_epochs=2,
+                                  freeze="none", random_state=0)
+        clf.set_fit_request(sample_domain=True).set_score_request(sample_weight=True)
+        for scorer in (ImportanceWeightedScorer(), MixValScorer()):
+            scores = cross_validate(clf, X, masked, params={"sample_domain": domain},
+                                    scoring=scorer, error_score="raise",
+                                    cv=ShuffleSplit(2, test_size=0.3, random_state=0))
+            assert np.isfinite(scores["test_score"]).all(), type(scorer).__name__
+    # score itself weighs by sample_weight: the weight on one half decides the accuracy
+    clf = FineTunedClassifier(_frozen_net(), lr=0.05, max_epochs=2, random_state=0)
+    source = domain > 0
+    clf.fit(X[source], y[source])
+    right = clf.predict(X[source]) == y[source]
+    assert 0 < right.mean() < 1
+    assert clf.score(X[source], y[source], sample_weight=right.astype(float)) == 1.0
+    assert clf.score(X[source], y[source], sample_weight=(~right).astype(float)) == 0.0

@@ -109,6 +109,7 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
     # prediction; request it by default, as skada's own estimators do.
     __metadata_request__predict = {"sample_domain": True}
     __metadata_request__predict_proba = {"sample_domain": True}
+    __metadata_request__score = {"sample_domain": True}
 
     _parameter_constraints = {
         **_FineTuned._parameter_constraints,
@@ -238,6 +239,29 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
             return (proba > 0.5).astype(np.int64)
         return self.classes_[proba.argmax(axis=1)]
 
+    def score(self, X, y, sample_weight=None, sample_domain=None, allow_source=False):
+        """The accuracy on ``(X, y)``: the subset accuracy with a multilabel ``y``.
+
+        Parameters
+        ----------
+        X : array-like, list of paths, PIL images or strings
+        y : array-like of shape (n_samples,) or (n_samples, n_labels)
+        sample_weight : array-like of shape (n_samples,), optional
+        sample_domain : array-like of shape (n_samples,) or None, default=None
+            Accepted so that domain-aware scorers (skada's
+            ``ImportanceWeightedScorer`` and ``MixValScorer``) can pass it;
+            see :meth:`predict`.
+        allow_source : bool, default=False
+            skada's flag for scoring source samples, which its
+            ``ImportanceWeightedScorer`` passes; predictions do not depend on
+            the domain, so source and target samples are scored alike.
+
+        Returns
+        -------
+        float
+        """
+        return _scored(self, ClassifierMixin, X, y, sample_weight, sample_domain)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.classifier_tags.multi_label = True
@@ -336,6 +360,7 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
 
     _score_name = "r2"
     __metadata_request__predict = {"sample_domain": True}
+    __metadata_request__score = {"sample_domain": True}
 
     def partial_fit(self, X, y, sample_weight=None):
         """Train one more epoch over ``(X, y)``; the first call also builds the model.
@@ -383,6 +408,29 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
         pred = scaled * self._y_scale + self._y_mean
         return pred.ravel() if self._y_1d else pred
 
+    def score(self, X, y, sample_weight=None, sample_domain=None, allow_source=False):
+        """The coefficient of determination :math:`R^2` on ``(X, y)``.
+
+        Parameters
+        ----------
+        X : array-like, list of paths, PIL images or strings
+        y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+        sample_weight : array-like of shape (n_samples,), optional
+        sample_domain : array-like of shape (n_samples,) or None, default=None
+            Accepted so that domain-aware scorers (skada's
+            ``ImportanceWeightedScorer`` and ``MixValScorer``) can pass it;
+            see :meth:`predict`.
+        allow_source : bool, default=False
+            skada's flag for scoring source samples, which its
+            ``ImportanceWeightedScorer`` passes; predictions do not depend on
+            the domain, so source and target samples are scored alike.
+
+        Returns
+        -------
+        float
+        """
+        return _scored(self, RegressorMixin, X, y, sample_weight, sample_domain)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
@@ -409,3 +457,10 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
 
 def _sigmoid(out, _inputs):
     return out.float().sigmoid()
+
+
+def _scored(estimator, mixin, X, y, sample_weight, sample_domain):
+    """scikit-learn's score of ``mixin`` (accuracy or R^2), after checking ``sample_domain``."""
+    if not is_lazy_collection(X):
+        check_prediction_domain(sample_domain, X)
+    return mixin.score(estimator, X, y, sample_weight=sample_weight)

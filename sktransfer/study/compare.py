@@ -415,6 +415,11 @@ def _check_methods(methods):
 
 def _infer_task(y, chosen, task):
     """"classification" or "regression": ``task``, else the user's estimators, else ``y``."""
+    if type_of_target(y, input_name="y") == "multilabel-indicator":
+        raise ValueError("compare_transfer does not support multilabel targets: its folds are "
+                         "stratified by one class per sample and its probes are "
+                         "single-label classifiers. Compare per label (one column of y at a "
+                         "time), or fit FineTunedClassifier on the indicator matrix directly.")
     if task is not None:
         if task not in _TASKS:
             raise ValueError(f"task must be 'classification', 'regression' or None; "

@@ -21,12 +21,14 @@ class TrainingPlan:
     run trains in place, and hooks: plain callables, so that training
     reads no attribute of the estimator object.
 
-    Room is left for what later issues add, each as one more field with a
-    default that keeps today's training: per-sample weights of the loss
-    (``sample_weight``), multilabel heads (a criterion factory and a
-    ``score`` of their own), adapters (the parameter groups that train),
-    gradient checkpointing and gradient accumulation (settings the net is
-    built with).
+    Per-sample weights (``sample_weight``) are not a field: they are data,
+    and travel with the targets (:class:`~sktransfer.inputs.WeightedTargets`)
+    through the held-out split, the shards and the batches to the loss. A
+    multilabel target is the ``criterion`` (binary cross-entropy) and the
+    ``score`` (``"subset_accuracy"``) its estimator chooses. Room is left
+    for adapters (the parameter groups that train), gradient checkpointing
+    and gradient accumulation, each as one more field with a default that
+    keeps today's training.
 
     Examples
     --------
@@ -46,7 +48,7 @@ class TrainingPlan:
     # -- the objective ---------------------------------------------------
     objective: str  # "cross_entropy" or "contrastive"
     n_pairs: int  # contrastive pairs per sample and epoch
-    score: Optional[str]  # validation score per epoch: "accuracy", "r2" or None
+    score: Optional[str]  # validation score: "accuracy", "subset_accuracy", "r2" or None
     adaptation: Optional[str] = None  # "coral", "mmd", "dann" or None
     adaptation_weight: Optional[float] = None  # lambda; None for the method's default
 
