@@ -115,6 +115,23 @@ def main():
     report["dann_adaptation_losses"] = [b["adaptation_loss"] for e in dann.history_
                                         for b in e["batches"]]
 
+    # Weights travel with their rows into each rank's shard and the held-out split.
+    w = np.random.RandomState(0).rand(len(X))
+    weighted = FineTunedClassifier(small_cnn(), device=args.device, lr=0.01, max_epochs=2,
+                                   batch_size=16, early_stopping=2, random_state=0)
+    weighted.fit(X, y, sample_weight=w)
+    report["weighted_proba"] = weighted.predict_proba(X_test[:5]).tolist()
+    report["weighted_valid_loss"] = weighted.history_[:, "valid_loss"]
+    report["weighted_valid_acc"] = weighted.history_[:, "valid_acc"]
+    w_rank = w.copy()
+    w_rank[0] += rank  # rank 1 is given other weights
+    try:
+        FineTunedClassifier(small_cnn(), device=args.device, max_epochs=1).fit(
+            X, y, sample_weight=w_rank)
+        report["different_weights_error"] = None
+    except ValueError as exc:
+        report["different_weights_error"] = str(exc)
+
     if args.device == "cuda":
         synced = FineTunedClassifier(small_cnn(), device=args.device, sync_batchnorm=True,
                                      lr=0.01, max_epochs=2, batch_size=16, random_state=0)

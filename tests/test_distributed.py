@@ -128,6 +128,16 @@ def test_a_search_gives_every_rank_the_same_best_parameters(cpu_launch):
     assert first["cv_scores"] == second["cv_scores"]
 
 
+def test_a_weighted_fit_agrees_on_every_rank(cpu_launch):
+    _, (first, second) = cpu_launch
+    np.testing.assert_allclose(first["weighted_proba"], second["weighted_proba"], atol=1e-6)
+    # the weighted validation scores are summed over both ranks' shards
+    assert first["weighted_valid_loss"] == second["weighted_valid_loss"]
+    assert first["weighted_valid_acc"] == second["weighted_valid_acc"]
+    for report in (first, second):
+        assert "targets or sample_weight" in report["different_weights_error"]
+
+
 def test_bad_setups_get_clear_errors_on_every_rank(cpu_launch):
     _, reports = cpu_launch
     for report in reports:

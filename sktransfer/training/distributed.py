@@ -109,10 +109,10 @@ class TrainingGroup:
                 f"{differing} differ between ranks. Every rank must fit the same estimator "
                 "(a RandomizedSearchCV under a launch needs an integer random_state, so that "
                 "every rank draws the same candidates).")
-        what = "sizes" if len(set(every[:, 0])) > 1 else "targets"
+        what = "sizes" if len(set(every[:, 0])) > 1 else "targets or sample_weight"
         raise ValueError(
             f"the processes of this distributed fit were given different data ({what}; "
-            f"samples per rank: {sizes}). Every rank must call fit with the same X and y: "
+            f"samples per rank: {sizes}). Every rank must call fit with the same X, y and sample_weight: "
             "each process trains on its own shard of them, chosen by the fit. Load the data "
             "in a fixed order, and give every split that shuffles an integer random_state "
             "(KFold(shuffle=True, random_state=0)).")
