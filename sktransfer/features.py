@@ -18,6 +18,7 @@ from .inference import predict_batches
 from .inputs import Collate, estimator_samples
 from .persistence.modules import pack_modules, unpack_modules
 from .scaling import LazyOutput, is_lazy_collection, lazy_call
+from .training.weights import check_sample_weight
 
 def _check_layers(layers):
     if isinstance(layers, str) or not layers:
@@ -194,8 +195,8 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
         X : array-like, list of paths, PIL images or strings
             Samples of the kind the backbone takes.
         y : ignored
-        sample_weight : ignored
-            Accepted, as unsupervised scikit-learn transformers accept it, so
+        sample_weight : array-like of shape (n_samples,), scalar or None, default=None
+            Checked and ignored. Accepted, as unsupervised scikit-learn transformers accept it, so
             that a weighted fit of a pipeline can pass it; nothing is trained.
             Not requested under metadata routing (the default request is
             False), so a pipeline routes weights to its final estimator
@@ -218,6 +219,8 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
             backbone.use_prompt(self.prompt)
             self.backbone_ = backbone
             samples = self._samples(X, reset=True)
+            # Ignored, but checked: a weight vector that is wrong is an error anywhere.
+            check_sample_weight(sample_weight, len(samples))
             missing = [n for n in (self.layers or ())
                        if n not in dict(backbone.module.named_modules())]
             if missing:

@@ -123,6 +123,13 @@ def main():
     report["weighted_proba"] = weighted.predict_proba(X_test[:5]).tolist()
     report["weighted_valid_loss"] = weighted.history_[:, "valid_loss"]
     report["weighted_valid_acc"] = weighted.history_[:, "valid_acc"]
+    # Accumulation: the ranks' summed gradients are added by hand at each step.
+    accumulated = FineTunedClassifier(small_cnn(), device=args.device, lr=0.01, max_epochs=1,
+                                      batch_size=8, gradient_accumulation_steps=3,
+                                      random_state=0)
+    accumulated.fit(X, y, sample_weight=w)
+    report["accumulated_proba"] = accumulated.predict_proba(X_test[:5]).tolist()
+    report["accumulated_loss"] = accumulated.history_[:, "train_loss"]
     w_rank = w.copy()
     w_rank[0] += rank  # rank 1 is given other weights
     try:

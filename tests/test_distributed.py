@@ -138,6 +138,14 @@ def test_a_weighted_fit_agrees_on_every_rank(cpu_launch):
         assert "targets or sample_weight" in report["different_weights_error"]
 
 
+def test_gradient_accumulation_keeps_the_ranks_identical(cpu_launch):
+    _, (first, second) = cpu_launch
+    np.testing.assert_allclose(first["accumulated_proba"], second["accumulated_proba"],
+                               atol=1e-6)
+    assert first["accumulated_loss"] == second["accumulated_loss"]
+    assert np.isfinite(first["accumulated_loss"]).all()
+
+
 def test_bad_setups_get_clear_errors_on_every_rank(cpu_launch):
     _, reports = cpu_launch
     for report in reports:

@@ -232,8 +232,16 @@ def test_clear_errors(kwargs, error, message):
 
 def test_a_target_of_neither_kind_is_refused_with_the_way_out():
     X, y = XY
-    with pytest.raises(ValueError, match="y is 'multilabel-indicator'. Pass task="):
-        compare_transfer(X, np.eye(2, dtype=int)[y], **TINY)
+    two_outputs = np.column_stack([y, (np.arange(len(y)) % 3)])  # two multiclass outputs
+    with pytest.raises(ValueError, match="y is 'multiclass-multioutput'. Pass task="):
+        compare_transfer(X, two_outputs, **TINY)
+
+
+def test_a_multilabel_target_is_refused_by_name_whatever_the_task():
+    X, y = XY
+    for task in (None, "classification", "regression"):
+        with pytest.raises(ValueError, match="does not support multilabel targets"):
+            compare_transfer(X, np.eye(2, dtype=int)[y], task=task, **TINY)
 
 
 def test_a_method_setting_that_overrides_estimator_params_is_warned_about():

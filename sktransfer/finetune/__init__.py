@@ -129,7 +129,8 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
                  callbacks=None, keep_optimizer=False, objective="cross_entropy", n_pairs=N_PAIRS,
                  distributed="auto", sync_batchnorm=False, runtime="torch", quantize=None,
                  sampling_rate=None, max_duration="auto", adaptation=None,
-                 adaptation_weight=None):
+                 adaptation_weight=None, gradient_accumulation_steps=1,
+                 gradient_checkpointing=False):
         super().__init__(
             backbone=backbone, weights=weights, head=head, dropout=dropout, freeze=freeze,
             freeze_epochs=freeze_epochs, lr=lr, backbone_lr_mult=backbone_lr_mult,
@@ -141,7 +142,9 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
             keep_optimizer=keep_optimizer, distributed=distributed,
             sync_batchnorm=sync_batchnorm, runtime=runtime, quantize=quantize,
             sampling_rate=sampling_rate, max_duration=max_duration, adaptation=adaptation,
-            adaptation_weight=adaptation_weight)
+            adaptation_weight=adaptation_weight,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            gradient_checkpointing=gradient_checkpointing)
         self.class_weight = class_weight
         self.objective = objective
         self.n_pairs = n_pairs
@@ -279,10 +282,10 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
                              "a multilabel y cannot hold; fit multilabel targets with "
                              "adaptation=None and no sample_domain.")
 
-    def _check_y(self, y, reset):
+    def _check_y(self, y, reset, sample_weight=None):
         if reset:
             self._multilabel = is_multilabel(y)
-        if self._multilabel:
+        if getattr(self, "_multilabel", False):  # models saved before multilabel lack it
             Y = check_indicator(y, None if reset else len(self.classes_))
             if reset:
                 self.classes_ = np.arange(Y.shape[1])
@@ -436,13 +439,14 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
         tags.target_tags.multi_output = True
         return tags
 
-    def _check_y(self, y, reset):
+    def _check_y(self, y, reset, sample_weight=None):
         y = check_regression_targets(y, type(self).__name__)
         y2d = y.reshape(len(y), -1)
         if reset:
             self._y_1d = y.ndim == 1
             self.n_outputs_ = y2d.shape[1]
-            self._y_mean, self._y_scale = target_scaling(y2d)
+            # Weighted: a row of weight 0 is as if removed, weight k as if repeated.
+            self._y_mean, self._y_scale = target_scaling(y2d, sample_weight)
         elif y2d.shape[1] != self.n_outputs_:
             raise ValueError(f"y has {y2d.shape[1]} targets, but the model was fitted with "
                              f"{self.n_outputs_}")

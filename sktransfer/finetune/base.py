@@ -94,6 +94,8 @@ class _FineTuned(PicklesPlainly, KeepsTrainedBackbone, ServesFromEngine, ClassNa
         "sync_batchnorm": [Boolean()],
         "adaptation": [None, Options(ADAPTATIONS)],
         "adaptation_weight": [None, Interval(numbers.Real, 0)],
+        "gradient_accumulation_steps": [Interval(numbers.Integral, 1)],
+        "gradient_checkpointing": [Boolean()],
         **ENGINE_CONSTRAINTS,
     }
 
@@ -106,7 +108,8 @@ class _FineTuned(PicklesPlainly, KeepsTrainedBackbone, ServesFromEngine, ClassNa
                  prompt=None, random_state=None, verbose=0, callbacks=None, keep_optimizer=False,
                  distributed="auto", sync_batchnorm=False, runtime="torch", quantize=None,
                  sampling_rate=None, max_duration="auto", adaptation=None,
-                 adaptation_weight=None):
+                 adaptation_weight=None, gradient_accumulation_steps=1,
+                 gradient_checkpointing=False):
         self.backbone = backbone
         self.weights = weights
         self.head = head
@@ -141,6 +144,8 @@ class _FineTuned(PicklesPlainly, KeepsTrainedBackbone, ServesFromEngine, ClassNa
         self.max_duration = max_duration
         self.adaptation = adaptation
         self.adaptation_weight = adaptation_weight
+        self.gradient_accumulation_steps = gradient_accumulation_steps
+        self.gradient_checkpointing = gradient_checkpointing
 
     # -- public API ------------------------------------------------------
 
@@ -193,7 +198,9 @@ class _FineTuned(PicklesPlainly, KeepsTrainedBackbone, ServesFromEngine, ClassNa
         if weight is not None and not weight[domains.labelled].any():
             raise ValueError("sample_weight is zero for every labelled sample: there is "
                              "nothing to train on")
-        target = with_weights(domains.fill(self._check_y(y, reset=True)), weight)
+        labelled_weight = None if weight is None else weight[domains.labelled]
+        target = with_weights(domains.fill(self._check_y(y, reset=True,
+                                                         sample_weight=labelled_weight)), weight)
         with self._training_group(target) as (group, random_state):
             samples = self._start(X, target, random_state)
             plan = self._training_plan()
@@ -214,8 +221,9 @@ class _FineTuned(PicklesPlainly, KeepsTrainedBackbone, ServesFromEngine, ClassNa
             self._check_engine_params()
         if first:
             self._check_target_kind(y, None)
-        target = self._check_y(y, reset=first)
-        target = with_weights(target, check_sample_weight(sample_weight, len(target)))
+        weight = None if sample_weight is None or y is None else check_sample_weight(
+            sample_weight, len(y))
+        target = with_weights(self._check_y(y, reset=first, sample_weight=weight), weight)
         with self._training_group(target) as (group, random_state):
             if first:
                 samples = self._start(X, target, random_state)
@@ -429,7 +437,10 @@ class _FineTuned(PicklesPlainly, KeepsTrainedBackbone, ServesFromEngine, ClassNa
             sync_batchnorm=self.sync_batchnorm, keep_optimizer=self.keep_optimizer,
             history=getattr(self, "history_", None),
             optimizer_state=self.__dict__.get("_optimizer_state"),
-            embed=partial(self._predict, "transform", resident=False))
+            embed=partial(self._predict, "transform", resident=False),
+            # getattr: models pickled before these parameters existed.
+            accumulation_steps=getattr(self, "gradient_accumulation_steps", 1),
+            checkpointing=getattr(self, "gradient_checkpointing", False))
 
     def _validation_score(self):
         """The score recorded per epoch on held-out samples (see ``TrainingPlan.score``)."""

@@ -185,7 +185,21 @@ PARAMS_DOC = """
         shift where a method helps, a larger weight often helps more (MMD and
         DANN above all). The best weight depends on the shift and the network:
         choose it without target labels with
-        :class:`~sktransfer.scorers.DeepEmbeddedValidation` in a search."""
+        :class:`~sktransfer.scorers.DeepEmbeddedValidation` in a search.
+    gradient_accumulation_steps : int, default=1
+        Optimizer steps take the gradient of this many consecutive batches,
+        averaged as one batch of ``batch_size * gradient_accumulation_steps``
+        samples (with ``sample_weight``, by their total weight): a large
+        batch's step on the memory of ``batch_size``. Each forward pass still
+        sees ``batch_size`` samples (BatchNorm statistics too), and the
+        learning-rate schedule counts optimizer steps. The last step of an
+        epoch takes the batches that are left.
+    gradient_checkpointing : bool, default=False
+        Keep fewer activations during training and recompute them in the
+        backward pass: less memory for more compute. Hugging Face backbones
+        use their own ``gradient_checkpointing_enable``, timm models
+        ``set_grad_checkpointing``, other modules are checkpointed by
+        parameter group. Results are unchanged."""
 
 ATTRIBUTES_DOC = """
     backbone_ : Backbone

@@ -215,7 +215,7 @@ class LRSchedule(LRScheduler):
         for group in net.optimizer_.param_groups:
             group["lr"] = group["base_lr"]
             group.pop("initial_lr", None)
-        total = max(1, net.max_epochs * net.batches_per_epoch(len(X)))
+        total = max(1, net.max_epochs * net.steps_per_epoch(len(X)))
         self.lr_lambda_ = partial(_SHAPES[self.schedule], total=total)
         super().on_train_begin(net, X=X, **kwargs)
 
@@ -223,4 +223,7 @@ class LRSchedule(LRScheduler):
         if training:
             # Before the step, as skorch records its own event.
             net.history.record_batch("event_lr", net.optimizer_.param_groups[-1]["lr"])
-        super().on_batch_end(net, training=training, **kwargs)
+        # The schedule counts optimizer steps (gradient accumulation steps
+        # once per group of batches).
+        if getattr(net, "stepped_", True):
+            super().on_batch_end(net, training=training, **kwargs)

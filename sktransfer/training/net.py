@@ -20,6 +20,7 @@ from skorch.helper import predefined_split
 from torch.nn.parallel import DistributedDataParallel
 
 from .._utils.device import autocast, to_device
+from .accumulation import AccumulatesGradients
 from .callbacks import RankMeanScoring, ValidScore
 from .distributed import from_sync_batchnorm, shard_size, to_sync_batchnorm
 
@@ -60,7 +61,7 @@ def cpu_training_layout(x):
     return torch.channels_last if pixels >= CHANNELS_LAST_MIN_PIXELS else torch.contiguous_format
 
 
-class FineTuningNet(NeuralNet):
+class FineTuningNet(AccumulatesGradients, NeuralNet):
     """skorch ``NeuralNet`` training a ``BackboneWithHead``.
 
     The data set yields ``(preprocessed batch, target)`` pairs (the
@@ -104,6 +105,9 @@ class FineTuningNet(NeuralNet):
         A domain-adaptation term (:mod:`sktransfer.training.adaptation`):
         training steps add it on source and target embeddings; its
         ``stream`` of target batches is set by each training call.
+    accumulation_steps : int, default=1
+        Batches whose gradients make one optimizer step
+        (:mod:`sktransfer.training.accumulation`).
     **kwargs
         Everything else ``NeuralNet`` takes.
 
@@ -120,7 +124,7 @@ class FineTuningNet(NeuralNet):
 
     def __init__(self, module, criterion, *, optimizer_groups, penalty=None, augment=None,
                  amp_dtype=None, score=None, group=None, sync_batchnorm=False,
-                 image_input=False, adaptation=None, **kwargs):
+                 image_input=False, adaptation=None, accumulation_steps=1, **kwargs):
         # Set before NeuralNet.__init__: afterwards skorch only accepts torch
         # modules as attributes inside its initialize methods.
         self.optimizer_groups = optimizer_groups
@@ -132,6 +136,7 @@ class FineTuningNet(NeuralNet):
         self.sync_batchnorm = sync_batchnorm
         self.image_input = image_input
         self.adaptation = adaptation
+        self.accumulation_steps = accumulation_steps
         self.ddp_ = None
         self.call_loader_options_ = {}
         super().__init__(module, criterion, **kwargs)
@@ -188,7 +193,11 @@ class FineTuningNet(NeuralNet):
             self.synced_norms_ = to_sync_batchnorm(self.module_)
 
     def run_single_epoch(self, iterator, training, prefix, step_fn, **fit_params):
-        if training and self.group is not None:
+        if training:
+            self.start_accumulating(len(iterator))
+        # With accumulation, the ranks' gradients are added by hand at each
+        # step (accumulation.py), not by DistributedDataParallel per batch.
+        if training and self.group is not None and self.accumulation_steps == 1:
             self._wrap_for_data_parallel()
         super().run_single_epoch(iterator, training, prefix, step_fn, **fit_params)
         if training and self.group is not None:
@@ -351,6 +360,11 @@ class FineTuningNet(NeuralNet):
             loss = loss + self.penalty_(self.module_)
         return loss
 
+    def train_step(self, batch, **fit_params):
+        if self.accumulation_steps > 1:
+            return self.accumulated_train_step(batch, **fit_params)
+        return super().train_step(batch, **fit_params)
+
     def train_step_single(self, batch, **fit_params):
         self._set_training(True)
         Xi, yi = unpack_data(batch)
@@ -359,14 +373,17 @@ class FineTuningNet(NeuralNet):
             loss = self.get_loss(y_pred, yi, X=Xi, training=True)
         else:
             y_pred, loss = self._adapted_loss(Xi, yi)
+        scale = self.loss_scale(yi)  # the batch's summed loss, when accumulating
+        summed = loss if scale is None else loss * scale
         scaler = self.grad_scaler_
         if scaler is None:
-            loss.backward()
+            summed.backward()
         else:
-            scaler.scale(loss).backward()
-            # Callbacks such as gradient clipping must see the true gradients.
-            scaler.unscale_(self.optimizer_)
-        if self.adaptation is not None and self.group is not None \
+            scaler.scale(summed).backward()
+            if scale is None:
+                # Callbacks such as gradient clipping must see the true gradients.
+                scaler.unscale_(self.optimizer_)
+        if self.adaptation is not None and self.group is not None and scale is None \
                 and self.adaptation_.discriminator is not None:
             # The domain classifier sits outside DistributedDataParallel's
             # module: average its gradients across the ranks by hand.

@@ -28,7 +28,8 @@ class TrainingPlan:
     ``score`` (``"subset_accuracy"``) its estimator chooses. Room is left
     for adapters (the parameter groups that train), gradient checkpointing
     and gradient accumulation, each as one more field with a default that
-    keeps today's training.
+    keeps today's training (gradient accumulation and checkpointing are
+    two such fields).
 
     Examples
     --------
@@ -75,6 +76,8 @@ class TrainingPlan:
     precision: str  # autocast precision, resolved on that device
     sync_batchnorm: bool  # SyncBatchNorm in data-parallel training
     keep_optimizer: bool  # keep the optimizer's state after the call
+    accumulation_steps: int = 1  # batches whose gradients make one optimizer step
+    checkpointing: bool = False  # gradient checkpointing of the backbone in training
 
     # -- where a rebuilt net resumes (an unpickled model) ------------------
     history: Any = None  # the skorch History of earlier calls, or None

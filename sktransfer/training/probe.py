@@ -44,8 +44,9 @@ def fit_head(head, embeddings, target, criterion=None, l2=None, max_iter=500,
         The loss, default ``torch.nn.CrossEntropyLoss()`` (class weights, if
         it has any, are kept).
     l2 : float, optional
-        Penalty strength; default ``1 / n_samples``, which is
-        ``LogisticRegression``'s default ``C=1``.
+        Penalty strength; default ``1 / n_samples`` (the samples of nonzero
+        weight, with ``sample_weight``), which is ``LogisticRegression``'s
+        default ``C=1``.
     max_iter : int, default=500
         L-BFGS iterations at most (a linear probe converges in tens).
     sample_weight : ndarray of shape (n_samples,), optional
@@ -65,7 +66,10 @@ def fit_head(head, embeddings, target, criterion=None, l2=None, max_iter=500,
     [0, 0, 1, 1]
     """
     n = len(target)
-    l2 = 1.0 / n if l2 is None else l2
+    if l2 is None:
+        # LogisticRegression(C=1) over the samples that count: rows of weight
+        # 0 are as if removed (and the weights' scale does not matter).
+        l2 = 1.0 / (n if sample_weight is None else max(1, np.count_nonzero(sample_weight)))
     criterion = torch.nn.CrossEntropyLoss() if criterion is None else criterion
     # Class weights in float64 too.
     criterion = WeightedLoss(copy.deepcopy(criterion).double())

@@ -25,6 +25,7 @@ from ..inputs import Collate, Samples, plain_targets
 from .adaptation import DomainAdaptation, TargetStream
 from .augment import FlipAndResizedCrop
 from .callbacks import FreezeSchedule, LRSchedule, ValidatedEarlyStopping
+from .checkpointing import checkpointing
 from .contrastive import CosinePairs, PairRows
 from .distributed import SeededShuffle, Shard, shard_size
 from .freezing import norms_needing_two_samples, unfreeze_all
@@ -162,6 +163,7 @@ class TrainingRun:
             score=None if contrastive else plan.score,
             sync_batchnorm=bool(plan.sync_batchnorm),
             image_input=backbone.takes_images, adaptation=self.adaptation(),
+            accumulation_steps=plan.accumulation_steps,
             optimizer=optimizer, lr=plan.lr, max_epochs=plan.max_epochs,
             batch_size=plan.batch_size, train_split=None, callbacks=callbacks,
             verbose=verbose, device=str(device),
@@ -218,9 +220,12 @@ class TrainingRun:
             # should still differ between the ranks' samples.
             torch.manual_seed(seed + 1 + rank)
         try:
-            net.train_call(train, valid, epochs=epochs, group=group, sampler=sampler,
-                           generator=torch.Generator().manual_seed(seed),
-                           valid_sampler=valid_sampler, drop_last=drop_last)
+            # Only for the loop: the backbone leaves the call as it came.
+            with checkpointing(plan.backbone.module, plan.backbone.param_groups,
+                               enabled=plan.checkpointing):
+                net.train_call(train, valid, epochs=epochs, group=group, sampler=sampler,
+                               generator=torch.Generator().manual_seed(seed),
+                               valid_sampler=valid_sampler, drop_last=drop_last)
         finally:
             # The fitted weights leave the accelerator, trainable again and in
             # evaluation mode.

@@ -20,6 +20,12 @@ def check_labels(y, estimator_name):
     """``y`` as a 1-D array of class labels (strings or integers), checked."""
     _check_given(y, estimator_name)
     y = check_array(y, ensure_2d=False, dtype=None, input_name="y")
+    if y.ndim == 2 and y.shape[1] > 1:
+        raise ValueError(f"y of shape {y.shape} is neither one label per sample nor a "
+                         f"multilabel indicator matrix (0/1 columns; this y is "
+                         f"{type_of_target(y)!r}). {estimator_name} takes labels or a "
+                         "multilabel indicator; for several multiclass outputs, fit one "
+                         "classifier per column (sklearn.multioutput.MultiOutputClassifier).")
     y = column_or_1d(y, warn=True)
     check_classification_targets(y)
     return y
@@ -84,10 +90,24 @@ def check_regression_targets(y, estimator_name):
     return y
 
 
-def target_scaling(y2d):
-    """The mean and scale that standardize each column of ``y2d`` (scale 1 where constant)."""
-    std = y2d.std(axis=0)
-    return y2d.mean(axis=0), np.where(std > 0, std, 1.0)
+def target_scaling(y2d, sample_weight=None):
+    """The mean and scale that standardize each column of ``y2d`` (scale 1 where constant).
+
+    With ``sample_weight``, the weighted mean and standard deviation.
+
+    Examples
+    --------
+    >>> y = np.array([[0.0], [2.0], [10.0]])
+    >>> target_scaling(y, np.array([1.0, 1.0, 0.0]))
+    (array([1.]), array([1.]))
+    """
+    if sample_weight is None:
+        std = y2d.std(axis=0)
+        return y2d.mean(axis=0), np.where(std > 0, std, 1.0)
+    w = np.asarray(sample_weight, dtype=np.float64)
+    mean = np.average(y2d, axis=0, weights=w)
+    std = np.sqrt(np.average((y2d - mean) ** 2, axis=0, weights=w))
+    return mean, np.where(std > 0, std, 1.0)
 
 
 def is_multilabel(y):

@@ -150,6 +150,22 @@ class WeightedLoss(nn.Module):
         return (weight * per_sample).sum() / torch.where(total > 0, total,
                                                          torch.ones_like(total))
 
+    def normalizer(self, y_true):
+        """The denominator of a batch's mean loss: its samples, or their total weight.
+
+        ``sum(w_i * c_i)`` with weights (``c_i`` the class weight),
+        ``sum(c_i)`` for class-weighted cross-entropy without them, else the
+        number of samples: the mean loss times this is the batch's summed
+        loss, which gradient accumulation adds over batches.
+        """
+        target = y_true["target"] if isinstance(y_true, dict) else y_true
+        norm = (y_true["weight"].detach().double().cpu() if isinstance(y_true, dict)
+                else torch.ones(len(target), dtype=torch.float64))
+        class_weight = getattr(self.criterion, "weight", None)
+        if isinstance(self.criterion, nn.CrossEntropyLoss) and class_weight is not None:
+            norm = norm * class_weight.detach().double().cpu()[target.cpu()]
+        return float(norm.sum())
+
     def per_sample(self, y_pred, target):
         """Each sample's loss (class weights applied), averaged over its outputs."""
         reduction = self.criterion.reduction
