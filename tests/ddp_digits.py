@@ -130,6 +130,19 @@ def main():
     accumulated.fit(X, y, sample_weight=w)
     report["accumulated_proba"] = accumulated.predict_proba(X_test[:5]).tolist()
     report["accumulated_loss"] = accumulated.history_[:, "train_loss"]
+    # An adapter: only its parameters (and the head's) are synchronised.
+    try:
+        import peft
+    except ImportError:
+        peft = None
+    if peft is not None:
+        lora = FineTunedClassifier(small_cnn(), device=args.device, lr=0.01, max_epochs=2,
+                                   batch_size=16, random_state=0,
+                                   adapter=peft.LoraConfig(r=2, target_modules=["1", "4"]))
+        lora.fit(X, y)
+        report["lora_proba"] = lora.predict_proba(X_test[:5]).tolist()
+        report["lora_base_changed"] = bool(not torch.equal(
+            lora.backbone_.module[1].base_layer.weight, small_cnn()[1].weight))
     w_rank = w.copy()
     w_rank[0] += rank  # rank 1 is given other weights
     try:

@@ -138,6 +138,14 @@ def test_a_weighted_fit_agrees_on_every_rank(cpu_launch):
         assert "targets or sample_weight" in report["different_weights_error"]
 
 
+def test_an_adapter_trains_data_parallel_with_its_base_untouched(cpu_launch):
+    _, (first, second) = cpu_launch
+    if "lora_proba" not in first:
+        pytest.skip("peft is not installed")
+    np.testing.assert_allclose(first["lora_proba"], second["lora_proba"], atol=1e-6)
+    assert first["lora_base_changed"] is False and second["lora_base_changed"] is False
+
+
 def test_gradient_accumulation_keeps_the_ranks_identical(cpu_launch):
     _, (first, second) = cpu_launch
     np.testing.assert_allclose(first["accumulated_proba"], second["accumulated_proba"],

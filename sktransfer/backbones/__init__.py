@@ -15,6 +15,9 @@ source's module or class.
 # loader in SOURCES and how it saves and rebuilds its networks in the
 # registry (in this order: SOURCES' order before there was a registry).
 from . import torchvision, timm, huggingface  # noqa: F401
+from .adapter_config import config_from_state as adapter_from_state
+from .adapter_config import config_state as adapter_state
+from .adapters import ADAPTERS, attach_adapter, check_adapter
 from .base import Backbone, backbone_from_state, backbone_state, ordered_param_groups
 from .loaded import load_backbone_cached
 from .module import waveform_backbone
@@ -22,5 +25,6 @@ from .pooling import POOLINGS
 from .registry import SOURCES
 from .specs import ACCEPTED, load_backbone
 
-__all__ = ["ACCEPTED", "Backbone", "POOLINGS", "SOURCES", "backbone_from_state", "backbone_state",
+__all__ = ["ACCEPTED", "ADAPTERS", "adapter_from_state", "adapter_state", "attach_adapter",
+           "check_adapter", "Backbone", "POOLINGS", "SOURCES", "backbone_from_state", "backbone_state",
            "load_backbone", "load_backbone_cached", "ordered_param_groups", "waveform_backbone"]

@@ -19,6 +19,7 @@ from ..persistence.codec import VIEW_AS, array_to_tensor, dtype_name, tensor_to_
 from ..persistence.modules import (STATE_VERSION, check_state_version, module_from_state,
                                    module_state)
 from ..persistence.trust import user_classes
+from .adapters import ADAPTER_KEY, adapter_tensors, base_network, restore_adapter
 from .pooling import PoolingEncoder, pool_layers, set_network_pooling
 from .registry import get_source, preprocess_from_state, preprocess_state, spec_source
 
@@ -65,6 +66,12 @@ class Backbone:
     >>> bb.modality, bb.layer_names
     ('tensor', ['0', '2'])
     """
+
+    #: The peft config of adapters put into ``module`` (see
+    #: :mod:`sktransfer.backbones.adapters`), or None.
+    adapter_config = None
+    #: Names of the parameters that never train (the pretrained weights under an adapter).
+    fixed = frozenset()
 
     def __init__(self, module, preprocess, modality, spec, weights_id="",
                  out_dim=None, input_channels=None, param_groups=None):
@@ -203,7 +210,8 @@ class Backbone:
     # object, no torch.save bytes: unpickling runs no code hidden inside.
     def __getstate__(self):
         config, tensors = backbone_state(self)
-        classes = user_classes(self.module) if config["network"]["kind"] == "module" else {}
+        classes = (user_classes(base_network(self.module))
+                   if config["network"]["kind"] == "module" else {})
         return {"config": config, "tensors": tensors, "classes": classes}
 
     def __setstate__(self, state):
@@ -246,10 +254,12 @@ def backbone_state(backbone):
     32
     """
     source = spec_source(backbone.spec)
+    # An adapted network is stored as it was pretrained, its adapter beside it.
+    module = base_network(backbone.module)
     if source is not None:
-        network, tensors = _spec_network_state(backbone, *source)
+        network, tensors = _spec_network_state(backbone, *source, module=module)
     else:
-        module_config, tensors = module_state(backbone.module)
+        module_config, tensors = module_state(module)
         network = {"kind": "module", "module": module_config}
     groups = backbone.__dict__.get("_param_groups")
     config = {
@@ -264,6 +274,12 @@ def backbone_state(backbone):
         "preprocess": preprocess_state(backbone.preprocess),
         "network": network,
     }
+    if backbone.adapter_config is not None:
+        from .adapter_config import config_state  # needs peft, as the adapter did
+
+        config["adapter"] = config_state(backbone.adapter_config)
+        for name, tensor in adapter_tensors(backbone.module, backbone.fixed).items():
+            tensors[ADAPTER_KEY + name] = tensor_to_array(tensor)
     return config, tensors
 
 
@@ -294,22 +310,32 @@ def backbone_from_state(config, tensors, *, classes=None, trusted=()):
     """
     check_state_version(config, "backbone")
     network = config["network"]
+    adapter = {k[len(ADAPTER_KEY):]: v for k, v in tensors.items() if k.startswith(ADAPTER_KEY)}
+    tensors = {k: v for k, v in tensors.items() if not k.startswith(ADAPTER_KEY)}
     if network["kind"] == "spec":
         module = _spec_network_from_state(network, tensors)
     else:
         module = module_from_state(network["module"], tensors, classes=classes, trusted=trusted)
     groups = config.get("param_groups")
-    return Backbone(
+    backbone = Backbone(
         module, preprocess_from_state(config["preprocess"]), config["modality"],
         config["spec"], config.get("weights_id", ""), out_dim=config.get("out_dim"),
         input_channels=config.get("input_channels"),
         param_groups=None if groups is None else [(g, list(n)) for g, n in groups],
     )
+    if config.get("adapter") is not None:
+        from .adapter_config import config_from_state
+
+        restore_adapter(backbone, config_from_state(config["adapter"]),
+                        {k: array_to_tensor(v) for k, v in adapter.items()})
+    elif adapter:
+        raise ValueError("the saved backbone holds adapter tensors but no adapter config")
+    return backbone
 
 
-def _spec_network_state(backbone, source, name):
-    """A spec network: what its source adds, which parts train, and the state dict."""
-    module = backbone.module
+def _spec_network_state(backbone, source, name, module):
+    """A spec network (``module``: the backbone's, or its copy without adapters): what
+    its source adds, which parts train, and the state dict."""
     # Per submodule and per parameter: a fine-tuner may have frozen some, and
     # a wrapper may be in training mode around an eval model.
     network = {"kind": "spec", "source": source, "name": name,

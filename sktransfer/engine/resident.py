@@ -29,6 +29,7 @@ import torch
 
 from .._utils.device import resolve_device
 from .._utils.validation import Options
+from .merge import merged_network
 from .module import InferenceModule, private_copy, uses_convolutions
 from .runtimes import QUANTIZATIONS, RUNTIMES, Engine, build_engine, check_runtime
 from .snapshot import ModelSnapshot
@@ -168,7 +169,8 @@ class ServesFromEngine:
         if not resident:
             amp_dtype = check_runtime("torch", None, device, self.precision)
             copies = [private_copy(m, device) for m in sources]
-            return Engine(InferenceModule(network(*copies), layers, output), device, amp_dtype)
+            return Engine(InferenceModule(merged_network(network(*copies)), layers, output),
+                          device, amp_dtype)
         amp_dtype = check_runtime(self.runtime, self.quantize, device, self.precision)
         key = (device, self.runtime, self.quantize, amp_dtype, tuple(layers or ()),
                tuple(settings))
@@ -185,6 +187,9 @@ class ServesFromEngine:
                 # A tree of its own per engine (sharing the resident tensors),
                 # so one engine's layer hooks never fire in another's calls.
                 body = private_copy(network(*copies), device, channels_last)
+                # Adapters (peft) run merged into the weights, at the plain
+                # network's cost; the fitted model keeps them unmerged.
+                body = merged_network(body)
                 module = InferenceModule(body, layers, output, channels_last=channels_last)
                 engine = build_engine(module, device, self.runtime, self.quantize, amp_dtype,
                                       name=_name(self))

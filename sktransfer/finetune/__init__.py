@@ -130,7 +130,7 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
                  distributed="auto", sync_batchnorm=False, runtime="torch", quantize=None,
                  sampling_rate=None, max_duration="auto", adaptation=None,
                  adaptation_weight=None, gradient_accumulation_steps=1,
-                 gradient_checkpointing=False):
+                 gradient_checkpointing=False, adapter=None):
         super().__init__(
             backbone=backbone, weights=weights, head=head, dropout=dropout, freeze=freeze,
             freeze_epochs=freeze_epochs, lr=lr, backbone_lr_mult=backbone_lr_mult,
@@ -144,7 +144,7 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
             sampling_rate=sampling_rate, max_duration=max_duration, adaptation=adaptation,
             adaptation_weight=adaptation_weight,
             gradient_accumulation_steps=gradient_accumulation_steps,
-            gradient_checkpointing=gradient_checkpointing)
+            gradient_checkpointing=gradient_checkpointing, adapter=adapter)
         self.class_weight = class_weight
         self.objective = objective
         self.n_pairs = n_pairs

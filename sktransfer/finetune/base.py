@@ -15,7 +15,6 @@ from functools import partial
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils import TransformerTags
-from sklearn.utils.validation import check_is_fitted
 
 from .._utils.device import resolve_device
 from .._utils.launch import is_main_process
@@ -23,12 +22,11 @@ from .._utils.seeding import seed_from, seeded
 from .._utils.signature import positional_deprecated
 from .._utils.validation import (BACKBONE_CONSTRAINTS, AnyOf, Boolean, Checked, InstanceOf,
                                 Interval, Options, validate_params)
-from ..backbones import load_backbone_cached
+from ..backbones import attach_adapter, check_adapter, load_backbone_cached
 from ..chaining import KeepsTrainedBackbone
 from ..engine.resident import ENGINE_CONSTRAINTS, ServesFromEngine
 from ..inference import predict_batches
 from ..inputs import estimator_samples, split_domains
-from ..scaling import LazyOutput, is_lazy_collection, lazy_call
 from ..training.distributed import shared_random_state, training_group
 from ..training.freezing import FREEZE_RULE, auto_frozen, n_frozen_groups
 from ..training.adaptation import ADAPTATIONS
@@ -39,6 +37,7 @@ from ..training.optimization import SCHEDULES, resolve_optimizer
 from ..training.plan import TrainingPlan
 from ..training.run import TrainingRun
 from ..training.weights import check_sample_weight, training_data_digest, with_weights
+from .embedding import EmbedsWithBackbone
 from .state import PicklesPlainly
 
 #: The training objectives of FineTunedClassifier.
@@ -49,8 +48,10 @@ N_PAIRS = 8
 
 #: ``lr=None``: the rate for a head trained from random weights, for fine-tuning
 #: from a head fitted first (freeze_epochs > 0), and for contrastive training.
-#: Measured at 8 labels per class (benchmarks/bench_fewshot.py).
-DEFAULT_LR = {"new_head": 1e-3, "fitted_head": 1e-4, "contrastive": 2e-4}
+#: Measured at 8 labels per class (benchmarks/bench_fewshot.py). With an
+#: ``adapter``, the rate of LoRA practice for encoders of this size (adapters
+#: start from zero and move little at full fine-tuning's rates).
+DEFAULT_LR = {"new_head": 1e-3, "fitted_head": 1e-4, "contrastive": 2e-4, "adapter": 1e-3}
 
 #: ``max_epochs=None``: the epochs of each objective.
 DEFAULT_MAX_EPOCHS = {"cross_entropy": 10, "contrastive": 3}
@@ -60,7 +61,7 @@ DEFAULT_MAX_EPOCHS = {"cross_entropy": 10, "contrastive": 3}
 DEFAULT_PATIENCE = 5
 
 
-class _FineTuned(PicklesPlainly, KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeaturesOutMixin,
+class _FineTuned(EmbedsWithBackbone, PicklesPlainly, KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeaturesOutMixin,
                  TransformerMixin, BaseEstimator):
     """What the classifier and the regressor share: everything but the target."""
 
@@ -96,6 +97,7 @@ class _FineTuned(PicklesPlainly, KeepsTrainedBackbone, ServesFromEngine, ClassNa
         "adaptation_weight": [None, Interval(numbers.Real, 0)],
         "gradient_accumulation_steps": [Interval(numbers.Integral, 1)],
         "gradient_checkpointing": [Boolean()],
+        "adapter": [None, Checked(check_adapter)],
         **ENGINE_CONSTRAINTS,
     }
 
@@ -109,7 +111,7 @@ class _FineTuned(PicklesPlainly, KeepsTrainedBackbone, ServesFromEngine, ClassNa
                  distributed="auto", sync_batchnorm=False, runtime="torch", quantize=None,
                  sampling_rate=None, max_duration="auto", adaptation=None,
                  adaptation_weight=None, gradient_accumulation_steps=1,
-                 gradient_checkpointing=False):
+                 gradient_checkpointing=False, adapter=None):
         self.backbone = backbone
         self.weights = weights
         self.head = head
@@ -146,6 +148,7 @@ class _FineTuned(PicklesPlainly, KeepsTrainedBackbone, ServesFromEngine, ClassNa
         self.adaptation_weight = adaptation_weight
         self.gradient_accumulation_steps = gradient_accumulation_steps
         self.gradient_checkpointing = gradient_checkpointing
+        self.adapter = adapter
 
     # -- public API ------------------------------------------------------
 
@@ -278,45 +281,6 @@ class _FineTuned(PicklesPlainly, KeepsTrainedBackbone, ServesFromEngine, ClassNa
                                      "use sync_batchnorm=False on the CPU.")
             yield group, shared_random_state(group, self.random_state)
 
-    def fit_transform(self, X, y):
-        """Fit, then embed ``X`` with the fine-tuned backbone.
-
-        Parameters
-        ----------
-        X : array-like, list of paths, PIL images or strings
-        y : array-like
-
-        Returns
-        -------
-        ndarray of shape (n_samples, n_features_out_), float32
-        """
-        return self.fit(X, y).transform(X)
-
-    def transform(self, X):
-        """Embed ``X`` with the fine-tuned backbone.
-
-        Parameters
-        ----------
-        X : array-like, list of paths, PIL images or strings, or a Dask collection
-            A Dask array, DataFrame, Series or bag is embedded lazily on
-            the Dask cluster (see :doc:`/scaling`).
-
-        Returns
-        -------
-        ndarray of shape (n_samples, n_features_out_), float32
-            For a Dask collection, the matching lazy one.
-        """
-        check_is_fitted(self)
-        if is_lazy_collection(X):
-            return self._lazy("transform", X, self.n_features_out_, np.float32,
-                              self.get_feature_names_out())
-        samples = self._samples(X, reset=False)
-        return self._predict("transform", samples)
-
-    def _lazy(self, method, X, width, dtype, names=None):
-        """``method`` mapped over the Dask collection ``X`` (see :mod:`sktransfer.scaling`)."""
-        return lazy_call(self, method, X, LazyOutput(width, dtype, names))
-
     def __sklearn_is_fitted__(self):
         # history_ is set when the net is built, after the head: an interrupt
         # before then leaves the estimator unfitted rather than half-built.
@@ -400,6 +364,8 @@ class _FineTuned(PicklesPlainly, KeepsTrainedBackbone, ServesFromEngine, ClassNa
         if self.augment and not backbone.takes_images:
             raise ValueError(f"augment=True applies to image backbones; {backbone.spec} "
                              f"takes {backbone.modality} input. Use augment=False.")
+        if getattr(self, "adapter", None) is not None:
+            self._attach_adapter(backbone)
         self._n_frozen(backbone)  # refuses a freeze the backbone has not the groups for
         self.backbone_ = backbone
         samples = self._samples(X, reset=True, target=target)
@@ -409,6 +375,19 @@ class _FineTuned(PicklesPlainly, KeepsTrainedBackbone, ServesFromEngine, ClassNa
             self.head_ = make_head(self.n_features_out_, self._n_outputs(), self.head,
                                    self.dropout)
         return samples
+
+    def _attach_adapter(self, backbone):
+        """Put ``adapter``'s layers into the fit's backbone, refusing contradictions."""
+        if self.freeze == "backbone":
+            raise ValueError(f"adapter={self.adapter!r} trains adapter layers inside the "
+                             "backbone, but freeze='backbone' freezes all of it; use "
+                             "freeze='auto' (or a number of groups), or adapter=None for a "
+                             "linear probe.")
+        if self.l2sp > 0:
+            raise ValueError(f"l2sp={self.l2sp} pulls the backbone's weights towards the "
+                             "pretrained ones, which an adapter leaves untouched; use "
+                             "l2sp=0 with an adapter.")
+        attach_adapter(backbone, self.adapter)
 
     def _model(self):
         """The fitted network: the backbone's module with the head on it."""
@@ -459,6 +438,8 @@ class _FineTuned(PicklesPlainly, KeepsTrainedBackbone, ServesFromEngine, ClassNa
             return self.lr
         if self._contrastive():
             return DEFAULT_LR["contrastive"]
+        if getattr(self, "adapter", None) is not None:
+            return DEFAULT_LR["adapter"]
         return DEFAULT_LR["fitted_head" if self.freeze_epochs > 0 else "new_head"]
 
     def _max_epochs(self):

@@ -199,7 +199,20 @@ PARAMS_DOC = """
         backward pass: less memory for more compute. Hugging Face backbones
         use their own ``gradient_checkpointing_enable``, timm models
         ``set_grad_checkpointing``, other modules are checkpointed by
-        parameter group. Results are unchanged."""
+        parameter group. Results are unchanged.
+    adapter : "lora", peft.PeftConfig or None, default=None
+        Train small adapter layers inside the backbone instead of its
+        weights (Hugging Face's ``peft``, ``pip install "sktransfer[peft]"``):
+        the pretrained weights stay as they are, only the adapters and the
+        head train. ``"lora"``: LoRA of rank 8 (alpha 16) on the attention
+        projections of a transformer (query/key/value, q/k/v_proj, timm's
+        qkv), else on every linear layer of the backbone. A ``peft`` config
+        (``LoraConfig`` with DoRA or rsLoRA, ``IA3Config``, ``LoHaConfig``,
+        ``LoKrConfig``...) is used as given (a copy: fit never changes it);
+        its ``target_modules`` may be ``"auto"``. Predictions run with the
+        adapters merged into the weights. ``lr=None`` then means 1e-3.
+        Not with ``freeze="backbone"`` nor ``l2sp > 0``. See
+        :doc:`/large_backbones`."""
 
 ATTRIBUTES_DOC = """
     backbone_ : Backbone

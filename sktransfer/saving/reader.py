@@ -13,7 +13,7 @@ import os
 
 import safetensors
 
-from ..backbones import backbone_from_state
+from ..backbones import adapter_from_state, backbone_from_state
 from ..persistence.checks import check_networks
 from ..persistence.codec import from_json
 from ..persistence.modules import module_from_state
@@ -282,6 +282,8 @@ class _Reader:
                                          trusted=self.trusted)
             if "__backbone__" in value:
                 return self.backbone(value["__backbone__"], f"{number}/param.backbone/")
+        if key == "adapter" and isinstance(value, dict) and "__adapter__" in value:
+            return adapter_from_state(value["__adapter__"])
         return from_json(value)
 
     def backbone(self, config, prefix):

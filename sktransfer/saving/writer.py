@@ -17,7 +17,7 @@ from torch import nn
 from .._utils.files import write_atomically
 from .._version import __version__
 from .._utils.validation import is_fitted
-from ..backbones import Backbone, backbone_state
+from ..backbones import Backbone, adapter_state, backbone_state
 from ..persistence.checks import check_networks
 from ..persistence.codec import check_json_able, to_json
 from ..persistence.modules import module_state
@@ -159,6 +159,10 @@ class _Writer:
         for key, value in est.get_params(deep=False).items():
             if key == "backbone" and not isinstance(value, str) and value is not None:
                 params[key] = self.backbone_param(est, value, f"{number}/param.backbone/")
+                continue
+            if key == "adapter" and value is not None and not isinstance(value, str):
+                # A peft config, as the plain fields its loader admits.
+                params[key] = {"__adapter__": adapter_state(value)}
                 continue
             try:
                 params[key] = to_json(value)

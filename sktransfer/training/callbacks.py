@@ -149,19 +149,22 @@ class FreezeSchedule(Callback):
         Groups frozen after the head-only phase.
     freeze_epochs : int, default=0
         Length of the head-only phase.
+    fixed : set of str, optional
+        Backbone parameters that never train (under an adapter).
     """
 
-    def __init__(self, param_groups, n_frozen, freeze_epochs=0):
+    def __init__(self, param_groups, n_frozen, freeze_epochs=0, fixed=frozenset()):
         self.param_groups = param_groups
         self.n_frozen = n_frozen
         self.freeze_epochs = freeze_epochs
+        self.fixed = fixed
 
     def on_epoch_begin(self, net, **kwargs):
         # The net has already opened this epoch in its history.
         done = len(net.history) - 1
         head_only = done < self.freeze_epochs
         n_frozen = len(self.param_groups) if head_only else self.n_frozen
-        freeze_groups(net.module_, self.param_groups, n_frozen)
+        freeze_groups(net.module_, self.param_groups, n_frozen, self.fixed)
 
 
 _SHAPES = {"onecycle": one_cycle, "cosine": cosine, None: constant}

@@ -109,7 +109,7 @@ def n_frozen_groups(freeze, param_groups, auto=0):
     return int(freeze)
 
 
-def freeze_groups(model, param_groups, n_frozen):
+def freeze_groups(model, param_groups, n_frozen, fixed=frozenset()):
     """Freeze the first ``n_frozen`` backbone groups of ``model``; unfreeze the rest.
 
     Parameters
@@ -122,6 +122,9 @@ def freeze_groups(model, param_groups, n_frozen):
     n_frozen : int
         Number of leading groups to freeze. When it equals the number of
         groups, every backbone parameter is frozen, grouped or not.
+    fixed : set of str, optional
+        Backbone parameters that stay frozen in any group (the pretrained
+        weights under an adapter: only the adapter trains).
 
     Examples
     --------
@@ -139,7 +142,7 @@ def freeze_groups(model, param_groups, n_frozen):
     everything = n_frozen > 0 and n_frozen >= len(param_groups)
     frozen = {name for _, names in param_groups[:n_frozen] for name in names}
     for name, param in model.backbone.named_parameters():
-        param.requires_grad_(not (everything or name in frozen))
+        param.requires_grad_(not (everything or name in frozen or name in fixed))
     for param in model.head.parameters():
         param.requires_grad_(True)
     frozen_modules = [name for name, _ in param_groups[:n_frozen] if name]
@@ -163,7 +166,7 @@ def _is_frozen_norm(name, module, frozen_modules, everything):
     return any(name == group or name.startswith(group + ".") for group in frozen_modules)
 
 
-def norms_needing_two_samples(model, param_groups, n_frozen, inputs):
+def norms_needing_two_samples(model, param_groups, n_frozen, inputs, fixed=frozenset()):
     """The BatchNorm layers that cannot train on a batch of one sample.
 
     In training mode, a BatchNorm layer normalizes with the batch's own
@@ -202,7 +205,7 @@ def norms_needing_two_samples(model, param_groups, n_frozen, inputs):
     >>> norms_needing_two_samples(model, groups, 0, torch.zeros(1, 1, 8, 8))
     ['backbone.4']
     """
-    freeze_groups(model, param_groups, n_frozen)
+    freeze_groups(model, param_groups, n_frozen, fixed)
     frozen = {id(norm) for norm in model.frozen_norms}
     single = []
 
@@ -224,12 +227,15 @@ def norms_needing_two_samples(model, param_groups, n_frozen, inputs):
         for handle in handles:
             handle.remove()
         # Training applies its own freezing at each epoch's start.
-        freeze_groups(model, param_groups, 0)
+        freeze_groups(model, param_groups, 0, fixed)
         model.train(was_training)
     return single
 
 
-def unfreeze_all(module):
-    """Make every parameter of ``module`` trainable again (after training ends)."""
-    for param in module.parameters():
+def unfreeze_all(model, fixed=frozenset()):
+    """Make every parameter of ``model`` (a ``BackboneWithHead``) trainable again
+    (after training ends), but the backbone's ``fixed`` ones."""
+    for name, param in model.backbone.named_parameters():
+        param.requires_grad_(name not in fixed)
+    for param in model.head.parameters():
         param.requires_grad_(True)

@@ -142,7 +142,8 @@ class TrainingRun:
                   "persistent_workers": plan.num_workers > 0}
         callbacks = [
             ("freeze", FreezeSchedule(backbone.param_groups, plan.n_frozen,
-                                      0 if contrastive else plan.freeze_epochs)),
+                                      0 if contrastive else plan.freeze_epochs,
+                                      fixed=backbone.fixed)),
             ("lr_schedule", LRSchedule(plan.schedule)),
         ]
         if plan.patience is not None:
@@ -229,7 +230,7 @@ class TrainingRun:
         finally:
             # The fitted weights leave the accelerator, trainable again and in
             # evaluation mode.
-            unfreeze_all(net.module_)
+            unfreeze_all(net.module_, plan.backbone.fixed)
             net.module_.eval()
             net.release_training_state(keep_optimizer=plan.keep_optimizer)
             if net.adaptation is not None:
@@ -246,7 +247,7 @@ class TrainingRun:
         plan = self.plan
         inputs, _ = Collate(plan.backbone.preprocess)(train.__getitems__(np.arange(1)))
         norms = norms_needing_two_samples(net.module_, plan.backbone.param_groups,
-                                          plan.n_frozen, inputs)
+                                          plan.n_frozen, inputs, plan.backbone.fixed)
         if not norms:
             return
         if plan.batch_size == 1:

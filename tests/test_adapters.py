@@ -1,0 +1,191 @@
+"""adapter= on the fine-tuners: peft's adapters train, the pretrained weights do not (issue 30)."""
+
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import sktransfer
+from sktransfer import FineTunedClassifier, FineTunedRegressor, PretrainedFeatureTransformer
+
+peft = pytest.importorskip("peft")  # in the dev extra; skipped only where not installed
+
+FAST = dict(lr=0.01, max_epochs=3, batch_size=16, random_state=0)
+TEXTS = ["the cat sat on the mat", "a dog ran far", "the big red dog", "a small blue cat",
+         "the cat ran", "a dog sat on a mat", "big cat", "small dog"] * 3
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU())
+
+
+def tiny_vit():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16,
+                             patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=0)
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.RandomState(0)
+    X = rng.rand(96, 8).astype(np.float32)
+    return X, (X[:, 0] + X[:, 1] > 1).astype(int)
+
+
+def _backbone_state(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_only_the_adapter_and_the_head_change(data):
+    X, y = data
+    clf = FineTunedClassifier(mlp(), adapter="lora", **FAST)
+    clf.fit(X, y)
+    module = clf.backbone_.module
+    pretrained = mlp().state_dict()
+    changed, kept = [], []
+    for name, value in module.state_dict().items():
+        plain = name.replace(".base_layer.", ".")
+        if plain in pretrained:
+            (kept if torch.equal(value, pretrained[plain]) else changed).append(name)
+        else:
+            changed.append(name)
+    # every pretrained tensor is as it was; the adapter's moved (lora_B starts at 0)
+    assert sorted(kept) == sorted(n for n in module.state_dict() if "base_layer" in n)
+    assert changed and all("lora_" in n for n in changed)
+    trainable = [n for n, p in module.named_parameters() if n not in clf.backbone_.fixed]
+    assert sorted(trainable) == sorted(changed)
+    # rank 8 on 8 -> 16 and 16 -> 16: A (8 x in) and B (out x 8) of each layer
+    assert sum(p.numel() for n, p in module.named_parameters() if n in trainable) == \
+        (8 * 8 + 16 * 8) + (8 * 16 + 16 * 8)
+
+
+def test_predictions_run_merged_and_equal_the_unmerged_network(data):
+    X, y = data
+    clf = FineTunedClassifier(mlp(), adapter="lora", **FAST).fit(X, y)
+    with torch.no_grad():
+        unmerged = clf.head_(clf.backbone_.module(torch.from_numpy(X))).softmax(1).numpy()
+    np.testing.assert_allclose(clf.predict_proba(X), unmerged, rtol=0, atol=1e-5)
+    engine = clf._engine_for("proba", (clf.backbone_.module, clf.head_),
+                             lambda b, h: nn.Sequential(b, h))
+    # the engine's copy holds plain layers: no adapter layer left to compute
+    assert not any("lora" in name for name, _ in engine.module.named_parameters())
+    # and the fitted model keeps its adapter, unmerged, for more training
+    assert any("lora_A" in name for name, _ in clf.backbone_.module.named_parameters())
+    clf.partial_fit(X, y)
+    assert len(clf.history_) == FAST["max_epochs"] + 1
+
+
+@pytest.mark.parametrize("config", [
+    lambda: peft.LoraConfig(r=4, lora_alpha=8, target_modules="auto", use_dora=True),
+    lambda: peft.IA3Config(target_modules=["0", "2"], feedforward_modules=["2"]),
+], ids=["dora", "ia3"])
+def test_peft_configs_of_two_methods_are_hyperparameters_fit_never_changes(data, config):
+    from sklearn.base import clone
+
+    X, y = data
+    given = config()
+    before = repr(given)
+    clf = FineTunedClassifier(mlp(), adapter=given, **FAST).fit(X, y)
+    assert repr(given) == before  # peft wrote into a copy
+    assert clone(clf).get_params()["adapter"] is not given
+    assert type(clf.backbone_.adapter_config) is type(given)
+    assert np.isfinite(clf.predict_proba(X)).all()
+
+
+def test_saved_and_pickled_models_load_in_a_fresh_process(data, tmp_path):
+    X, y = data
+    clf = FineTunedClassifier(mlp(), adapter=peft.LoraConfig(r=4, target_modules="auto"),
+                              **FAST).fit(X, y)
+    expected = clf.predict_proba(X)
+    sktransfer.save(clf, tmp_path / "model.skt")
+    with open(tmp_path / "model.pkl", "wb") as fh:
+        pickle.dump(clf, fh)
+    np.save(tmp_path / "X.npy", X)
+    script = (
+        "import pickle, sys, numpy as np, sktransfer\n"
+        "X = np.load(sys.argv[1] + '/X.npy')\n"
+        "a = sktransfer.load(sys.argv[1] + '/model.skt').predict_proba(X)\n"
+        "b = pickle.load(open(sys.argv[1] + '/model.pkl', 'rb')).predict_proba(X)\n"
+        "np.save(sys.argv[1] + '/out.npy', np.stack([a, b]))\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = np.load(tmp_path / "out.npy")
+    np.testing.assert_allclose(out[0], expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(out[1], expected, rtol=0, atol=1e-6)
+    loaded = sktransfer.load(tmp_path / "model.skt")
+    assert loaded.adapter.r == 4 and loaded.backbone_.fixed == clf.backbone_.fixed
+
+
+def test_a_saved_adapter_whose_tensors_do_not_fit_is_refused(data):
+    from sktransfer.backbones import backbone_from_state, backbone_state
+
+    X, y = data
+    clf = FineTunedClassifier(mlp(), adapter="lora", **FAST).fit(X, y)
+    config, tensors = backbone_state(clf.backbone_)
+    key = next(k for k in tensors if k.startswith("adapter::") and "lora_A" in k)
+    missing = {k: v for k, v in tensors.items() if k != key}
+    with pytest.raises(ValueError, match="do not match its config"):
+        backbone_from_state(config, missing)
+    resized = {**tensors, key: np.zeros((3, 3), dtype=np.float32)}
+    with pytest.raises(ValueError, match="do not fit"):
+        backbone_from_state(config, resized)
+    crafted = {**config, "adapter": {**config["adapter"], "peft_type": "os.system"}}
+    with pytest.raises(ValueError):
+        backbone_from_state(crafted, tensors)
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(freeze="backbone"), "freeze='backbone'"),
+    (dict(l2sp=0.1), "l2sp=0.1"),
+    (dict(adapter="qlora"), "adapter='qlora'"),
+    (dict(adapter=peft.LoraConfig(target_modules=["nowhere"])), "target_modules"),
+    (dict(adapter=peft.LoraConfig(target_modules="auto", modules_to_save=["2"])),
+     "modules_to_save"),
+])
+def test_contradictions_are_refused_by_name(data, params, message):
+    X, y = data
+    with pytest.raises(ValueError, match=message):
+        FineTunedClassifier(mlp(), **{"adapter": "lora", **FAST, **params}).fit(X, y)
+
+
+def test_auto_finds_no_layer_in_a_network_without_linear_layers():
+    X = np.random.RandomState(0).rand(16, 3, 8, 8).astype(np.float32)
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    with pytest.raises(ValueError, match="target_modules='auto' found no"):
+        FineTunedClassifier(conv, adapter="lora", **FAST).fit(X, np.arange(16) % 2)
+
+
+def test_lora_on_a_hugging_face_text_encoder(tiny_bert_path):
+    y = np.array([("cat" in t) for t in TEXTS], dtype=int)
+    clf = FineTunedClassifier("hf:" + tiny_bert_path, adapter="lora", lr=0.01,
+                              max_epochs=2, batch_size=8, random_state=0).fit(TEXTS, y)
+    targets = {name.rsplit(".", 1)[-1] for name, sub in clf.backbone_.module.named_modules()
+               if hasattr(sub, "lora_A")}
+    assert targets == {"query", "key", "value"}
+    assert clf.predict_proba(TEXTS).shape == (len(TEXTS), 2)
+    # chained: the tuned encoder as the next estimator's backbone, served merged
+    chained = PretrainedFeatureTransformer(clf).fit(TEXTS)
+    np.testing.assert_allclose(chained.transform(TEXTS), clf.transform(TEXTS), atol=1e-5)
+
+
+def test_lora_on_a_timm_vision_transformer_with_checkpointing_and_accumulation():
+    rng = np.random.RandomState(1)
+    X = rng.rand(32, 3, 16, 16).astype(np.float32)
+    y = (X[:, 0].mean(axis=(1, 2)) > 0.5).astype(int)
+    clf = FineTunedClassifier(tiny_vit(), adapter="lora", gradient_checkpointing=True,
+                              gradient_accumulation_steps=2, freeze_epochs=1, **FAST)
+    clf.fit(X, y)
+    adapted = {name.rsplit(".", 1)[-1] for name, sub in clf.backbone_.module.named_modules()
+               if hasattr(sub, "lora_A")}
+    assert adapted == {"qkv"}
+    reg = FineTunedRegressor(tiny_vit(), adapter="lora", **FAST).fit(X, X[:, 0].mean((1, 2)))
+    assert reg.predict(X).shape == (32,)
