@@ -35,6 +35,7 @@ EXPECTED = {
     "hf_image_encoder_linear_probe.py": r"DINOv2 \(random\) cls\+avg\s+128\s+0\.\d{3}",
     "mlflow_pyfunc.py": r"pickle files in the logged model: 0\n"
                         r"MLflow pyfunc predictions equal the pipeline's: True",
+    "lora_text_classifier.py": r"LoRA adapter\s+0\.\d{3}\s+\d+\.\d\s+1\d\d,\d{3}\n",
     "multilabel_image_tagging.py": r"fine-tuned, one 3-output net(\s+[01]\.\d{3}){4}\n"
                                    r"classes_ \[0 1 2\]",
 }
