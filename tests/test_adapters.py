@@ -189,3 +189,29 @@ def test_lora_on_a_timm_vision_transformer_with_checkpointing_and_accumulation()
     assert adapted == {"qkv"}
     reg = FineTunedRegressor(tiny_vit(), adapter="lora", **FAST).fit(X, X[:, 0].mean((1, 2)))
     assert reg.predict(X).shape == (32,)
+
+
+def test_an_adapter_fit_shares_the_cached_weights_and_never_writes_them(tiny_bert_path):
+    from sktransfer.backbones import load_backbone_cached
+
+    spec = "hf:" + tiny_bert_path
+    before = load_backbone_cached(spec).module.state_dict()  # a copy of the cached network
+    y = np.array([("cat" in t) for t in TEXTS], dtype=int)
+    params = dict(lr=0.05, max_epochs=2, batch_size=8, random_state=0)
+    first = FineTunedClassifier(spec, adapter="lora", **params).fit(TEXTS, y)
+    second = FineTunedClassifier(spec, adapter="lora", **params).fit(TEXTS, y)
+
+    def pointers(clf):
+        return {name: p.data_ptr() for name, p in clf.backbone_.module.named_parameters()
+                if name in clf.backbone_.fixed}
+
+    # the pretrained weights are one copy in memory (the cached one), shared by both fits
+    assert pointers(first) == pointers(second) and pointers(first)
+    # ...and never written: the cached network is as it was loaded
+    for name, value in load_backbone_cached(spec).module.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0)
+    # a plain fit afterwards still gets its own, trainable copy
+    plain = FineTunedClassifier(spec, **{**params, "max_epochs": 1}).fit(TEXTS, y)
+    assert all(p.requires_grad for p in plain.backbone_.module.parameters())
+    assert not set(pointers(first).values()) & {
+        p.data_ptr() for p in plain.backbone_.module.parameters()}

@@ -189,9 +189,20 @@ class Backbone:
         prefix = self.module.prefix_tokens if isinstance(self.module, PoolingEncoder) else None
         return functools.partial(pool_layers, list(layers), pooling, prefix_tokens=prefix)
 
-    def copy(self):
-        """A deep copy whose module shares no tensors with this one."""
-        return copy.deepcopy(self)
+    def copy(self, share_parameters=False):
+        """A deep copy whose module shares no tensors with this one.
+
+        ``share_parameters=True``: the copy's parameters are new parameter
+        objects over the same memory (their ``requires_grad`` and ``.data``
+        are the copy's own; buffers are copied). For a fit that never writes
+        the pretrained weights (under an adapter, which freezes them): one
+        copy of a large network in memory instead of two.
+        """
+        if not share_parameters:
+            return copy.deepcopy(self)
+        memo = {id(p): nn.Parameter(p.data, requires_grad=p.requires_grad)
+                for p in self.module.parameters()}
+        return copy.deepcopy(self, memo)
 
     def __deepcopy__(self, memo):
         # Copy the attributes directly rather than through the pickle form

@@ -26,7 +26,7 @@ _BACKBONES = collections.OrderedDict()  # cache key -> template Backbone, oldest
 
 
 def load_backbone_cached(spec, weights="DEFAULT", *, pooling="auto", image_size=None,
-                         random_state=None):
+                         random_state=None, share_parameters=False):
     """:func:`~sktransfer.backbones.load_backbone`, read from disk once per process.
 
     Parameters
@@ -39,6 +39,10 @@ def load_backbone_cached(spec, weights="DEFAULT", *, pooling="auto", image_size=
         the backbone is drawn from torch's RNG as the caller left it (call
         this inside :func:`~sktransfer._utils.seeding.seeded`, as
         ``PretrainedFeatureTransformer.fit`` does).
+    share_parameters : bool, default=False
+        The copy's parameters share the cached network's memory (see
+        :meth:`Backbone.copy <sktransfer.backbones.Backbone.copy>`): for a
+        fit that never writes them (under an adapter).
 
     Returns
     -------
@@ -86,7 +90,7 @@ def load_backbone_cached(spec, weights="DEFAULT", *, pooling="auto", image_size=
             _BACKBONES.move_to_end(key)
             while len(_BACKBONES) > MAX_ENTRIES:
                 _BACKBONES.popitem(last=False)
-    backbone = template.copy()
+    backbone = template.copy(share_parameters=share_parameters)
     # A deep copy holds the same values, so it inherits the template's digest
     # instead of hashing every tensor again.
     remember_weights_digest(backbone.module, weights_digest(template.module))

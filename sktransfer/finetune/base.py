@@ -357,9 +357,12 @@ class _FineTuned(EmbedsWithBackbone, PicklesPlainly, KeepsTrainedBackbone, Serve
         # Read from disk once per process (a search fits many clones); each fit
         # trains its own private copy. A random init still follows the seed.
         with seeded(random_state):
-            backbone = load_backbone_cached(self.backbone, self.weights,
-                                            image_size=self.image_size,
-                                            random_state=random_state)
+            # Under an adapter the pretrained weights never change: the fit's
+            # network shares their memory with the cached one.
+            backbone = load_backbone_cached(
+                self.backbone, self.weights, image_size=self.image_size,
+                random_state=random_state,
+                share_parameters=getattr(self, "adapter", None) is not None)
         backbone.use_prompt(self.prompt)
         if self.augment and not backbone.takes_images:
             raise ValueError(f"augment=True applies to image backbones; {backbone.spec} "
