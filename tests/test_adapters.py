@@ -215,3 +215,30 @@ def test_an_adapter_fit_shares_the_cached_weights_and_never_writes_them(tiny_ber
     assert all(p.requires_grad for p in plain.backbone_.module.parameters())
     assert not set(pointers(first).values()) & {
         p.data_ptr() for p in plain.backbone_.module.parameters()}
+
+
+def test_a_pickle_holds_the_adapter_parameter_as_checked_plain_fields(data):
+    X, y = data
+    given = peft.LoraConfig(r=4, target_modules="auto")
+    clf = FineTunedClassifier(mlp(), adapter=given, **FAST).fit(X, y)
+    payload = pickle.dumps(clf)
+    assert b"peft." not in payload  # no peft class (peft.tuners..., peft.utils...) to import
+    loaded = pickle.loads(payload)
+    assert type(loaded.adapter) is peft.LoraConfig and loaded.adapter.r == 4
+    np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), atol=1e-6)
+
+
+def test_a_crafted_adapter_costs_no_time_or_memory_before_it_is_refused(data):
+    import time
+
+    from sktransfer.backbones import backbone_from_state, backbone_state
+
+    X, y = data
+    clf = FineTunedClassifier(mlp(), adapter="lora", **FAST).fit(X, y)
+    config, tensors = backbone_state(clf.backbone_)
+    fields = {**config["adapter"]["fields"], "r": 4096, "init_lora_weights": "orthogonal"}
+    crafted = {**config, "adapter": {**config["adapter"], "fields": fields}}
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="do not fit"):
+        backbone_from_state(crafted, tensors)  # a 4096-rank orthogonal init is never built
+    assert time.perf_counter() - start < 5

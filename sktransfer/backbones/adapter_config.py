@@ -46,6 +46,17 @@ MAX_ITEMS = 1000
 MAX_CHARS = 200
 MAX_LAYER = 100_000
 MAX_ALPHA = 1e6
+#: Entries of ``rank_pattern`` / ``alpha_pattern`` (peft matches each against
+#: every layer's name).
+MAX_PATTERNS = 64
+
+#: What a stored layer name may hold. peft reads these names as regular
+#: expressions; without groups, alternations or repeats (a ``.`` matches one
+#: character) matching takes linear time, so a file cannot make loading
+#: backtrack for hours. Layer names are letters, digits, ``_`` and ``.``.
+NAME = re.compile(r"[A-Za-z0-9_.]+")
+#: peft's own words for a set of layers (no pattern is matched for them).
+KEYWORDS = frozenset({"all-linear"})
 
 #: Fields peft fills in about the model a config was last applied to (or its
 #: own version): neither stored nor refused, and refused in a stored state.
@@ -93,14 +104,13 @@ def _choice(*choices):
 
 
 def _text(*, regex=False):
+    """A str; ``regex=True``: a layer name that peft may read as a pattern (see :data:`NAME`)."""
     def check(value):
         if type(value) is not str or len(value) > MAX_CHARS:
             raise _Bad(f"expected a str of at most {MAX_CHARS} characters")
-        if regex:
-            try:
-                re.compile(value)
-            except (re.error, RecursionError, OverflowError) as error:
-                raise _Bad(f"not a valid regular expression ({error})") from None
+        if regex and value not in KEYWORDS and not NAME.fullmatch(value):
+            raise _Bad("expected a layer name (letters, digits, '_' and '.'); regular "
+                       "expressions are not stored: give the layer names as a list")
         return value
     return check
 
@@ -124,8 +134,8 @@ def _patterns(item):
     key_check = _text(regex=True)
 
     def check(value):
-        if type(value) is not dict or len(value) > MAX_ITEMS:
-            raise _Bad(f"expected a dict of at most {MAX_ITEMS} entries")
+        if type(value) is not dict or len(value) > MAX_PATTERNS:
+            raise _Bad(f"expected a dict of at most {MAX_PATTERNS} entries")
         out = {}
         for key, element in value.items():
             try:
@@ -155,8 +165,8 @@ def _optional(check):
 _RANK = _int_in(1, MAX_RANK)
 _ALPHA = _number_in(-MAX_ALPHA, MAX_ALPHA)
 _PROBABILITY = _number_in(0, 1)
-#: Module names: a list (exact or suffix matches) or one regular expression.
-_MODULES = _optional(_either(_text(regex=True), _list_of(_text())))
+#: Module names: a list (exact or suffix matches) or one name (see :data:`NAME`).
+_MODULES = _optional(_either(_text(regex=True), _list_of(_text(regex=True))))
 _LAYERS = _optional(_either(_int_in(0, MAX_LAYER), _list_of(_int_in(0, MAX_LAYER))))
 _LAYER_PATTERN = _optional(_either(_text(regex=True), _list_of(_text(regex=True))))
 _RANKS = _optional(_patterns(_RANK))

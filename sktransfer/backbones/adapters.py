@@ -19,6 +19,7 @@ tensors (:func:`adapter_tensors`) beside it.
 """
 
 import copy
+import re
 import sys
 
 from torch import nn
@@ -188,6 +189,32 @@ def attach_adapter(backbone, adapter):
     return backbone
 
 
+def exact_targets(config, module):
+    """A copy of ``config`` naming exactly the layers of ``module`` it adapted.
+
+    What a saved model stores: the full names of the adapted layers (matched
+    exactly, never as patterns), whatever ``target_modules`` and
+    ``exclude_modules`` said when the adapter was made.
+    """
+    exact = copy.copy(config)
+    exact.target_modules = sorted(name for name, _ in tuner_layers(module))
+    if hasattr(exact, "exclude_modules"):
+        exact.exclude_modules = None
+    if hasattr(exact, "feedforward_modules") and exact.feedforward_modules is not None:
+        # IA3: which of the adapted layers scale their input (feedforward) rather
+        # than their output, by exact name too.
+        exact.feedforward_modules = sorted(
+            name for name, layer in tuner_layers(module)
+            if getattr(layer, "is_feedforward", False))
+    return exact
+
+
+#: The initialization of each stored type's layers: the cheap one (the stored
+#: tensors replace it), whatever the file's config says.
+_CHEAP_INIT = {"LORA": ("init_lora_weights", True), "LOHA": ("init_weights", True),
+               "LOKR": ("init_weights", True), "IA3": ("init_ia3_weights", True)}
+
+
 def restore_adapter(backbone, config, tensors):
     """Put the adapter ``config`` describes into ``backbone.module`` with its ``tensors``.
 
@@ -202,22 +229,32 @@ def restore_adapter(backbone, config, tensors):
     """
     peft = _peft()
     module = backbone.module
+    # The layers are made on the meta device with the cheap initialization:
+    # nothing is allocated or computed (a file asking for a huge rank, or an
+    # expensive init) before the file's tensors are checked against them.
+    cheap = copy.copy(config)
+    field, value = _CHEAP_INIT.get(str(getattr(config.peft_type, "value", "")), (None, None))
+    if field is not None:
+        setattr(cheap, field, value)
     try:
-        peft.inject_adapter_in_model(config, module)
-    except ValueError as exc:
+        peft.inject_adapter_in_model(cheap, module, low_cpu_mem_usage=True)
+    except (ValueError, re.error) as exc:
         raise ValueError(f"the saved adapter does not fit the saved network: {exc}") from None
     params = dict(module.named_parameters())
-    trainable = {name for name, p in params.items() if p.requires_grad}
-    if set(tensors) != trainable:
+    trainable = {name: p for name, p in params.items() if p.requires_grad}
+    if set(tensors) != set(trainable):
         raise ValueError(f"the saved adapter tensors do not match its config: missing "
-                         f"{sorted(trainable - set(tensors))[:5]}, unexpected "
-                         f"{sorted(set(tensors) - trainable)[:5]}")
-    try:
-        module.load_state_dict(tensors, strict=False)
-    except RuntimeError as exc:  # a shape that differs
-        raise ValueError(f"the saved adapter tensors do not fit: {exc}") from None
+                         f"{sorted(set(trainable) - set(tensors))[:5]}, unexpected "
+                         f"{sorted(set(tensors) - set(trainable))[:5]}")
+    wrong = [name for name, p in trainable.items() if tuple(tensors[name].shape) != p.shape]
+    if wrong:
+        raise ValueError(f"the saved adapter tensors do not fit: {wrong[:5]} have shapes "
+                         f"{[tuple(tensors[n].shape) for n in wrong[:5]]}, the config makes "
+                         f"{[tuple(trainable[n].shape) for n in wrong[:5]]}")
+    module.load_state_dict({name: tensors[name].to(trainable[name].dtype) for name in tensors},
+                           strict=False, assign=True)
     backbone.adapter_config = config
-    backbone.fixed = frozenset(set(params) - trainable)
+    backbone.fixed = frozenset(set(params) - set(trainable))
     return backbone
 
 

@@ -19,7 +19,8 @@ from ..persistence.codec import VIEW_AS, array_to_tensor, dtype_name, tensor_to_
 from ..persistence.modules import (STATE_VERSION, check_state_version, module_from_state,
                                    module_state)
 from ..persistence.trust import user_classes
-from .adapters import ADAPTER_KEY, adapter_tensors, base_network, restore_adapter
+from .adapters import (ADAPTER_KEY, adapter_tensors, base_network, exact_targets,
+                       restore_adapter)
 from .pooling import PoolingEncoder, pool_layers, set_network_pooling
 from .registry import get_source, preprocess_from_state, preprocess_state, spec_source
 
@@ -288,7 +289,8 @@ def backbone_state(backbone):
     if backbone.adapter_config is not None:
         from .adapter_config import config_state  # needs peft, as the adapter did
 
-        config["adapter"] = config_state(backbone.adapter_config)
+        config["adapter"] = config_state(exact_targets(backbone.adapter_config,
+                                                       backbone.module))
         for name, tensor in adapter_tensors(backbone.module, backbone.fixed).items():
             tensors[ADAPTER_KEY + name] = tensor_to_array(tensor)
     return config, tensors
