@@ -282,3 +282,29 @@ def test_regressor_keeps_two_dimensional_targets(task):
     reg = FineTunedRegressor(tiny_mlp, **FIT).fit(X[:240], continuous[:240])
     assert reg.predict(X[240:]).shape == (120, 2)
     assert reg.score(X[240:], continuous[240:]) > 0.8
+
+
+@pytest.mark.parametrize("runtime, quantize, atol", [("onnx", None, 1e-5),
+                                                     ("compile", None, 1e-5),
+                                                     ("onnx", "int8", None)])
+def test_every_runtime_serves_the_label_probabilities(task, fitted, runtime, quantize, atol):
+    # the sigmoid follows the network in every engine (not the classes' softmax)
+    X, Y = task
+    served = FineTunedClassifier(tiny_mlp, runtime=runtime, quantize=quantize, **FIT)
+    served.fit(X[:240], Y[:240])
+    proba, expected = served.predict_proba(X[240:]), fitted.predict_proba(X[240:])
+    assert proba.shape == (120, K) and not np.allclose(proba.sum(1), 1.0)
+    if atol is not None:
+        np.testing.assert_allclose(proba, expected, rtol=0, atol=atol)
+    else:  # int8: close, and most labels agree
+        assert np.mean(served.predict(X[240:]) == fitted.predict(X[240:])) > 0.9
+
+
+def test_dask_predicts_the_indicator_matrix_lazily(task, fitted):
+    da = pytest.importorskip("dask.array")
+    X, _ = task
+    lazy = fitted.predict(da.from_array(X[240:], chunks=40))
+    assert lazy.shape == (120, K)
+    np.testing.assert_array_equal(lazy.compute(), fitted.predict(X[240:]))
+    proba = fitted.predict_proba(da.from_array(X[240:], chunks=40)).compute()
+    np.testing.assert_allclose(proba, fitted.predict_proba(X[240:]), atol=1e-6)
