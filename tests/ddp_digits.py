@@ -117,7 +117,7 @@ def main():
 
     # Weights travel with their rows into each rank's shard and the held-out split.
     w = np.random.RandomState(0).rand(len(X))
-    weighted = FineTunedClassifier(small_cnn(), device=args.device, lr=0.01, max_epochs=2,
+    weighted = FineTunedClassifier(small_cnn(), device=args.device, lr=0.01, max_epochs=1,
                                    batch_size=16, early_stopping=2, random_state=0)
     weighted.fit(X, y, sample_weight=w)
     report["weighted_proba"] = weighted.predict_proba(X_test[:5]).tolist()
@@ -136,7 +136,7 @@ def main():
     except ImportError:
         peft = None
     if peft is not None:
-        lora = FineTunedClassifier(small_cnn(), device=args.device, lr=0.01, max_epochs=2,
+        lora = FineTunedClassifier(small_cnn(), device=args.device, lr=0.01, max_epochs=1,
                                    batch_size=16, random_state=0,
                                    adapter=peft.LoraConfig(r=2, target_modules=["1", "4"]))
         lora.fit(X, y)

@@ -1,13 +1,19 @@
 """``transform`` of the fine-tuners: the fine-tuned backbone's embeddings."""
 
 import numpy as np
+from sklearn.base import TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ..scaling import LazyOutput, is_lazy_collection, lazy_call
 
 
-class EmbedsWithBackbone:
-    """Mixin of the fine-tuners: ``transform`` and ``fit_transform`` embed with the backbone."""
+class EmbedsWithBackbone(TransformerMixin):
+    """Mixin of the fine-tuners: ``transform`` and ``fit_transform`` embed with the backbone.
+
+    A ``TransformerMixin`` itself: scikit-learn's ``set_output`` wraps the
+    ``transform`` and ``fit_transform`` that a subclass of it defines, so they
+    are defined here, in such a subclass.
+    """
 
     def fit_transform(self, X, y):
         """Fit, then embed ``X`` with the fine-tuned backbone.
