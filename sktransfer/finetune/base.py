@@ -61,8 +61,8 @@ DEFAULT_MAX_EPOCHS = {"cross_entropy": 10, "contrastive": 3}
 DEFAULT_PATIENCE = 5
 
 
-class _FineTuned(EmbedsWithBackbone, PicklesPlainly, KeepsTrainedBackbone, ServesFromEngine, ClassNamePrefixFeaturesOutMixin,
-                 TransformerMixin, BaseEstimator):
+class _FineTuned(EmbedsWithBackbone, PicklesPlainly, KeepsTrainedBackbone, ServesFromEngine,
+                 ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """What the classifier and the regressor share: everything but the target."""
 
     _score_name = None  # "accuracy" or "r2": the validation score recorded per epoch

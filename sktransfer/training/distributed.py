@@ -112,8 +112,9 @@ class TrainingGroup:
         what = "sizes" if len(set(every[:, 0])) > 1 else "targets or sample_weight"
         raise ValueError(
             f"the processes of this distributed fit were given different data ({what}; "
-            f"samples per rank: {sizes}). Every rank must call fit with the same X, y and sample_weight: "
-            "each process trains on its own shard of them, chosen by the fit. Load the data "
+            f"samples per rank: {sizes}). Every rank must call fit with the same X, y and "
+            "sample_weight: each process trains on its own shard of them, chosen by the fit. "
+            "Load the data "
             "in a fixed order, and give every split that shuffles an integer random_state "
             "(KFold(shuffle=True, random_state=0)).")
 
