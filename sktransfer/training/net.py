@@ -348,12 +348,13 @@ class FineTuningNet(AccumulatesGradients, NeuralNet):
             return model(x)
 
     def get_loss(self, y_pred, y_true, X=None, training=False):
-        y_true = to_device(y_true, torch.device(self.device))
         if isinstance(y_true, dict):
             # Batches with sample_weight: the epoch's loss is averaged by
             # weight, not by batch size (RankMeanScoring reads this column).
+            # Summed before the batch moves, so a GPU step waits for nothing.
             self.history.record_batch(("train" if training else "valid") + "_weight",
                                       float(y_true["weight"].sum()))
+        y_true = to_device(y_true, torch.device(self.device))
         # Losses are computed in float32 even when the forward pass autocasts.
         loss = self.criterion_(y_pred.float(), y_true)
         if training and self.penalty is not None:
