@@ -49,8 +49,7 @@ N_PAIRS = 8
 #: ``lr=None``: the rate for a head trained from random weights, for fine-tuning
 #: from a head fitted first (freeze_epochs > 0), and for contrastive training.
 #: Measured at 8 labels per class (benchmarks/bench_fewshot.py). With an
-#: ``adapter``, the rate of LoRA practice for encoders of this size (adapters
-#: start from zero and move little at full fine-tuning's rates).
+#: ``adapter``: the rate commonly used for LoRA, not yet measured here.
 DEFAULT_LR = {"new_head": 1e-3, "fitted_head": 1e-4, "contrastive": 2e-4, "adapter": 1e-3}
 
 #: ``max_epochs=None``: the epochs of each objective.
