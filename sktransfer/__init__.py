@@ -5,7 +5,7 @@ Pretrained PyTorch backbones (torchvision, timm, Hugging Face, or your own
 """
 
 from ._version import __version__
-from .backbones import load_backbone
+from .backbones import load_backbone, self_contained
 from .features import PretrainedFeatureTransformer
 from .finetune import FineTunedClassifier, FineTunedRegressor
 from .saving import load, save
@@ -14,4 +14,5 @@ from .study import TransferReport, compare_transfer
 
 __all__ = ["FineTunedClassifier", "FineTunedRegressor", "PretrainedFeatureTransformer",
            "TransferReport", "compare_transfer", "load", "load_backbone", "rank_backbones", "save",
+           "self_contained",
            "__version__"]

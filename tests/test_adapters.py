@@ -99,32 +99,6 @@ def test_peft_configs_of_two_methods_are_hyperparameters_fit_never_changes(data,
     assert np.isfinite(clf.predict_proba(X)).all()
 
 
-def test_saved_and_pickled_models_load_in_a_fresh_process(data, tmp_path):
-    X, y = data
-    clf = FineTunedClassifier(mlp(), adapter=peft.LoraConfig(r=4, target_modules="auto"),
-                              **FAST).fit(X, y)
-    expected = clf.predict_proba(X)
-    sktransfer.save(clf, tmp_path / "model.skt")
-    with open(tmp_path / "model.pkl", "wb") as fh:
-        pickle.dump(clf, fh)
-    np.save(tmp_path / "X.npy", X)
-    script = (
-        "import pickle, sys, numpy as np, sktransfer\n"
-        "X = np.load(sys.argv[1] + '/X.npy')\n"
-        "a = sktransfer.load(sys.argv[1] + '/model.skt').predict_proba(X)\n"
-        "b = pickle.load(open(sys.argv[1] + '/model.pkl', 'rb')).predict_proba(X)\n"
-        "np.save(sys.argv[1] + '/out.npy', np.stack([a, b]))\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = np.load(tmp_path / "out.npy")
-    np.testing.assert_allclose(out[0], expected, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(out[1], expected, rtol=0, atol=1e-6)
-    loaded = sktransfer.load(tmp_path / "model.skt")
-    assert loaded.adapter.r == 4 and loaded.backbone_.fixed == clf.backbone_.fixed
-
-
 def test_a_saved_adapter_whose_tensors_do_not_fit_is_refused(data):
     from sktransfer.backbones import backbone_from_state, backbone_state
 
@@ -242,3 +216,101 @@ def test_a_crafted_adapter_costs_no_time_or_memory_before_it_is_refused(data):
     with pytest.raises(ValueError, match="do not fit"):
         backbone_from_state(crafted, tensors)  # a 4096-rank orthogonal init is never built
     assert time.perf_counter() - start < 5
+
+
+# -- files that hold the difference: the base by reference, checked by digest ---------------
+
+def _size(path):
+    return os.path.getsize(path)
+
+
+def test_an_adapted_model_stores_its_base_by_reference_checked_when_loaded(
+        data, tiny_bert_path, tmp_path):
+    import shutil
+
+    from transformers import BertModel
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_bert_path, base)
+    spec = "hf:" + str(base)
+    y = np.array([("cat" in t) for t in TEXTS], dtype=int)
+    params = dict(lr=0.05, batch_size=8, random_state=0)
+    clf = FineTunedClassifier(spec, adapter="lora", max_epochs=2, **params).fit(TEXTS, y)
+    full = FineTunedClassifier(spec, max_epochs=1, **params).fit(TEXTS, y)
+    expected = clf.predict_proba(TEXTS)
+    sktransfer.save(clf, tmp_path / "lora.skt")
+    sktransfer.save(clf, tmp_path / "whole.skt", include_base=True)
+    sktransfer.save(full, tmp_path / "full.skt")
+    # The default file holds the adapter, not the base: a fraction of a fully
+    # fine-tuned model's (here the tokenizer files are a large part of both).
+    assert _size(tmp_path / "lora.skt") < 0.4 * _size(tmp_path / "full.skt")
+    assert _size(tmp_path / "whole.skt") > _size(tmp_path / "full.skt")
+    payload = pickle.dumps(clf)
+    assert len(payload) < 0.4 * len(pickle.dumps(full))
+    with sktransfer.self_contained():
+        whole_payload = pickle.dumps(clf)
+    assert len(whole_payload) > len(pickle.dumps(full))
+    (tmp_path / "lora.pkl").write_bytes(payload)
+    # A module backbone has no spec to load again: its files hold the network.
+    X, y_module = data
+    module_clf = FineTunedClassifier(mlp(), adapter=peft.LoraConfig(r=4, target_modules="auto"),
+                                     **FAST).fit(X, y_module)
+    sktransfer.save(module_clf, tmp_path / "module.skt")
+    (tmp_path / "module.pkl").write_bytes(pickle.dumps(module_clf))
+    np.save(tmp_path / "X.npy", X)
+
+    # A fresh offline process rebuilds the base from its directory.
+    np.save(tmp_path / "texts.npy", np.array(TEXTS))
+    script = (
+        "import pickle, sys, numpy as np, sktransfer\n"
+        "d = sys.argv[1]; X = list(np.load(d + '/texts.npy')); M = np.load(d + '/X.npy')\n"
+        "out = [sktransfer.load(d + '/lora.skt').predict_proba(X),\n"
+        "       pickle.load(open(d + '/lora.pkl', 'rb')).predict_proba(X),\n"
+        "       sktransfer.load(d + '/module.skt').predict_proba(M),\n"
+        "       pickle.load(open(d + '/module.pkl', 'rb')).predict_proba(M)]\n"
+        "np.savez(d + '/out.npz', *out)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = np.load(tmp_path / "out.npz")
+    module_expected = module_clf.predict_proba(X)
+    for key, want in zip(sorted(out.files), [expected, expected, module_expected,
+                                             module_expected]):
+        np.testing.assert_allclose(out[key], want, rtol=0, atol=1e-6, err_msg=key)
+    loaded = sktransfer.load(tmp_path / "module.skt")
+    assert loaded.adapter.r == 4 and loaded.backbone_.fixed == module_clf.backbone_.fixed
+
+    # Loaded, it refers to the same base again when saved.
+    loaded = sktransfer.load(tmp_path / "lora.skt")
+    sktransfer.save(loaded, tmp_path / "again.skt")
+    assert _size(tmp_path / "again.skt") == _size(tmp_path / "lora.skt")
+    # A base changed since it was loaded is no longer the one on disk: stored whole.
+    with torch.no_grad():
+        layer_norm = loaded.backbone_.module.model.embeddings.LayerNorm
+        layer_norm.bias.add_(0.5)
+    changed = loaded.predict_proba(TEXTS)
+    sktransfer.save(loaded, tmp_path / "changed.skt")
+    assert _size(tmp_path / "changed.skt") > _size(tmp_path / "full.skt")
+
+    # The base changes (other weights in the same directory): refused, never served.
+    torch.manual_seed(1)
+    BertModel(BertModel.config_class.from_pretrained(base)).save_pretrained(base)
+    from sktransfer.backbones import BaseNetworkError
+
+    with pytest.raises(BaseNetworkError, match="not the one this model's adapter was trained") \
+            as info:
+        sktransfer.load(tmp_path / "lora.skt")
+    assert "corrupted" not in str(info.value)  # the file is intact; its base is not
+    with pytest.raises(BaseNetworkError, match="not the one this model's adapter was trained"):
+        pickle.loads(payload)
+    # The self-contained forms still hold the right models.
+    for path, want in (("whole.skt", expected), ("changed.skt", changed)):
+        np.testing.assert_allclose(sktransfer.load(tmp_path / path).predict_proba(TEXTS),
+                                   want, rtol=0, atol=1e-6, err_msg=path)
+    np.testing.assert_allclose(pickle.loads(whole_payload).predict_proba(TEXTS), expected,
+                               rtol=0, atol=1e-6)
+    # The base is gone: the error says how to make a file that does not need it.
+    shutil.rmtree(base)
+    with pytest.raises(BaseNetworkError, match=r"cannot be loaded here.*include_base=True"):
+        sktransfer.load(tmp_path / "lora.skt")

@@ -176,8 +176,24 @@ def torchvision_transformer():
                                         image_size=32).fit(images)
 
 
+def lora_classifier_module():
+    rng = np.random.RandomState(0)
+    X = rng.rand(24, 4).astype(np.float32)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 6))
+    adapter = pytest.importorskip("peft").LoraConfig(r=2, target_modules=["0", "2"])
+    return FineTunedClassifier(net, adapter=adapter, max_epochs=1, random_state=0).fit(
+        X, np.arange(24) % 2)
+
+
+def lora_classifier_hf(path):
+    texts = ["the cat sat", "a dog ran", "the big dog", "a small cat"] * 3
+    return FineTunedClassifier("hf:" + path, adapter="lora", max_epochs=1, batch_size=4,
+                               random_state=0).fit(texts, np.arange(12) % 2)
+
+
 @pytest.fixture(scope="module")
-def saved_files(tmp_path_factory):
+def saved_files(tmp_path_factory, tiny_bert_path):
     pytest.importorskip("timm")
     pytest.importorskip("transformers")
     folder = tmp_path_factory.mktemp("fuzz_sources")
@@ -187,7 +203,9 @@ def saved_files(tmp_path_factory):
         files[name] = os.path.join(folder, name + ".skt")
         shutil.copy(os.path.join(LEGACY, name + ".skt"), files[name])
     for name, make in (("classifier_tagged", tagged_classifier),
-                       ("transformer_torchvision", torchvision_transformer)):
+                       ("transformer_torchvision", torchvision_transformer),
+                       # the base by reference (spec, weights, digest), the adapter stored
+                       ("classifier_lora_hf", lambda: lora_classifier_hf(tiny_bert_path))):
         files[name] = os.path.join(folder, name + ".skt")
         sktransfer.save(make(), files[name])
     for path in files.values():  # the clean files load: what they import is allowed
@@ -238,6 +256,58 @@ def test_every_mutation_of_a_real_file_is_refused_before_anything_runs(
     count = sum(refused(path, mutations, tmp_path, sentinel) for path in saved_files.values())
     assert count > 100  # the mutations reached every file's names, keys and tags
     assert time.perf_counter() - start < 60
+
+
+#: Adapter fields that would import, read files, run a data-driven
+#: initialization, make more than an adapter, or cost unbounded time or memory.
+BAD_ADAPTER_FIELDS = [
+    ("megatron_core", "evil_payload"), ("loftq_config", {"loftq_bits": 4}),
+    ("init_lora_weights", "loftq"), ("init_lora_weights", "pissa"),
+    ("modules_to_save", ["0"]), ("runtime_config", {}), ("__class__", 1),
+    ("target_modules", "(a+)+$"), ("target_modules", ["0|2"]), ("rank_pattern", {"(a+)+b": 2}),
+    ("r", 10 ** 9), ("r", [8]), ("layer_replication", [[0, 1]]),
+]
+
+
+def adapter_mutations(manifest):
+    for path, node in list(locations(manifest)):
+        if set(node) == {"peft_type", "fields"}:
+            for name in DANGEROUS_NAMES[:4] + ["LORA; import os", "PROMPT_TUNING"]:
+                yield name, lambda m, p=path, n=name: at(m, p).update({"peft_type": n})
+            for field, value in BAD_ADAPTER_FIELDS:
+                yield field, lambda m, p=path, f=field, v=value: at(m, p)["fields"].update({f: v})
+        if isinstance(node.get("origin"), dict):
+            for field, value, named in (
+                    ("spec", "hf:/etc", "/etc"), ("spec", "timm:evil_payload", "evil_payload"),
+                    ("weights", "/etc/passwd", "/etc/passwd"), ("digest", "0" * 32, "digest"),
+                    ("image_size", 10 ** 9, "image_size"), ("pooling", "evil", "evil"),
+                    ("__class__", "os.system", "malformed")):
+                yield named, lambda m, p=path, f=field, v=value: at(m, p)["origin"].update({f: v})
+
+
+def test_every_mutation_of_an_adapter_or_base_reference_is_refused(
+        saved_files, tmp_path, sentinel):
+    # An adapter in a Hugging Face backbone stored by reference, and in a
+    # module stored whole (its peft config also a parameter of the estimator).
+    module_file = str(tmp_path / "lora_module.skt")
+    sktransfer.save(lora_classifier_module(), module_file)
+    target = str(tmp_path / "mutant.skt")
+    count = 0
+    for source in (saved_files["classifier_lora_hf"], module_file):
+        header, manifest, data = read_file(source)
+        for spelled, mutate in adapter_mutations(manifest):
+            mutant = json.loads(json.dumps(manifest))
+            mutate(mutant)
+            write_file(target, header, mutant, data)
+            before = set(sys.modules)
+            with pytest.raises((ValueError, TypeError)) as info:
+                sktransfer.load(target)
+            where = f"{spelled!r} in {os.path.basename(source)}"
+            assert str(spelled) in str(info.value), f"{where}: {info.value}"
+            assert sentinel.exists(), where
+            assert not {m for m in set(sys.modules) - before if "evil" in m}, where
+            count += 1
+    assert count > 60
 
 
 def test_the_tagged_file_round_trips_its_tags(saved_files):

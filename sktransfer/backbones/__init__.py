@@ -22,9 +22,11 @@ from .base import Backbone, backbone_from_state, backbone_state, ordered_param_g
 from .loaded import load_backbone_cached
 from .module import waveform_backbone
 from .pooling import POOLINGS
+from .reference import BaseNetworkError, self_contained
 from .registry import SOURCES
 from .specs import ACCEPTED, load_backbone
 
-__all__ = ["ACCEPTED", "ADAPTERS", "adapter_from_state", "adapter_state", "attach_adapter",
+__all__ = ["ACCEPTED", "ADAPTERS", "BaseNetworkError", "adapter_from_state", "adapter_state", "attach_adapter",
            "check_adapter", "Backbone", "POOLINGS", "SOURCES", "backbone_from_state", "backbone_state",
-           "load_backbone", "load_backbone_cached", "ordered_param_groups", "waveform_backbone"]
+           "load_backbone", "load_backbone_cached", "ordered_param_groups", "self_contained",
+           "waveform_backbone"]

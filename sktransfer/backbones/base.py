@@ -13,7 +13,6 @@ import copy
 import functools
 
 from torch import nn
-from torch.nn.parameter import is_lazy
 
 from ..persistence.codec import VIEW_AS, array_to_tensor, dtype_name, tensor_to_array
 from ..persistence.modules import (STATE_VERSION, check_state_version, module_from_state,
@@ -21,7 +20,9 @@ from ..persistence.modules import (STATE_VERSION, check_state_version, module_fr
 from ..persistence.trust import user_classes
 from .adapters import (ADAPTER_KEY, adapter_tensors, base_network, exact_targets,
                        restore_adapter)
+from .groups import ordered_param_groups
 from .pooling import PoolingEncoder, pool_layers, set_network_pooling
+from .reference import REFERENCE, check_origin, load_base, unchanged_base
 from .registry import get_source, preprocess_from_state, preprocess_state, spec_source
 
 MODALITIES = ("image", "text", "audio", "tensor")
@@ -73,6 +74,9 @@ class Backbone:
     adapter_config = None
     #: Names of the parameters that never train (the pretrained weights under an adapter).
     fixed = frozenset()
+    #: How it was loaded (spec, weights, pooling, image size, digest), or None: what an
+    #: adapted model's files refer to instead of holding the base (see :mod:`.reference`).
+    origin = None
 
     def __init__(self, module, preprocess, modality, spec, weights_id="",
                  out_dim=None, input_channels=None, param_groups=None):
@@ -250,10 +254,17 @@ def backbone_state(backbone):
         ``{"kind": "spec", ...}`` (what rebuilds the architecture, as its
         source describes it: for Hugging Face also the model config), for
         any other module ``{"kind": "module", "module": <module_state
-        config>}``.
+        config>}``; for an adapted network whose pretrained base is
+        unchanged since it was loaded, ``{"kind": "reference", ...}``
+        (:mod:`~sktransfer.backbones.reference`: the base is loaded again
+        from ``origin`` and checked by digest). ``origin`` says how it was
+        loaded (None for a module or random weights); ``adapter`` the
+        adapter's config, when it has one.
     tensors : dict of {str: numpy.ndarray}
         The module's state dict as CPU arrays (for modules: as
-        :func:`~sktransfer.persistence.modules.module_state` gives them).
+        :func:`~sktransfer.persistence.modules.module_state` gives them),
+        without the base's under a reference; an adapter's under
+        ``"adapter::"`` names.
 
     Examples
     --------
@@ -268,7 +279,10 @@ def backbone_state(backbone):
     source = spec_source(backbone.spec)
     # An adapted network is stored as it was pretrained, its adapter beside it.
     module = base_network(backbone.module)
-    if source is not None:
+    if unchanged_base(backbone, module):
+        # The pretrained base as a reference checked by digest: no tensor of it is stored.
+        network, tensors = _reference_state(module), {}
+    elif source is not None:
         network, tensors = _spec_network_state(backbone, *source, module=module)
     else:
         module_config, tensors = module_state(module)
@@ -285,6 +299,7 @@ def backbone_state(backbone):
         "param_groups": None if groups is None else [[g, list(n)] for g, n in groups],
         "preprocess": preprocess_state(backbone.preprocess),
         "network": network,
+        "origin": backbone.origin,
     }
     if backbone.adapter_config is not None:
         from .adapter_config import config_state  # needs peft, as the adapter did
@@ -325,7 +340,22 @@ def backbone_from_state(config, tensors, *, classes=None, trusted=()):
     network = config["network"]
     adapter = {k[len(ADAPTER_KEY):]: v for k, v in tensors.items() if k.startswith(ADAPTER_KEY)}
     tensors = {k: v for k, v in tensors.items() if not k.startswith(ADAPTER_KEY)}
-    if network["kind"] == "spec":
+    found = check_origin(config.get("origin"))
+    # The adapter's config is checked before any network is built or loaded.
+    adapter_config = None
+    if config.get("adapter") is not None:
+        from .adapter_config import config_from_state  # needs peft, as the adapter did
+
+        adapter_config = config_from_state(config["adapter"])
+    elif adapter or network["kind"] == REFERENCE:
+        raise ValueError("the saved backbone holds adapter tensors or a base reference but "
+                         "no adapter config")
+    if network["kind"] == REFERENCE:
+        if tensors:
+            raise ValueError("the saved backbone refers to its base network and also holds "
+                             f"its tensors ({sorted(tensors)[:3]}...)")
+        module = _network_from_reference(network, found)
+    elif network["kind"] == "spec":
         module = _spec_network_from_state(network, tensors)
     else:
         module = module_from_state(network["module"], tensors, classes=classes, trusted=trusted)
@@ -336,24 +366,50 @@ def backbone_from_state(config, tensors, *, classes=None, trusted=()):
         input_channels=config.get("input_channels"),
         param_groups=None if groups is None else [(g, list(n)) for g, n in groups],
     )
-    if config.get("adapter") is not None:
-        from .adapter_config import config_from_state
-
-        restore_adapter(backbone, config_from_state(config["adapter"]),
+    backbone.origin = found
+    if adapter_config is not None:
+        restore_adapter(backbone, adapter_config,
                         {k: array_to_tensor(v) for k, v in adapter.items()})
-    elif adapter:
-        raise ValueError("the saved backbone holds adapter tensors but no adapter config")
     return backbone
+
+
+def _modes(module):
+    """Which submodules are in training mode and which parameters are frozen, by name.
+
+    Per submodule and per parameter: a fine-tuner may have frozen some, and a
+    wrapper may be in training mode around an eval model.
+    """
+    return {"training": [n for n, m in module.named_modules() if m.training],
+            "frozen": [n for n, p in module.named_parameters() if not p.requires_grad]}
+
+
+def _set_modes(module, network):
+    frozen = set(network.get("frozen", ()))
+    for pname, param in module.named_parameters():
+        param.requires_grad_(pname not in frozen)
+    training = set(network.get("training", ()))
+    for mname, sub in module.named_modules():
+        sub.training = mname in training
+
+
+def _reference_state(base):
+    """The stored network of an adapted backbone whose ``base`` is a reference."""
+    return {"kind": REFERENCE, **_modes(base)}
+
+
+def _network_from_reference(network, found):
+    """The base :func:`load_base` loads, in the stored modes (the adapter goes in next)."""
+    if found is None:
+        raise ValueError("the saved backbone refers to its base network but names no origin")
+    module = load_base(found).module
+    _set_modes(module, network)
+    return module
 
 
 def _spec_network_state(backbone, source, name, module):
     """A spec network (``module``: the backbone's, or its copy without adapters): what
     its source adds, which parts train, and the state dict."""
-    # Per submodule and per parameter: a fine-tuner may have frozen some, and
-    # a wrapper may be in training mode around an eval model.
-    network = {"kind": "spec", "source": source, "name": name,
-               "training": [n for n, m in module.named_modules() if m.training],
-               "frozen": [n for n, p in module.named_parameters() if not p.requires_grad]}
+    network = {"kind": "spec", "source": source, "name": name, **_modes(module)}
     network.update(get_source(source).network_state(backbone))
     state = module.state_dict()
     tensors = {k: tensor_to_array(v) for k, v in state.items()}
@@ -374,72 +430,8 @@ def _spec_network_from_state(network, tensors):
             f"missing keys {result.missing_keys[:5]}, unexpected keys "
             f"{result.unexpected_keys[:5]}"
         )
-    frozen = set(network.get("frozen", ()))
-    for pname, param in module.named_parameters():
-        param.requires_grad_(pname not in frozen)
-    training = set(network.get("training", ()))
-    for mname, sub in module.named_modules():
-        sub.training = mname in training
+    _set_modes(module, network)
     return module
-
-
-def ordered_param_groups(module, max_share=0.3):
-    """Split ``module``'s parameters into groups ordered input -> output.
-
-    Starts from the top-level children, in registration order (for
-    sequential networks and for torchvision, timm and Hugging Face models,
-    the order data flows), and opens any child that holds more than
-    ``max_share`` of all parameters and is a container of blocks (it has a
-    child with children of its own), so that a network with one big
-    ``encoder`` or ``layer4`` still gets a group per block, while a block of
-    plain layers stays one group. Parameters registered directly on a
-    container become a group named after it.
-
-    Returns
-    -------
-    list of (str, list of str)
-        ``(module name, [full parameter names])`` for every group that holds
-        parameters.
-
-    Examples
-    --------
-    >>> from torch import nn
-    >>> net = nn.Sequential(nn.Linear(2, 4), nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1)))
-    >>> [name for name, _ in ordered_param_groups(net)]
-    ['0', '1']
-    """
-    def numel(params):
-        return sum(0 if is_lazy(p) else p.numel() for p in params)
-
-    total = numel(module.parameters()) or 1
-
-    def has_params(mod):
-        return any(True for _ in mod.parameters())
-
-    def is_block_container(mod):
-        # Most of its parametrized children are blocks with children of their
-        # own (resnet's layer4, BERT's encoder), unlike a block of plain layers.
-        kids = [c for c in mod.children() if has_params(c)]
-        return sum(any(True for _ in c.children()) for c in kids) * 2 >= len(kids)
-
-    groups = []
-
-    def visit(prefix, mod):
-        direct = [f"{prefix}{n}" for n, _ in mod.named_parameters(recurse=False)]
-        if direct:
-            groups.append((prefix.rstrip("."), direct))
-        for name, child in mod.named_children():
-            if not has_params(child):
-                continue
-            full = f"{prefix}{name}"
-            size = numel(child.parameters())
-            if size > max_share * total and is_block_container(child):
-                visit(full + ".", child)
-            else:
-                groups.append((full, [f"{full}.{n}" for n, _ in child.named_parameters()]))
-
-    visit("", module)
-    return groups
 
 
 def replace_last_linear(model):

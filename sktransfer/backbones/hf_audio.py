@@ -46,7 +46,8 @@ import torch
 from torch import nn
 
 from .._utils.files import read_folder, temporary_folder, write_folder
-from .base import Backbone, ordered_param_groups
+from .base import Backbone
+from .groups import ordered_param_groups
 from .hf_loading import (config_from_dict, config_to_dict, import_transformers, load_model,
                          quiet_loading, skipped_init)
 from .pooling import PoolingEncoder, pool_tokens, token_pooling_modes

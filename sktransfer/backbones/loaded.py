@@ -15,6 +15,7 @@ import numpy as np
 
 from .._utils.seeding import seeded
 from ..feature_cache.keys import remember_weights_digest, weights_digest
+from .reference import origin, use_loader
 from .specs import load_backbone
 
 #: Backbones kept per process; a search over a few backbones fits, and an
@@ -94,7 +95,12 @@ def load_backbone_cached(spec, weights="DEFAULT", *, pooling="auto", image_size=
     # A deep copy holds the same values, so it inherits the template's digest
     # instead of hashing every tensor again.
     remember_weights_digest(backbone.module, weights_digest(template.module))
+    # Where it came from, so that an adapted model can store its base by reference.
+    backbone.origin = origin(spec, weights, pooling, image_size, weights_digest(template.module))
     return backbone
+
+
+use_loader(load_backbone_cached)
 
 
 def clear():

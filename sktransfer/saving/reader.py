@@ -13,7 +13,7 @@ import os
 
 import safetensors
 
-from ..backbones import adapter_from_state, backbone_from_state
+from ..backbones import BaseNetworkError, adapter_from_state, backbone_from_state
 from ..persistence.checks import check_networks
 from ..persistence.codec import from_json
 from ..persistence.modules import module_from_state
@@ -65,6 +65,11 @@ def load(path, trusted=None):
         When the file is not a model file, is truncated or corrupted (the
         message names the file), was written by a newer format version, or
         names an estimator class that sktransfer does not save.
+    BaseNetworkError
+        A subclass of ``ValueError``: for a model fine-tuned with an adapter
+        and saved without ``include_base=True``, when the pretrained base it
+        refers to cannot be loaded here, or differs from the one it was
+        fitted on (see :func:`save`).
 
     See Also
     --------
@@ -94,7 +99,7 @@ def load(path, trusted=None):
             # A copy: the two modules must not share memory (one may be trained).
             tensors[alias] = tensors[name].copy()
         return _Reader(manifest, tensors, trusted).root(sklearn_part)
-    except (UntrustedTypeError, ImportError):
+    except (UntrustedTypeError, ImportError, BaseNetworkError):
         raise
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise ValueError(f"{path}: the model file is inconsistent ({type(exc).__name__}: "

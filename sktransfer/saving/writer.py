@@ -4,6 +4,7 @@ The layout is described in :mod:`sktransfer.saving.format`; reading it
 back is :mod:`sktransfer.saving.reader`'s.
 """
 
+import contextlib
 import copy
 import json
 import os
@@ -17,7 +18,7 @@ from torch import nn
 from .._utils.files import write_atomically
 from .._version import __version__
 from .._utils.validation import is_fitted
-from ..backbones import Backbone, adapter_state, backbone_state
+from ..backbones import Backbone, adapter_state, backbone_state, self_contained
 from ..persistence.checks import check_networks
 from ..persistence.codec import check_json_able, to_json
 from ..persistence.modules import module_state
@@ -35,7 +36,7 @@ _SKIPPED_ATTRS = ("net_", "_optimizer_state")
 __all__ = ["save"]
 
 
-def save(obj, path):
+def save(obj, path, *, include_base=False):
     """Write a fitted model to one file that loads without pickle.
 
     Parameters
@@ -51,6 +52,16 @@ def save(obj, path):
         The file to write (``.skt`` by convention). It is written to a
         temporary file first and then renamed, so a failed save leaves
         nothing behind and never a half-written model.
+    include_base : bool, default=False
+        For a model fine-tuned with an ``adapter``: also store its pretrained
+        base network. By default the file holds the adapter, the head and a
+        reference to the base (its spec, weights and a digest of its
+        tensors): a file of megabytes rather than gigabytes, which
+        :func:`load` completes by loading the base where the fit found it (a
+        local directory or file, or the download cache) and refuses when
+        that base's digest differs. ``True`` writes a self-contained file,
+        for a machine where the base cannot be found. Other models always
+        hold their whole network.
 
     Raises
     ------
@@ -79,7 +90,8 @@ def save(obj, path):
     >>> bool((loaded.transform(X) == pft.transform(X)).all())
     True
     """
-    metadata, tensors = _Writer().file(obj)
+    with self_contained() if include_base else contextlib.nullcontext():
+        metadata, tensors = _Writer().file(obj)
     # Through a temporary file beside it, synced, then renamed: a crash or a
     # full disk never leaves a short file under the model's name.
     write_atomically(os.fspath(path),
