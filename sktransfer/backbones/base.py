@@ -22,7 +22,7 @@ from .adapters import (ADAPTER_KEY, adapter_tensors, base_network, exact_targets
                        restore_adapter)
 from .groups import ordered_param_groups
 from .pooling import PoolingEncoder, pool_layers, set_network_pooling
-from .reference import REFERENCE, check_origin, load_base, unchanged_base
+from .reference import REFERENCE, check_origin, load_base, reference, tensors_state
 from .registry import get_source, preprocess_from_state, preprocess_state, spec_source
 
 MODALITIES = ("image", "text", "audio", "tensor")
@@ -74,9 +74,11 @@ class Backbone:
     adapter_config = None
     #: Names of the parameters that never train (the pretrained weights under an adapter).
     fixed = frozenset()
-    #: How it was loaded (spec, weights, pooling, image size, digest), or None: what an
-    #: adapted model's files refer to instead of holding the base (see :mod:`.reference`).
+    #: How it was loaded (spec, weights, pooling, image size), or None; and its tensors'
+    #: state then: what an adapted model's files refer to instead of holding the base
+    #: while it is unchanged (see :mod:`.reference`).
     origin = None
+    loaded_state = None
 
     def __init__(self, module, preprocess, modality, spec, weights_id="",
                  out_dim=None, input_channels=None, param_groups=None):
@@ -257,9 +259,8 @@ def backbone_state(backbone):
         config>}``; for an adapted network whose pretrained base is
         unchanged since it was loaded, ``{"kind": "reference", ...}``
         (:mod:`~sktransfer.backbones.reference`: the base is loaded again
-        from ``origin`` and checked by digest). ``origin`` says how it was
-        loaded (None for a module or random weights); ``adapter`` the
-        adapter's config, when it has one.
+        from ``origin``, how it was loaded, and checked by ``origin``'s
+        digest); ``adapter``: the adapter's config, when it has one.
     tensors : dict of {str: numpy.ndarray}
         The module's state dict as CPU arrays (for modules: as
         :func:`~sktransfer.persistence.modules.module_state` gives them),
@@ -279,7 +280,8 @@ def backbone_state(backbone):
     source = spec_source(backbone.spec)
     # An adapted network is stored as it was pretrained, its adapter beside it.
     module = base_network(backbone.module)
-    if unchanged_base(backbone, module):
+    found = reference(backbone, module)
+    if found is not None:
         # The pretrained base as a reference checked by digest: no tensor of it is stored.
         network, tensors = _reference_state(module), {}
     elif source is not None:
@@ -299,8 +301,9 @@ def backbone_state(backbone):
         "param_groups": None if groups is None else [[g, list(n)] for g, n in groups],
         "preprocess": preprocess_state(backbone.preprocess),
         "network": network,
-        "origin": backbone.origin,
     }
+    if found is not None:
+        config["origin"] = found
     if backbone.adapter_config is not None:
         from .adapter_config import config_state  # needs peft, as the adapter did
 
@@ -340,7 +343,6 @@ def backbone_from_state(config, tensors, *, classes=None, trusted=()):
     network = config["network"]
     adapter = {k[len(ADAPTER_KEY):]: v for k, v in tensors.items() if k.startswith(ADAPTER_KEY)}
     tensors = {k: v for k, v in tensors.items() if not k.startswith(ADAPTER_KEY)}
-    found = check_origin(config.get("origin"))
     # The adapter's config is checked before any network is built or loaded.
     adapter_config = None
     if config.get("adapter") is not None:
@@ -354,7 +356,9 @@ def backbone_from_state(config, tensors, *, classes=None, trusted=()):
         if tensors:
             raise ValueError("the saved backbone refers to its base network and also holds "
                              f"its tensors ({sorted(tensors)[:3]}...)")
+        found = check_origin(config.get("origin"))
         module = _network_from_reference(network, found)
+        loaded = tensors_state(module)
     elif network["kind"] == "spec":
         module = _spec_network_from_state(network, tensors)
     else:
@@ -366,7 +370,10 @@ def backbone_from_state(config, tensors, *, classes=None, trusted=()):
         input_channels=config.get("input_channels"),
         param_groups=None if groups is None else [(g, list(n)) for g, n in groups],
     )
-    backbone.origin = found
+    if network["kind"] == REFERENCE:
+        # Stored by reference again while the base is unchanged.
+        backbone.origin = {k: v for k, v in found.items() if k != "digest"}
+        backbone.loaded_state = loaded
     if adapter_config is not None:
         restore_adapter(backbone, adapter_config,
                         {k: array_to_tensor(v) for k, v in adapter.items()})
@@ -399,8 +406,6 @@ def _reference_state(base):
 
 def _network_from_reference(network, found):
     """The base :func:`load_base` loads, in the stored modes (the adapter goes in next)."""
-    if found is None:
-        raise ValueError("the saved backbone refers to its base network but names no origin")
     module = load_base(found).module
     _set_modes(module, network)
     return module

@@ -14,8 +14,8 @@ import threading
 import numpy as np
 
 from .._utils.seeding import seeded
-from ..feature_cache.keys import remember_weights_digest, weights_digest
-from .reference import origin, use_loader
+from ..feature_cache.keys import known_weights_digest, remember_weights_digest, weights_digest
+from .reference import origin, tensors_state, use_loader
 from .specs import load_backbone
 
 #: Backbones kept per process; a search over a few backbones fits, and an
@@ -83,20 +83,27 @@ def load_backbone_cached(spec, weights="DEFAULT", *, pooling="auto", image_size=
         # drawn from exactly that seed, as a caller's own seeding would.
         with seeded(random_state if weights is None else None):
             template = load_backbone(spec, weights, pooling=pooling, image_size=image_size)
-        # Hashed once here, so that the feature cache's key of every copy
-        # below costs nothing.
-        weights_digest(template.module)
         with _LOCK:
             _BACKBONES[key] = template
             _BACKBONES.move_to_end(key)
             while len(_BACKBONES) > MAX_ENTRIES:
                 _BACKBONES.popitem(last=False)
+    if not share_parameters:
+        # Hashed once (then remembered), so that the feature cache's key of
+        # every copy costs nothing. Not for a fit under an adapter, which never
+        # reads most of a large embedding table: hashing would bring all of it
+        # into memory.
+        weights_digest(template.module)
     backbone = template.copy(share_parameters=share_parameters)
     # A deep copy holds the same values, so it inherits the template's digest
-    # instead of hashing every tensor again.
-    remember_weights_digest(backbone.module, weights_digest(template.module))
-    # Where it came from, so that an adapted model can store its base by reference.
-    backbone.origin = origin(spec, weights, pooling, image_size, weights_digest(template.module))
+    # (where it is known) instead of hashing every tensor again.
+    digest = known_weights_digest(template.module)
+    if digest is not None:
+        remember_weights_digest(backbone.module, digest)
+    # Where it came from and its tensors as loaded, so that an adapted model
+    # can store its base by reference (see .reference).
+    backbone.origin = origin(spec, weights, pooling, image_size)
+    backbone.loaded_state = tensors_state(backbone.module)
     return backbone
 
 

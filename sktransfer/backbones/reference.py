@@ -75,7 +75,7 @@ def self_contained():
         _SELF_CONTAINED.reset(token)
 
 
-def origin(spec, weights, pooling, image_size, digest):
+def origin(spec, weights, pooling, image_size):
     """What :func:`load_base` needs to load a backbone again, or None where it cannot.
 
     A random initialization (``weights=None``) has no origin to load again,
@@ -90,14 +90,27 @@ def origin(spec, weights, pooling, image_size, digest):
         return None
     if isinstance(image_size, (tuple, list)):
         image_size = [int(v) for v in image_size]
-    return {"spec": spec, "weights": weights, "pooling": pooling, "image_size": image_size,
-            "digest": digest}
+    return {"spec": spec, "weights": weights, "pooling": pooling, "image_size": image_size}
+
+
+def tensors_state(module, skip=frozenset()):
+    """Where each tensor of ``module`` lives and how often it was written in place.
+
+    What tells, without reading a weight, that a network's tensors are still
+    those it was loaded with: a write in place bumps a tensor's version, and
+    a replaced tensor, submodule or ``.data`` has another address. ``skip``:
+    parameter names left out (an adapter's, added after loading).
+    """
+    tensors = [t for name, t in module.named_parameters() if name not in skip]
+    tensors += [t for _, t in module.named_buffers()]
+    try:
+        return frozenset((t.device.type, t.data_ptr(), t._version) for t in tensors)
+    except (RuntimeError, ValueError, AttributeError):  # lazy parameters: no storage yet
+        return None
 
 
 def check_origin(value):
-    """``value`` as an origin read from a pickle or file, or a ValueError."""
-    if value is None:
-        return None
+    """``value`` as a base reference read from a pickle or file, or a ValueError."""
     fields = {"spec": str, "weights": str, "pooling": str, "digest": str}
     if (not isinstance(value, dict) or set(value) != {*fields, "image_size"}
             or not all(isinstance(value[k], t) for k, t in fields.items())):
@@ -113,13 +126,25 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 4096
 
 
-def unchanged_base(backbone, base):
-    """Whether ``backbone``'s stored form may refer to its ``base`` network instead of
-    holding it (``base``: its module without the adapter)."""
+def reference(backbone, base):
+    """The stored reference to ``backbone``'s ``base`` network (its module without
+    the adapter), or None where the base must be stored whole.
+
+    Whether the base is still the one loaded is told by its tensors' state
+    (no weight is read: a fit under an adapter never reads most of a large
+    embedding table, and need not for this); the digest the file carries is
+    taken now, from ``base`` itself.
+    """
     found = backbone.origin
     if found is None or backbone.adapter_config is None or _SELF_CONTAINED.get():
-        return False
-    return weights_digest(base) == found["digest"]
+        return None
+    if tensors_state(backbone.module, skip=_adapter_names(backbone)) != backbone.loaded_state:
+        return None
+    return {**found, "digest": weights_digest(base)}
+
+
+def _adapter_names(backbone):
+    return frozenset(n for n, _ in backbone.module.named_parameters() if n not in backbone.fixed)
 
 
 def load_base(found):
@@ -159,5 +184,4 @@ def load_base(found):
             f"{digest[:16]}..., the model was fitted on {found['digest'][:16]}.... Its "
             "predictions would be wrong. Restore the original base, or save the model "
             "where it was fitted with sktransfer.save(..., include_base=True).")
-    backbone.origin = dict(found)
     return backbone
