@@ -67,10 +67,13 @@ VERDICTS = ("was wonderful", "was a real letdown", "made my whole day", "broke a
             "smelled a bit odd")
 
 
-def _sizes(quick):
+def _sizes(quick, device="cpu"):
     if quick:
         return dict(vit="vit_tiny_patch16_224", vit_n=16, minilm_n=48, repeats=1,
                     calls=30)
+    if torch.device(device).type == "cuda":
+        # A GPU has the memory for the large model the issue's GPU targets name.
+        return dict(vit="vit_large_patch16_224", vit_n=32, minilm_n=192, repeats=3, calls=40)
     return dict(vit="vit_base_patch16_224", vit_n=16, minilm_n=96, repeats=3, calls=40)
 
 
@@ -293,6 +296,9 @@ def predict_and_size_tables(settings, sizes):
             path = os.path.join(tmp, f"{s}.skt")
             sktransfer.save(clf, path)
             bytes_[s] = os.path.getsize(path)
+        path = os.path.join(tmp, "whole.skt")
+        sktransfer.save(fitted["lora"], path, include_base=True)
+        bytes_["whole"] = os.path.getsize(path)
     ratio = bytes_["lora"] / bytes_["full"]
     adapter = sum(p.numel() for n, p in fitted["lora"].net_.module_.named_parameters()
                   if "lora_" in n)
@@ -300,15 +306,19 @@ def predict_and_size_tables(settings, sizes):
         "Adapters: saved file size (all-MiniLM-L6-v2)",
         ["classifier", "file (MB)", "ratio to full", "target", "met"],
         [["sktransfer full fine-tuning", bytes_["full"] / 1e6, 1.0, "", ""],
-         ["sktransfer LoRA r=8", bytes_["lora"] / 1e6, ratio, "<= 0.05",
-          "yes" if ratio <= 0.05 else "no"]],
+         ["sktransfer LoRA r=8 (the base by reference)", bytes_["lora"] / 1e6, ratio,
+          "<= 0.05", "yes" if ratio <= 0.05 else "no"],
+         ["sktransfer LoRA r=8, `include_base=True`", bytes_["whole"] / 1e6,
+          bytes_["whole"] / bytes_["full"], "", ""]],
         [f"`sktransfer.save` to a `.skt` file. The LoRA adapter holds {adapter:,} values "
-         f"({adapter * 4 / 1e6:.2f} MB as float32)."])
+         f"({adapter * 4 / 1e6:.2f} MB as float32); both files also carry the tokenizer's "
+         "files. By default an adapted model's file refers to its pretrained base (spec, "
+         "weights, digest) instead of holding it."])
     return [latency, size]
 
 
 def run(settings):
-    sizes = _sizes(settings.quick)
+    sizes = _sizes(settings.quick, settings.device)
     return fit_tables(settings, sizes) + predict_and_size_tables(settings, sizes)
 
 
