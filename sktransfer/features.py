@@ -107,11 +107,14 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
         by content, layers, pooling, preprocessing, precision), so a search
         over the model after this step embeds each distinct sample once, and
         any change that alters the output is a miss, never a stale hit.
-    runtime : {"torch", "compile", "onnx"}, default="torch"
+    runtime : {"torch", "compile", "onnx", "openvino"}, default="torch"
         What runs the network in ``transform``: PyTorch eagerly;
         ``torch.compile`` (compiled at the first call, faster on repeated
-        calls of the same shapes); or ONNX Runtime (exported at the first
-        call; needs ``pip install "sktransfer[onnx]"``; runs in float32). See
+        calls of the same shapes); ONNX Runtime (exported at the first
+        call; needs ``pip install "sktransfer[onnx]"``; runs in float32); or
+        OpenVINO on the CPU (the same export, compiled by OpenVINO; needs
+        ``pip install "sktransfer[openvino]"``; float32, or bf16 with
+        ``precision="bf16"`` where the CPU has bf16 units). See
         :doc:`/speed` for which to pick.
     quantize : {None, "int8"}, default=None
         ``"int8"`` quantizes the exported ONNX graph dynamically (int8

@@ -16,7 +16,9 @@ thread) runs through it:
 - :mod:`~sktransfer.engine.runtimes` runs it eagerly or through
   ``torch.compile``;
 - :mod:`~sktransfer.engine.onnx` exports it once to ONNX Runtime (fp32, or
-  dynamically quantized to int8).
+  dynamically quantized to int8);
+- :mod:`~sktransfer.engine.openvino` compiles that export for the CPU with
+  OpenVINO (fp32, or bf16 where the CPU has bf16 units).
 
 This package imports no estimator; the estimators import it.
 """

@@ -182,7 +182,8 @@ class ServesFromEngine:
             engine = self._current_engine(purpose, key, sources)
             if engine is None:
                 snapshots = tuple(held.snapshot(m) for m in sources)
-                channels_last = self.runtime != "onnx" and uses_convolutions(sources[0])
+                channels_last = (self.runtime not in ("onnx", "openvino")
+                                 and uses_convolutions(sources[0]))
                 copies = _resident_copies(held, snapshots, device, channels_last)
                 # A tree of its own per engine (sharing the resident tensors),
                 # so one engine's layer hooks never fire in another's calls.

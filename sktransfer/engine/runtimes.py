@@ -1,4 +1,4 @@
-"""The runtimes an engine runs its network in: eager torch, torch.compile, ONNX Runtime.
+"""The runtimes an engine runs its network in: eager torch, torch.compile, ONNX Runtime, OpenVINO.
 
 Every engine is called with a preprocessed batch already on its
 :attr:`~Engine.device` (a tensor, or a dict of tensors for text) and returns
@@ -18,7 +18,7 @@ from .._utils.device import autocast, resolve_precision
 from .._utils.validation import InvalidParameterError
 
 #: The values of the estimators' ``runtime`` parameter.
-RUNTIMES = ("torch", "compile", "onnx")
+RUNTIMES = ("torch", "compile", "onnx", "openvino")
 #: The values of ``quantize`` besides None.
 QUANTIZATIONS = ("int8",)
 
@@ -28,7 +28,7 @@ def check_runtime(runtime, quantize, device, precision):
 
     Parameters
     ----------
-    runtime : {"torch", "compile", "onnx"}
+    runtime : {"torch", "compile", "onnx", "openvino"}
     quantize : None or "int8"
     device : torch.device
     precision : {"auto", "fp32", "bf16", "fp16"}
@@ -36,7 +36,9 @@ def check_runtime(runtime, quantize, device, precision):
     Returns
     -------
     torch.dtype or None
-        The autocast dtype (None for float32). ONNX graphs run in float32.
+        The autocast dtype (None for float32). ONNX graphs run in float32;
+        OpenVINO in bf16 (``torch.bfloat16``) where ``precision="bf16"`` is
+        asked and the CPU has bf16 units, else float32.
 
     Raises
     ------
@@ -63,10 +65,13 @@ def check_runtime(runtime, quantize, device, precision):
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise InvalidParameterError(f"quantize must be None or one of {QUANTIZATIONS}; "
                                     f"quantize={quantize!r} is not one of them")
-    if quantize is not None and runtime != "onnx":
+    if quantize is not None and runtime not in ("onnx", "openvino"):
         raise ValueError(f"quantize={quantize!r} quantizes the exported ONNX graph, so it "
                          f"needs runtime='onnx'; got runtime={runtime!r}. Use "
                          f"runtime='onnx', or quantize=None.")
+    if runtime == "openvino":
+        from .openvino import check_openvino
+        return check_openvino(device, quantize, precision)
     if runtime != "onnx":
         return resolve_precision(precision, device)
     if device.type not in ("cpu", "cuda"):
@@ -245,4 +250,7 @@ def build_engine(module, device, runtime, quantize=None, amp_dtype=None, name="t
     if runtime == "onnx":
         from .onnx import OnnxEngine
         return OnnxEngine(module, device, quantize=quantize, name=name)
+    if runtime == "openvino":
+        from .openvino import OpenVinoEngine
+        return OpenVinoEngine(module, device, amp_dtype, name=name)
     return Engine(module, device, amp_dtype)

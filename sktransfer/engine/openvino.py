@@ -1,0 +1,179 @@
+"""OpenVINO engines: the inference network compiled for the CPU by OpenVINO's runtime.
+
+The network is exported once by the same exporter as ``runtime="onnx"``
+(:func:`~sktransfer.engine.onnx.export_program`: dynamic batch and sequence
+axes), read by OpenVINO's runtime (``Core.read_model``, which reads ONNX
+itself: no conversion tool, whose usage telemetry stays out of the picture)
+and compiled for the CPU, in memory: nothing is kept on disk. With bf16
+asked (``precision="bf16"``) and a CPU that has bf16 matrix units (AMX or
+AVX512-BF16, as OpenVINO reports them), OpenVINO runs the network in bf16;
+otherwise in float32.
+"""
+
+import os
+import tempfile
+import threading
+import warnings
+
+import numpy as np
+import torch
+
+from .onnx import _flat, _input_names, export_program
+
+INSTALL = "pip install \"sktransfer[openvino]\""
+
+_CORE = []
+_CORE_LOCK = threading.Lock()
+
+
+def core():
+    """The process's ``openvino.Core`` (made once), or an ImportError naming the fix."""
+    with _CORE_LOCK:
+        if not _CORE:
+            try:
+                import openvino
+            except ImportError as exc:
+                raise ImportError(f"runtime='openvino' needs the openvino package: "
+                                  f"{INSTALL}") from exc
+            _CORE.append(openvino.Core())
+        return _CORE[0]
+
+
+def cpu_has_bf16():
+    """Whether this CPU has units that compute in bf16, as OpenVINO detects them.
+
+    Read from the CPU plugin's ``OPTIMIZATION_CAPABILITIES`` (``"BF16"`` on
+    CPUs with AMX or AVX512-BF16), never guessed from a model name.
+    """
+    return "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def check_openvino(device, quantize, precision):
+    """Refuse what the OpenVINO engine cannot do; return the autocast-style dtype it uses.
+
+    Returns
+    -------
+    torch.dtype or None
+        ``torch.bfloat16`` when it will run in bf16, None for float32.
+    """
+    if device.type != "cpu":
+        raise ValueError(f"runtime='openvino' compiles the network for the CPU; on {device} "
+                         "use runtime='torch', 'compile' or 'onnx', or device='cpu'.")
+    if quantize is not None:
+        raise ValueError(f"quantize={quantize!r} is ONNX Runtime's dynamic quantization; "
+                         "runtime='openvino' runs float32 or bf16. Use runtime='onnx' with "
+                         "quantize='int8', or quantize=None.")
+    if precision == "fp16":
+        raise ValueError("runtime='openvino' runs float32, or bf16 where the CPU has bf16 "
+                         "units; precision='fp16' applies to GPUs. Use precision='bf16', "
+                         "'fp32' or 'auto'.")
+    core()
+    if precision != "bf16":
+        return None
+    if cpu_has_bf16():
+        return torch.bfloat16
+    _warn_once("precision='bf16' with runtime='openvino': this CPU has no bf16 units "
+               "(AMX or AVX512-BF16), so OpenVINO runs the network in float32.")
+    return None
+
+
+_WARNED = set()
+
+
+def _warn_once(message):
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, UserWarning, stacklevel=4)
+
+
+class OpenVinoEngine:
+    """An :class:`~sktransfer.engine.module.InferenceModule` compiled by OpenVINO for the CPU.
+
+    Compiled at the first call, from that batch (the input names and shapes
+    are known only then), under a lock; the compiled model and the input
+    keys it was made for are published together, as one attribute. Each
+    thread runs its own infer request (one request is not safe to share).
+
+    Parameters
+    ----------
+    module : InferenceModule
+    device : torch.device
+        The CPU.
+    amp_dtype : torch.dtype or None
+        ``torch.bfloat16``: OpenVINO's bf16 inference precision; None: f32.
+    name : str
+        The network's name, for error messages.
+    """
+
+    runtime = "openvino"
+
+    def __init__(self, module, device, amp_dtype=None, name="the network"):
+        self.module = module
+        self.device = device
+        self.amp_dtype = amp_dtype
+        self.name = name
+        self._compiled = None  # (compiled model, input keys, graph input names)
+        self._lock = threading.Lock()
+        self._requests = threading.local()
+
+    @property
+    def precision(self):
+        """The inference precision OpenVINO compiled the network for (``"f32"``, ``"bf16"``)."""
+        compiled = self._compiled
+        if compiled is None:
+            return None
+        return str(compiled[0].get_property("INFERENCE_PRECISION_HINT")).lower()
+
+    def __call__(self, inputs):
+        keys, tensors = _flat(inputs)
+        compiled = self._compiled
+        if compiled is None:
+            with self._lock:
+                if self._compiled is None:
+                    self._compiled = self._compile(keys, tensors)
+                compiled = self._compiled
+        model, compiled_keys, names = compiled
+        if keys != compiled_keys:
+            raise ValueError(f"runtime='openvino': the network was compiled for inputs "
+                             f"{compiled_keys}, and this batch has {keys}")
+        request = getattr(self._requests, "request", None)
+        if request is None or self._requests.model is not model:
+            request = model.create_infer_request()
+            self._requests.request, self._requests.model = request, model
+        given = dict(zip(_input_names(keys), tensors))
+        # The exporter drops inputs the graph does not read (token_type_ids
+        # of a model that ignores them): feed the ones it kept.
+        feed = {name: _np(given[name]) for name in names}
+        result = request.infer(feed)
+        # A copy: the request's output buffer is reused by its next call.
+        return torch.from_numpy(np.array(result[model.output(0)], copy=True))
+
+    def _compile(self, keys, tensors):
+        ov_core = core()
+        with tempfile.TemporaryDirectory(prefix="sktransfer-openvino-") as folder:
+            path = os.path.join(folder, "model.onnx")
+            try:
+                program = export_program(self.module, keys, tensors)
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise RuntimeError(
+                    f"runtime='openvino': torch's ONNX exporter could not export {self.name} "
+                    f"({type(exc).__name__}: {first}); use runtime='torch' or "
+                    f"runtime='compile'.") from exc
+            program.save(path)
+            # Read into memory (weights included) before the folder goes.
+            graph = ov_core.read_model(path)
+            config = {
+                "INFERENCE_PRECISION_HINT": "bf16" if self.amp_dtype == torch.bfloat16
+                else "f32",
+                # The same CPU threads as the torch runtime, so runtimes compare alike.
+                "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                "PERFORMANCE_HINT": "LATENCY",
+            }
+            model = ov_core.compile_model(graph, "CPU", config)
+        names = [port.get_any_name() for port in model.inputs]
+        return model, keys, names
+
+
+def _np(tensor):
+    return tensor.detach().cpu().numpy()
