@@ -104,21 +104,10 @@ class OnnxEngine:
 
     def _export(self, keys, tensors):
         onnxruntime = check_onnxruntime(self.device)
-        # Two rows at least: torch.export specializes a dimension of size 1,
-        # and the graph must take any batch size.
-        example = tuple(t.repeat(2, *([1] * (t.ndim - 1))) if t.shape[0] < 2 else t
-                        for t in tensors)
-        wrapper = _FlatInputs(self.module, keys).eval()
-        shapes = _dynamic_shapes(keys, example)
-        names = _input_names(keys)
         with tempfile.TemporaryDirectory(prefix="sktransfer-onnx-") as folder:
             path = os.path.join(folder, "model.onnx")
             try:
-                with warnings.catch_warnings(), torch.no_grad(), _quiet_exporter_ir():
-                    warnings.simplefilter("ignore")
-                    program = torch.onnx.export(
-                        wrapper, example, input_names=names, output_names=["output"],
-                        dynamic_shapes=(shapes,), dynamo=True, verbose=False)
+                program = export_program(self.module, keys, tensors)
             except Exception as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 raise RuntimeError(
@@ -128,7 +117,7 @@ class OnnxEngine:
             # A full or read-only temporary folder raises its own OSError here.
             program.save(path)
             if self.quantize == "int8":
-                path = _quantized(path)
+                path = quantized(path)
             options = onnxruntime.SessionOptions()
             # The same CPU threads as the torch runtime, so runtimes compare alike.
             options.intra_op_num_threads = torch.get_num_threads()
@@ -139,7 +128,41 @@ class OnnxEngine:
             return onnxruntime.InferenceSession(path, options, providers=providers)
 
 
-def _quantized(path):
+def export_program(module, keys, tensors, *, opset=None):
+    """``module`` exported by torch's exporter: an ``ONNXProgram`` (``.model_proto``).
+
+    The graph's inputs are named after ``keys`` (``"input"`` for a lone
+    tensor), its output ``"output"``; the batch axis is dynamic, and so is
+    every other axis the network does not fix (see :func:`_dynamic_shapes`).
+    What :class:`OnnxEngine` runs, and what :func:`sktransfer.export_onnx`
+    embeds in a whole pipeline's graph.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Taking one tensor (``keys == (None,)``) or a dict of them.
+    keys : tuple
+        The dict's keys, in order, or ``(None,)``.
+    tensors : tuple of torch.Tensor
+        An example batch, one tensor per key.
+    opset : int, optional
+        The ONNX opset version; torch's default when None.
+    """
+    # Two rows at least: torch.export specializes a dimension of size 1,
+    # and the graph must take any batch size.
+    example = tuple(t.repeat(2, *([1] * (t.ndim - 1))) if t.shape[0] < 2 else t
+                    for t in tensors)
+    wrapper = _FlatInputs(module, keys).eval()
+    shapes = _dynamic_shapes(keys, example)
+    names = _input_names(keys)
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_exporter_ir():
+        warnings.simplefilter("ignore")
+        return torch.onnx.export(
+            wrapper, example, input_names=names, output_names=["output"],
+            dynamic_shapes=(shapes,), dynamo=True, verbose=False, opset_version=opset)
+
+
+def quantized(path):
     """The int8 graph of the float one at ``path``, written beside it."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     target = path.replace(".onnx", ".int8.onnx")
