@@ -13,7 +13,8 @@ from ._utils.validation import (BACKBONE_CONSTRAINTS, Checked, InvalidParameterE
 from .backbones import POOLINGS, load_backbone_cached
 from .feature_cache import FeatureCache, output_key
 from .chaining import KeepsTrainedBackbone
-from .engine.resident import ENGINE_CONSTRAINTS, ServesFromEngine
+from .engine.resident import (ENGINE_CONSTRAINTS, PRECISION_PROBE, ServesFromEngine,
+                              features_agree)
 from .inference import predict_batches
 from .inputs import Collate, estimator_samples
 from .persistence.modules import pack_modules, unpack_modules
@@ -91,7 +92,11 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
         device string.
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         Autocast dtype for the forward pass; ``"auto"`` is bf16 (fp16 on GPUs
-        without bf16) on CUDA and fp32 elsewhere.
+        without bf16) on CUDA and fp32 elsewhere, except with
+        ``runtime="openvino"`` on a CPU with bf16 units, where ``fit`` runs
+        a probe on up to 256 fit samples and keeps bf16 only if its
+        embeddings agree with fp32's (least cosine similarity >= 0.9999;
+        see ``precision_``).
     num_workers : int, default=0
         DataLoader worker processes that decode and preprocess batches.
     image_size : int, optional
@@ -137,6 +142,11 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
         The loaded network, its preprocessing and layer groups.
     n_features_out_ : int
         Width of the output.
+    precision_ : {"fp32", "bf16"}
+        With ``runtime="openvino"`` and ``precision="auto"`` only: the
+        precision the fit's probe chose; ``precision_agreement_`` (where the
+        probe ran: on CPUs with bf16 units) is the least cosine similarity
+        between bf16 and fp32 embeddings it measured.
     n_features_in_ : int
         Columns seen in ``fit`` (tensor backbones given 2-D input only).
 
@@ -239,6 +249,8 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
             else:
                 self.n_features_out_ = backbone.out_dim
             self._fitted_output = _output_settings(self.layers, self.pooling)
+        probe = samples.subset(np.arange(min(PRECISION_PROBE, len(samples))))
+        self._choose_precision(lambda: self._embed(probe), features_agree)
         return self
 
     def transform(self, X):

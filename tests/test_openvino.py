@@ -121,3 +121,36 @@ def test_bf16_runs_where_the_cpu_has_bf16_units_and_fp32_always_means_fp32(monke
         assert any("no bf16 units" in str(w.message) for w in caught)
         bf16 = PretrainedFeatureTransformer(net, runtime="openvino", precision="bf16").fit(X)
         np.testing.assert_allclose(bf16.transform(X), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_keeps_bf16_only_after_a_probe_at_fit_shows_agreement(monkeypatch):
+    from sktransfer.engine import openvino as engine
+    from sktransfer.engine import resident
+
+    X = np.random.RandomState(0).rand(30, 6).astype(np.float32)
+    y = (X[:, 0] > 0.5).astype(int)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU())
+    # Without bf16 units nothing is probed: float32, recorded.
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: False)
+    clf = FineTunedClassifier(net, runtime="openvino", max_epochs=1, random_state=0).fit(X, y)
+    assert clf.precision_ == "fp32" and not hasattr(clf, "precision_agreement_")
+    expected = clf.predict_proba(X)
+    # A CPU reporting bf16 units: the probe runs both and keeps bf16 where they agree
+    # (OpenVINO runs this CPU's "bf16" in float32: they agree exactly).
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf.fit(X, y)
+        assert clf.precision_ == "bf16" and clf.precision_agreement_ <= 1e-3
+        assert check_runtime("openvino", None, CPU, clf._engine_precision()) is torch.bfloat16
+        np.testing.assert_allclose(clf.predict_proba(X), expected, atol=1e-5)
+        pft = PretrainedFeatureTransformer(net, runtime="openvino").fit(X)
+        assert pft.precision_ == "bf16" and pft.precision_agreement_ >= 0.9999
+        # Where they disagree beyond the bar, float32 stays.
+        monkeypatch.setattr(resident, "FEATURE_COSINE", 1.5)
+        pft.fit(X)
+        assert pft.precision_ == "fp32" and pft.precision_agreement_ < 1.5
+        # precision="fp32" always means float32: no probe, nothing recorded.
+        fp32 = PretrainedFeatureTransformer(net, runtime="openvino", precision="fp32").fit(X)
+        assert not hasattr(fp32, "precision_")
+        assert check_runtime("openvino", None, CPU, fp32._engine_precision()) is None

@@ -25,6 +25,7 @@ import inspect
 import threading
 import weakref
 
+import numpy as np
 import torch
 
 from .._utils.device import resolve_device
@@ -101,6 +102,33 @@ def engine_purposes(estimator):
     return [] if held is None else sorted(held.engines)
 
 
+#: Fit samples the precision probe runs on (at most).
+PRECISION_PROBE = 256
+#: The agreement bf16 must show with float32 on the fit samples before
+#: ``precision="auto"`` uses it: the least cosine similarity of embeddings...
+FEATURE_COSINE = 0.9999
+#: ...and the largest difference of probabilities (with the same labels).
+PROBABILITY_GAP = 1e-3
+
+
+def features_agree(reference, candidate):
+    """``(agrees, least cosine similarity)`` of two ``(n, d)`` outputs, row by row."""
+    a, b = np.asarray(reference, dtype=np.float64), np.asarray(candidate, dtype=np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cosine = float(np.min(np.where(norms > 0, (a * b).sum(1) / np.maximum(norms, 1e-300),
+                                   (a == b).all(1))))
+    return cosine >= FEATURE_COSINE, cosine
+
+
+def probabilities_agree(reference, candidate):
+    """``(agrees, largest difference)``: the same labels (the most probable class, and
+    each probability's side of 0.5) and probabilities within :data:`PROBABILITY_GAP`."""
+    a, b = np.asarray(reference, dtype=np.float64), np.asarray(candidate, dtype=np.float64)
+    gap = float(np.abs(a - b).max()) if a.size else 0.0
+    same = np.array_equal(a.argmax(1), b.argmax(1)) and np.array_equal(a >= 0.5, b >= 0.5)
+    return same and gap <= PROBABILITY_GAP, gap
+
+
 class ServesFromEngine:
     """Mixin: resident inference engines for an estimator with ``device``,
     ``precision``, ``runtime`` and ``quantize`` parameters."""
@@ -139,7 +167,38 @@ class ServesFromEngine:
     def _check_engine_params(self):
         """Refuse, at fit, a ``runtime``/``quantize``/device combination that cannot run."""
         return check_runtime(self.runtime, self.quantize, resolve_device(self.device),
-                             self.precision)
+                             self._engine_precision())
+
+    def _engine_precision(self):
+        """The ``precision`` engines are built with: the parameter, except that
+        ``"auto"`` under ``runtime="openvino"`` is what the fit's probe chose."""
+        if self.runtime == "openvino" and self.precision == "auto":
+            return "bf16" if self.__dict__.get("precision_") == "bf16" else "fp32"
+        return self.precision
+
+    def _choose_precision(self, run, agree):
+        """Settle ``precision="auto"`` under ``runtime="openvino"`` (at fit).
+
+        On a CPU with bf16 units, ``run()`` (the fitted model's outputs on
+        some fit samples) is computed in float32 and in bf16; bf16 is kept
+        only where ``agree(fp32_outputs, bf16_outputs)`` says so. The choice
+        is ``precision_`` (``"fp32"`` or ``"bf16"``), the agreement measured
+        ``precision_agreement_``. Other settings record nothing.
+        """
+        for name in ("precision_", "precision_agreement_"):
+            self.__dict__.pop(name, None)
+        if self.runtime != "openvino" or self.precision != "auto":
+            return
+        from .openvino import cpu_has_bf16
+
+        self.precision_ = "fp32"
+        if not cpu_has_bf16():
+            return
+        reference = run()
+        self.precision_ = "bf16"
+        agrees, measured = agree(reference, run())
+        self.precision_ = "bf16" if agrees else "fp32"
+        self.precision_agreement_ = float(measured)
 
     def _engine_for(self, purpose, sources, network, *, layers=None, output=None, settings=(),
                     resident=True):
@@ -171,7 +230,7 @@ class ServesFromEngine:
             copies = [private_copy(m, device) for m in sources]
             return Engine(InferenceModule(merged_network(network(*copies)), layers, output),
                           device, amp_dtype)
-        amp_dtype = check_runtime(self.runtime, self.quantize, device, self.precision)
+        amp_dtype = check_runtime(self.runtime, self.quantize, device, self._engine_precision())
         key = (device, self.runtime, self.quantize, amp_dtype, tuple(layers or ()),
                tuple(settings))
         engine = self._current_engine(purpose, key, sources)

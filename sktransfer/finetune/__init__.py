@@ -19,6 +19,7 @@ from .base import N_PAIRS, OBJECTIVES, _FineTuned
 from .docs import ATTRIBUTES_DOC, PARAMS_DOC
 from .._utils.signature import positional_deprecated
 from .._utils.validation import InstanceOf, Interval, Options
+from ..engine.resident import probabilities_agree
 from ..inputs.domains import check_prediction_domain
 from ..scaling import is_lazy_collection
 from ..training.targets import (check_indicator, check_labels, check_regression_targets,
@@ -317,6 +318,10 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
 
     def _probabilities(self):
         return _sigmoid if getattr(self, "_multilabel", False) else super()._probabilities()
+
+    def _precision_probe(self, X, purpose="proba", agree=probabilities_agree):
+        # A classifier's bf16 must give the same labels and near probabilities.
+        return super()._precision_probe(X, purpose, agree)
 
     def _stratify(self, target, n_valid):
         # Multilabel rows have no single class to stratify by: an unstratified split.

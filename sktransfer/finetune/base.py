@@ -24,7 +24,8 @@ from .._utils.validation import (BACKBONE_CONSTRAINTS, AnyOf, Boolean, Checked, 
                                 Interval, Options, validate_params)
 from ..backbones import attach_adapter, check_adapter, load_backbone_cached
 from ..chaining import KeepsTrainedBackbone
-from ..engine.resident import ENGINE_CONSTRAINTS, ServesFromEngine
+from ..engine.resident import (ENGINE_CONSTRAINTS, PRECISION_PROBE, ServesFromEngine,
+                               features_agree)
 from ..inference import predict_batches
 from ..inputs import estimator_samples, split_domains
 from ..training.distributed import shared_random_state, training_group
@@ -211,6 +212,7 @@ class _FineTuned(EmbedsWithBackbone, PicklesPlainly, KeepsTrainedBackbone, Serve
                 train, valid = self._split(domains.labelled_samples(samples))
                 self._train(plan, group, train, valid, plan.max_epochs, first=True,
                             target=domains.target_rows(samples))
+        self._choose_precision(*self._precision_probe(X))
         return self
 
     def _partial_fit(self, X, y, sample_weight):
@@ -468,6 +470,12 @@ class _FineTuned(EmbedsWithBackbone, PicklesPlainly, KeepsTrainedBackbone, Serve
                                batch_size=self.batch_size, num_workers=self.num_workers,
                                verbose=self.verbose >= 2 and is_main_process())
 
+
+    def _precision_probe(self, X, purpose="transform", agree=features_agree):
+        """``(run, agree)``: the outputs on ``X`` the fit's precision probe compares."""
+        samples = self._samples(X, reset=False)
+        probe = samples.subset(np.arange(min(PRECISION_PROBE, len(samples))))
+        return (lambda: self._predict(purpose, probe)), agree
 
     def _probabilities(self):
         """The function of the model's outputs that gives ``predict_proba``."""

@@ -101,6 +101,11 @@ PARAMS_DOC = """
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         Autocast dtype (automatic mixed precision); ``"auto"`` is bf16 (fp16
         with loss scaling on GPUs without bf16) on CUDA and fp32 elsewhere.
+        For predictions with ``runtime="openvino"`` on a CPU with bf16
+        units, ``fit`` runs a probe on up to 256 fit samples and keeps bf16
+        only if it agrees with fp32 (a classifier: the same labels and
+        probabilities within 1e-3; a regressor: embeddings with least cosine
+        similarity >= 0.9999; see ``precision_``).
     num_workers : int, default=0
         DataLoader worker processes that decode and preprocess batches.
     image_size : int, optional
@@ -234,6 +239,12 @@ ATTRIBUTES_DOC = """
         per batch the losses and the head's learning rate ``event_lr``.
     n_features_out_ : int
         Width of the embeddings :meth:`transform` returns.
+    precision_ : {"fp32", "bf16"}
+        With ``runtime="openvino"`` and ``precision="auto"`` at ``fit`` only:
+        the precision the probe chose for predictions;
+        ``precision_agreement_`` (where the probe ran: on CPUs with bf16
+        units) the largest probability difference (classifier) or least
+        embedding cosine similarity (regressor) it measured.
     n_features_in_ : int
         Columns seen in ``fit`` (tensor backbones only).
     feature_names_in_ : ndarray of str
