@@ -314,3 +314,24 @@ def test_an_adapted_model_stores_its_base_by_reference_checked_when_loaded(
     shutil.rmtree(base)
     with pytest.raises(BaseNetworkError, match=r"cannot be loaded here.*include_base=True"):
         sktransfer.load(tmp_path / "lora.skt")
+
+
+def test_the_same_random_state_gives_the_same_adapted_model(data):
+    # peft draws the adapter's initial values from torch's global RNG: the fit seeds it.
+    X, y = data
+    net = mlp()
+
+    def fit():
+        torch.manual_seed(np.random.randint(1000))  # whatever the global stream holds
+        return FineTunedClassifier(net, adapter="lora", **FAST).fit(X, y).predict_proba(X)
+
+    np.testing.assert_array_equal(fit(), fit())
+
+
+def test_an_adapter_trains_at_its_own_default_rate_with_either_objective():
+    from sktransfer.finetune.base import DEFAULT_LR
+
+    for objective in ("cross_entropy", "contrastive"):
+        clf = FineTunedClassifier(nn.Linear(4, 2), adapter="lora", objective=objective)
+        assert clf._lr() == DEFAULT_LR["adapter"] == 1e-2
+    assert FineTunedClassifier(nn.Linear(4, 2), objective="contrastive")._lr() == 2e-4

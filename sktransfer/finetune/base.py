@@ -51,7 +51,7 @@ N_PAIRS = 8
 #: from a head fitted first (freeze_epochs > 0), and for contrastive training.
 #: Measured at 8 labels per class (benchmarks/bench_fewshot.py). With an
 #: ``adapter``: the rate commonly used for LoRA, not yet measured here.
-DEFAULT_LR = {"new_head": 1e-3, "fitted_head": 1e-4, "contrastive": 2e-4, "adapter": 1e-3}
+DEFAULT_LR = {"new_head": 1e-3, "fitted_head": 1e-4, "contrastive": 2e-4, "adapter": 1e-2}
 
 #: ``max_epochs=None``: the epochs of each objective.
 DEFAULT_MAX_EPOCHS = {"cross_entropy": 10, "contrastive": 3}
@@ -369,7 +369,10 @@ class _FineTuned(EmbedsWithBackbone, PicklesPlainly, KeepsTrainedBackbone, Serve
             raise ValueError(f"augment=True applies to image backbones; {backbone.spec} "
                              f"takes {backbone.modality} input. Use augment=False.")
         if getattr(self, "adapter", None) is not None:
-            self._attach_adapter(backbone)
+            # peft draws the adapter's initial values from torch's RNG: seeded,
+            # so that the same random_state gives the same model.
+            with seeded(random_state):
+                self._attach_adapter(backbone)
         self._n_frozen(backbone)  # refuses a freeze the backbone has not the groups for
         self.backbone_ = backbone
         samples = self._samples(X, reset=True, target=target)
@@ -440,10 +443,11 @@ class _FineTuned(EmbedsWithBackbone, PicklesPlainly, KeepsTrainedBackbone, Serve
         """``lr``, or the default for how this training starts (see ``DEFAULT_LR``)."""
         if self.lr is not None:
             return self.lr
-        if self._contrastive():
-            return DEFAULT_LR["contrastive"]
+        # An adapter's few parameters want a larger rate, whatever the objective.
         if getattr(self, "adapter", None) is not None:
             return DEFAULT_LR["adapter"]
+        if self._contrastive():
+            return DEFAULT_LR["contrastive"]
         return DEFAULT_LR["fitted_head" if self.freeze_epochs > 0 else "new_head"]
 
     def _max_epochs(self):

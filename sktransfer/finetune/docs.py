@@ -50,7 +50,8 @@ PARAMS_DOC = """
         convergence (``freeze_epochs > 0``): only the pretrained features
         move then, and larger steps wreck them (``benchmarks/RESULTS.md``,
         "Few-shot transfer"); ``2e-4`` with ``objective="contrastive"``, where
-        it is the backbone's rate (the head is fitted afterwards).
+        it is the backbone's rate (the head is fitted afterwards); ``1e-2``
+        with an ``adapter``, with either objective.
     backbone_lr_mult : float, default=1.0
         Discriminative learning rates: backbone group ``i`` (0-based, input
         first) of ``G`` trains at ``lr * backbone_lr_mult ** (G - i)``. A value
@@ -217,7 +218,7 @@ PARAMS_DOC = """
         (``LoraConfig`` with DoRA or rsLoRA, ``IA3Config``, ``LoHaConfig``,
         ``LoKrConfig``...) is used as given (a copy: fit never changes it);
         its ``target_modules`` may be ``"auto"``. Predictions run with the
-        adapters merged into the weights. ``lr=None`` then means 1e-3.
+        adapters merged into the weights. ``lr=None`` then means 1e-2.
         Not with ``freeze="backbone"`` nor ``l2sp > 0``. See
         :doc:`/large_backbones`."""
 
