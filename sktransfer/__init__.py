@@ -14,5 +14,14 @@ from .study import TransferReport, compare_transfer
 
 __all__ = ["FineTunedClassifier", "FineTunedRegressor", "PretrainedFeatureTransformer",
            "TransferReport", "compare_transfer", "load", "load_backbone", "rank_backbones", "save",
-           "self_contained",
+           "self_contained", "export_onnx",
            "__version__"]
+
+
+def __getattr__(name):
+    # export_onnx imports skl2onnx and onnx: only when it is asked for, so that
+    # importing sktransfer stays as light as it was.
+    if name == "export_onnx":
+        from .export import export_onnx
+        return export_onnx
+    raise AttributeError(f"module 'sktransfer' has no attribute {name!r}")

