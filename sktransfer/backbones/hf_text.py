@@ -348,6 +348,14 @@ def _check_dense_width(encoder, spec):
                          f"modes as the model's own Pooling module has, or pooling='auto'")
 
 
+#: Model types whose position ids start after the padding index (Hugging Face's
+#: ``create_position_ids_from_input_ids``), so ``max_position_embeddings`` holds
+#: ``pad_token_id + 1`` positions no token uses.
+_OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert",
+                               "roberta-prelayernorm", "mpnet", "longformer", "data2vec-text",
+                               "ibert", "luke", "markuplm", "xmod", "ernie_m"})
+
+
 def _max_length(pipeline, tokenizer, config):
     """The sequence length the model was trained for.
 
@@ -356,7 +364,11 @@ def _max_length(pipeline, tokenizer, config):
     """
     if pipeline is not None and pipeline.max_seq_length:
         return int(pipeline.max_seq_length)
-    limits = [tokenizer.model_max_length, getattr(config, "max_position_embeddings", None)]
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and getattr(config, "model_type", None) in _OFFSET_POSITIONS:
+        # These number positions from pad_token_id + 1 (RoBERTa's 514 hold 512 tokens).
+        positions -= (getattr(config, "pad_token_id", None) or 0) + 1
+    limits = [tokenizer.model_max_length, positions]
     limits = [x for x in limits if isinstance(x, int) and 0 < x < 100_000]
     return min(limits) if limits else 512
 

@@ -77,3 +77,25 @@ def test_text_backbone_rejects_images(minilm_path, digits):
     pft = PretrainedFeatureTransformer(f"hf:{minilm_path}")
     with pytest.raises(ValueError, match="list of strings"):
         pft.fit(digits[0][:2])
+
+
+def test_a_roberta_family_model_embeds_a_text_as_long_as_its_positions_hold(tmp_path):
+    # RoBERTa numbers positions from pad_token_id + 1: of 20 position embeddings,
+    # 18 hold tokens. A tokenizer without its own limit must not be allowed 20.
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["the cat sat on the mat", "a dog ran far"] * 5, vocab_size=280,
+                            min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(str(tmp_path))
+    RobertaTokenizerFast.from_pretrained(str(tmp_path)).save_pretrained(str(tmp_path))
+    torch.manual_seed(0)
+    RobertaModel(RobertaConfig(vocab_size=280, hidden_size=16, num_hidden_layers=1,
+                               num_attention_heads=2, intermediate_size=32,
+                               max_position_embeddings=20, pad_token_id=1)).save_pretrained(
+        str(tmp_path))
+    pft = PretrainedFeatureTransformer("hf:" + str(tmp_path)).fit(["the cat"])
+    out = pft.transform(["the cat sat on the mat " * 10, "a dog"])
+    assert out.shape == (2, 16) and np.isfinite(out).all()
