@@ -71,13 +71,17 @@ def main():
         # for this opt-in (a database or a server is its recommended store).
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         mlflow.set_tracking_uri(Path(tmp, "mlruns").as_uri())
+        # MLflow infers the model's pip requirements by loading it in one more
+        # Python process; the quick run names them instead (MLflow adds itself).
+        requirements = (dict(pip_requirements=[f"sktransfer=={sktransfer.__version__}"])
+                        if quick else {})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MLflow's notes on file stores and signatures
             with mlflow.start_run():
                 info = mlflow.pyfunc.log_model(
                     name="support_topics", python_model=__file__,
                     artifacts={"model": model_file},
-                    input_example=X_test[:2])
+                    input_example=X_test[:2], **requirements)
             served = mlflow.pyfunc.load_model(info.model_uri)
             predicted = np.asarray(served.predict(X_test))
         local = mlflow.artifacts.download_artifacts(info.model_uri, dst_path=tmp + "/dl")

@@ -176,11 +176,21 @@ def test_keys_are_the_same_in_every_process():
         from sktransfer.feature_cache import module_fingerprint
         print(module_fingerprint(with_many_attributes()))
     """)
-    for seed in ("1", "2"):
-        env = dict(os.environ, PYTHONHASHSEED=seed)
-        out = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__)],
-                             env=env, capture_output=True, text=True, check=True, timeout=120)
-        assert out.stdout.strip() == here
+    # The two processes (each with its own hash seed) run side by side.
+    procs = [subprocess.Popen([sys.executable, "-c", script, os.path.dirname(__file__)],
+                              env=dict(os.environ, PYTHONHASHSEED=seed),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for seed in ("1", "2")]
+    try:
+        for proc in procs:
+            stdout, stderr = proc.communicate(timeout=120)
+            assert proc.returncode == 0, stderr[-3000:]
+            assert stdout.strip() == here
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     changed = with_many_attributes()
     changed.settings.table["a"][0] = 2.5
     assert module_fingerprint(changed) != here

@@ -228,20 +228,17 @@ def test_pickles_and_model_files_keep_the_runtime_and_load_in_a_fresh_process(
     # (runtime="compile" is pickled in the test below: compiling again in a
     # new process would only add a minute.)
     settings = [("onnx", None), ("onnx", "int8")]
-    expected = {}
-    for i, (runtime, quantize) in enumerate(settings):
-        est = clone(text_pft).set_params(runtime=runtime, quantize=quantize).fit(texts[:2])
-        expected[i] = est.transform(texts)
-        with open(tmp_path / f"{i}.pkl", "wb") as fh:
-            pickle.dump(est, fh)
-        sktransfer.save(est, tmp_path / f"{i}.skt")
-        # No compiled code, session or device copy travels in the pickle.
-        assert b"InferenceSession" not in (tmp_path / f"{i}.pkl").read_bytes()
+    # The fresh process starts as soon as the first setting's files are
+    # written, and is told on its stdin when the next setting's are: it
+    # imports and exports the first setting's graphs while this process
+    # exports the next one's (an export is a long single-threaded trace).
     script = textwrap.dedent(f"""
-        import json, pickle, sktransfer
+        import json, pickle, sys, sktransfer
         texts = {[str(t) for t in texts]!r}
         out = {{}}
         for i in range({len(settings)}):
+            if i:
+                assert sys.stdin.readline().strip() == str(i)
             with open(f"{tmp_path}/{{i}}.pkl", "rb") as fh:
                 a = pickle.load(fh)
             b = sktransfer.load(f"{tmp_path}/{{i}}.skt")
@@ -249,10 +246,32 @@ def test_pickles_and_model_files_keep_the_runtime_and_load_in_a_fresh_process(
                       "a": a.transform(texts).tolist(), "b": b.transform(texts).tolist()}}
         print(json.dumps(out))
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=300, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    expected, proc = {}, None
+    try:
+        for i, (runtime, quantize) in enumerate(settings):
+            est = clone(text_pft).set_params(runtime=runtime, quantize=quantize).fit(texts[:2])
+            expected[i] = est.transform(texts)
+            with open(tmp_path / f"{i}.pkl", "wb") as fh:
+                pickle.dump(est, fh)
+            sktransfer.save(est, tmp_path / f"{i}.skt")
+            # No compiled code, session or device copy travels in the pickle.
+            assert b"InferenceSession" not in (tmp_path / f"{i}.pkl").read_bytes()
+            if proc is None:
+                with open(tmp_path / "out", "w") as out, open(tmp_path / "err", "w") as err:
+                    proc = subprocess.Popen([sys.executable, "-c", script],
+                                            stdin=subprocess.PIPE, stdout=out, stderr=err,
+                                            text=True,
+                                            env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+            else:
+                proc.stdin.write(f"{i}\n")
+                proc.stdin.flush()
+        proc.stdin.close()
+        assert proc.wait(timeout=300) == 0, (tmp_path / "err").read_text()[-3000:]
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = json.loads((tmp_path / "out").read_text().strip().splitlines()[-1])
     for i, (runtime, quantize) in enumerate(settings):
         assert out[str(i)]["params"] == [runtime, quantize, runtime, quantize]
         for key in ("a", "b"):

@@ -6,6 +6,7 @@ the way a user runs it: as a script in a fresh Python process.
 not different.
 """
 
+import concurrent.futures
 import csv
 import os
 import re
@@ -38,6 +39,8 @@ EXPECTED = {
     "lora_text_classifier.py": r"LoRA adapter\s+0\.\d{3}\s+\d+\.\d\s+1\d\d,\d{3}\n",
     "multilabel_image_tagging.py": r"fine-tuned, one 3-output net(\s+[01]\.\d{3}){4}\n"
                                    r"classes_ \[0 1 2\]",
+    "export_and_serve.py": r"served without torch: labels equal the pipeline's: True; "
+                           r"largest probability difference \d\.\de-0[4-9]",
 }
 
 
@@ -51,23 +54,48 @@ def run_example(name, *args, timeout=600):
     return proc.stdout
 
 
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    return tmp_path_factory.mktemp("demo")
+
+
+@pytest.fixture(scope="module")
+def started(request, demo_out):
+    """``started[name]``: the future of ``run_example(name)`` (``demo.py`` writes
+    to ``demo_out``).
+
+    Every example selected in this session is started here, in the order its
+    test runs, two at a time: each is one process on one thread, and the CI
+    machine has two cores, so the second would otherwise stay idle while this
+    process waits. Each still runs alone in its own fresh process.
+    """
+    names = [item.callspec.params["name"] if hasattr(item, "callspec") else "demo.py"
+             for item in request.session.items
+             if item.module is request.module and "started" in item.fixturenames]
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+    yield {name: pool.submit(run_example, name,
+                             *(["--out", str(demo_out)] if name == "demo.py" else []))
+           for name in dict.fromkeys(names)}
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 def test_every_example_is_tested():
     assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(EXPECTED)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(set(EXPECTED) - {"demo.py"}))
-def test_example_runs_and_prints_its_result(name):
-    out = run_example(name)
+def test_example_runs_and_prints_its_result(name, started):
+    out = started[name].result()
     assert re.search(EXPECTED[name], out), f"{name} printed:\n{out}"
 
 
 @pytest.mark.slow
-def test_demo_writes_table_csv_and_plot(tmp_path):
+def test_demo_writes_table_csv_and_plot(started, demo_out):
     """The reduced demo goes through the same code path as ``make demo``."""
-    out = run_example("demo.py", "--out", str(tmp_path))
+    out = started["demo.py"].result()
     assert re.search(EXPECTED["demo.py"], out)
-    with open(tmp_path / "results.csv", newline="") as fh:
+    with open(demo_out / "results.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     methods = {r["method"] for r in rows}
     transfer = {"scratch", "linear_probe", "fine_tune", "lp_ft", "l2sp", "source features + SVC"}
@@ -78,10 +106,10 @@ def test_demo_writes_table_csv_and_plot(tmp_path):
     # Every method appears in the printed table.
     for method in methods:
         assert method in out
-    with open(tmp_path / "summary.csv", newline="") as fh:
+    with open(demo_out / "summary.csv", newline="") as fh:
         summary = list(csv.DictReader(fh))
     # One row per transfer method in each of the two scenarios, and the adaptation study.
     assert len(summary) == 2 * len(transfer) + len(adaptation)
     assert {r["verdict"] for r in summary} <= {"baseline", "helps", "hurts",
                                                "no clear difference"}
-    assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (demo_out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

