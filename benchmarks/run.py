@@ -26,7 +26,7 @@ from harness import Settings  # noqa: E402
 #: Benchmark names, run in this order; ``bench_<name>.py`` holds each.
 BENCHMARKS = ("transform", "hf_image", "text", "engine", "memory", "finetune", "cache",
               "save_load", "ranking", "distributed", "dask", "adaptation", "checkpointing",
-              "adapters", "adapter_quality", "openvino")
+              "adapters", "adapter_quality", "openvino", "export_onnx")
 
 
 def machine_description(device):
