@@ -54,7 +54,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 
 from bench_fewshot import draw, minilm_spec, text_set  # noqa: E402
-from harness import Settings, Table  # noqa: E402
+from harness import Settings, Table, cpu_line  # noqa: E402
 
 NAME = "adapter_quality"
 FROZEN = "frozen + LR"
@@ -87,28 +87,6 @@ DIGITS_SHOTS = 20
 SOURCE_CLASSES = (0, 1, 2, 3, 4)
 GRID_LRS = (3e-4, 1e-3, 3e-3, 1e-2)
 GRID_SEED = 100  # the grid's draws: seeds 100, 101, ... (the reported ones are 0, 1, ...)
-
-
-def cpu_line():
-    """The CPU model and its vector ISA flags, from /proc/cpuinfo."""
-    model, flags = "unknown CPU", []
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model == "unknown CPU":
-                    model = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = value.split()
-    except OSError:
-        pass
-    isa = [f for f in flags if f in ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni")
-           or f.startswith(("avx512", "amx"))]
-    missing = [name for name, prefix in (("AVX-512", "avx512"), ("AMX", "amx"))
-               if not any(f.startswith(prefix) for f in flags)]
-    return (f"{model}, {os.cpu_count()} logical cores, torch {torch.get_num_threads()} "
-            f"thread(s); ISA flags: {' '.join(isa) or 'none read'}"
-            + (f" (no {' or '.join(missing)})" if missing else ""))
 
 
 # -- the tasks: (backbone, frozen features, as_input, X, y) ---------------------------

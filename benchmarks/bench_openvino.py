@@ -24,30 +24,11 @@ import statistics
 import numpy as np
 import torch
 
-from harness import Table, interleaved
+from harness import Table, cpu_line, interleaved
 
 #: Words of the short sentences (8 words each).
 WORDS = ("the a cat dog sat ran on mat far big small red blue train weather hotel "
          "coffee music phone city river quiet loud new old").split()
-
-
-def cpu_description():
-    """The CPU model and the ISA flags that decide bf16 / int8 speed, from /proc/cpuinfo."""
-    model, flags = "unknown CPU", set()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model == "unknown CPU":
-                    model = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
-              "amx_bf16", "amx_int8", "amx_tile")
-    have = [f for f in wanted if f in flags]
-    return f"{model}; ISA flags: {' '.join(have) or 'none of ' + ', '.join(wanted)}"
 
 
 def cosine(a, b):
@@ -113,8 +94,8 @@ def run(settings):
     n = 64 if quick else 512
     texts = [" ".join(rng.choice(WORDS, 8)) for _ in range(n)]
     repeats = 2 if quick else 5
-    notes = [f"{cpu_description()}; {threads} torch threads (ONNX Runtime and OpenVINO get "
-             f"the same number). bf16 units (OpenVINO's CPU capabilities): "
+    notes = [f"{cpu_line()}; ONNX Runtime and OpenVINO get {threads} threads too. "
+             f"bf16 units (OpenVINO's CPU capabilities): "
              f"{'yes' if bf16 else 'no'}."]
     text = _contenders("hf:" + path, texts[:8], bf16)
     peers = _peers(path)

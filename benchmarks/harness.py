@@ -8,6 +8,7 @@ median ratio with its spread.
 """
 
 import dataclasses
+import os
 import statistics
 import time
 
@@ -43,6 +44,35 @@ class Table:
             lines.append("")
             lines.append("\n\n".join(self.notes))
         return "\n".join(lines)
+
+
+def cpu_flags():
+    """``(CPU model, set of ISA flags)`` from /proc/cpuinfo (``("unknown CPU", set())`` elsewhere)."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "unknown CPU":
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return model, flags
+
+
+def cpu_line():
+    """The CPU model, cores, torch threads and the vector ISA flags that decide bf16 and
+    int8 speed: figures from a CPU with other flags do not carry over."""
+    model, flags = cpu_flags()
+    isa = sorted(f for f in flags if f in ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni")
+                 or f.startswith(("avx512", "amx")))
+    missing = [name for name, prefix in (("AVX-512", "avx512"), ("AMX", "amx"))
+               if not any(f.startswith(prefix) for f in flags)]
+    return (f"{model}, {os.cpu_count()} logical cores, torch {torch.get_num_threads()} "
+            f"thread(s); ISA flags: {' '.join(isa) or 'none read'}"
+            + (f" (no {' or '.join(missing)})" if missing else ""))
 
 
 def _cell(value):

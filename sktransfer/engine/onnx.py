@@ -53,14 +53,72 @@ class _FlatInputs(nn.Module):
         return self.module(dict(zip(self.keys, tensors)))
 
 
-class OnnxEngine:
-    """An :class:`~sktransfer.engine.module.InferenceModule` exported to an ONNX Runtime session.
+class ExportedEngine:
+    """Base of the engines that run the network as torch's exporter captured it.
 
     The export happens at the first call, from that batch (the engine does
     not know the input names and shapes before), under a lock, so threads
-    arriving together wait for one export. The session and the input names
-    it was exported for are published together, as one attribute, so a
-    thread never sees one without the other. ``session.run`` is thread-safe.
+    arriving together wait for one export. What the runtime built from it and
+    the input keys it was exported for are published together, as one
+    attribute, so a thread never sees one without the other. Subclasses say
+    how a graph file becomes something that runs (:meth:`_build`) and how a
+    batch runs in it (:meth:`_run`).
+    """
+
+    runtime = None
+
+    def __init__(self, module, device, name="the network"):
+        self.module = module
+        self.device = device
+        self.name = name
+        # (what _build made, input keys), assigned once, whole: one reference to read.
+        self._built = None
+        self._lock = threading.Lock()
+
+    def __call__(self, inputs):
+        keys, tensors = _flat(inputs)
+        built = self._built
+        if built is None:
+            with self._lock:
+                if self._built is None:
+                    self._built = (self._exported(keys, tensors), keys)
+                built = self._built
+        runner, built_keys = built
+        if keys != built_keys:
+            raise ValueError(f"runtime={self.runtime!r}: the graph was exported for inputs "
+                             f"{built_keys}, and this batch has {keys}")
+        return self._run(runner, dict(zip(_input_names(keys), tensors)))
+
+    def _exported(self, keys, tensors):
+        with tempfile.TemporaryDirectory(prefix=f"sktransfer-{self.runtime}-") as folder:
+            path = os.path.join(folder, "model.onnx")
+            try:
+                program = export_program(self.module, keys, tensors)
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise RuntimeError(
+                    f"runtime={self.runtime!r}: torch's ONNX exporter could not export "
+                    f"{self.name} ({type(exc).__name__}: {first}); use runtime='torch' or "
+                    f"runtime='compile'.") from exc
+            # A full or read-only temporary folder raises its own OSError here.
+            program.save(path)
+            # Read into memory before the folder goes: the runtime owns the graph.
+            return self._build(path)
+
+    def _build(self, path):
+        """What runs the graph file at ``path`` (read whole before the file goes)."""
+        raise NotImplementedError
+
+    def _run(self, runner, given):
+        """The ``(B, F)`` output of ``runner`` for the named input tensors ``given``."""
+        raise NotImplementedError
+
+
+class OnnxEngine(ExportedEngine):
+    """An :class:`~sktransfer.engine.module.InferenceModule` exported to an ONNX Runtime session.
+
+    Exported at the first call (see :class:`ExportedEngine`); ``session.run``
+    is thread-safe, so threads share the session.
 
     Parameters
     ----------
@@ -75,57 +133,27 @@ class OnnxEngine:
     runtime = "onnx"
 
     def __init__(self, module, device, quantize=None, name="the network"):
-        self.module = module
-        self.device = device
+        super().__init__(module, device, name)
         self.quantize = quantize
-        self.name = name
-        # (session, input keys), assigned once, whole: one reference to read.
-        self._exported = None
-        self._lock = threading.Lock()
 
-    def __call__(self, inputs):
-        keys, tensors = _flat(inputs)
-        exported = self._exported
-        if exported is None:
-            with self._lock:
-                if self._exported is None:
-                    self._exported = (self._export(keys, tensors), keys)
-                exported = self._exported
-        session, exported_keys = exported
-        if keys != exported_keys:
-            raise ValueError(f"runtime='onnx': the graph was exported for inputs "
-                             f"{exported_keys}, and this batch has {keys}")
-        given = dict(zip(_input_names(keys), tensors))
+    def _build(self, path):
+        onnxruntime = check_onnxruntime(self.device)
+        if self.quantize == "int8":
+            path = quantized(path)
+        options = onnxruntime.SessionOptions()
+        # The same CPU threads as the torch runtime, so runtimes compare alike.
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.log_severity_level = 3
+        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
+                     if self.device.type == "cuda" else ["CPUExecutionProvider"])
+        return onnxruntime.InferenceSession(path, options, providers=providers)
+
+    def _run(self, session, given):
         # The exporter drops inputs the graph does not read (token_type_ids
         # of a model that ignores them): feed the ones it kept.
         feed = {i.name: _np(given[i.name]) for i in session.get_inputs()}
         (out,) = session.run(None, feed)
         return torch.from_numpy(out)
-
-    def _export(self, keys, tensors):
-        onnxruntime = check_onnxruntime(self.device)
-        with tempfile.TemporaryDirectory(prefix="sktransfer-onnx-") as folder:
-            path = os.path.join(folder, "model.onnx")
-            try:
-                program = export_program(self.module, keys, tensors)
-            except Exception as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise RuntimeError(
-                    f"runtime='onnx': torch's ONNX exporter could not export {self.name} "
-                    f"({type(exc).__name__}: {first}); use runtime='torch' or "
-                    f"runtime='compile'.") from exc
-            # A full or read-only temporary folder raises its own OSError here.
-            program.save(path)
-            if self.quantize == "int8":
-                path = quantized(path)
-            options = onnxruntime.SessionOptions()
-            # The same CPU threads as the torch runtime, so runtimes compare alike.
-            options.intra_op_num_threads = torch.get_num_threads()
-            options.log_severity_level = 3
-            providers = (["CUDAExecutionProvider", "CPUExecutionProvider"]
-                         if self.device.type == "cuda" else ["CPUExecutionProvider"])
-            # Read into memory before the folder goes: the session owns the graph.
-            return onnxruntime.InferenceSession(path, options, providers=providers)
 
 
 def export_program(module, keys, tensors, *, opset=None):

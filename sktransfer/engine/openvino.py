@@ -10,15 +10,13 @@ AVX512-BF16, as OpenVINO reports them), OpenVINO runs the network in bf16;
 otherwise in float32.
 """
 
-import os
-import tempfile
 import threading
 import warnings
 
 import numpy as np
 import torch
 
-from .onnx import _flat, _input_names, export_program
+from .onnx import ExportedEngine
 
 INSTALL = "pip install \"sktransfer[openvino]\""
 
@@ -86,13 +84,13 @@ def _warn_once(message):
         warnings.warn(message, UserWarning, stacklevel=4)
 
 
-class OpenVinoEngine:
+class OpenVinoEngine(ExportedEngine):
     """An :class:`~sktransfer.engine.module.InferenceModule` compiled by OpenVINO for the CPU.
 
-    Compiled at the first call, from that batch (the input names and shapes
-    are known only then), under a lock; the compiled model and the input
-    keys it was made for are published together, as one attribute. Each
-    thread runs its own infer request (one request is not safe to share).
+    Exported and compiled at the first call (see
+    :class:`~sktransfer.engine.onnx.ExportedEngine`). Threads share the
+    compiled model, each running its own infer request (one request is not
+    safe to share).
 
     Parameters
     ----------
@@ -108,71 +106,41 @@ class OpenVinoEngine:
     runtime = "openvino"
 
     def __init__(self, module, device, amp_dtype=None, name="the network"):
-        self.module = module
-        self.device = device
+        super().__init__(module, device, name)
         self.amp_dtype = amp_dtype
-        self.name = name
-        self._compiled = None  # (compiled model, input keys, graph input names)
-        self._lock = threading.Lock()
         self._requests = threading.local()
 
     @property
     def precision(self):
         """The inference precision OpenVINO compiled the network for (``"f32"``, ``"bf16"``)."""
-        compiled = self._compiled
-        if compiled is None:
+        built = self._built
+        if built is None:
             return None
-        return str(compiled[0].get_property("INFERENCE_PRECISION_HINT")).lower()
+        return str(built[0][0].get_property("INFERENCE_PRECISION_HINT")).lower()
 
-    def __call__(self, inputs):
-        keys, tensors = _flat(inputs)
-        compiled = self._compiled
-        if compiled is None:
-            with self._lock:
-                if self._compiled is None:
-                    self._compiled = self._compile(keys, tensors)
-                compiled = self._compiled
-        model, compiled_keys, names = compiled
-        if keys != compiled_keys:
-            raise ValueError(f"runtime='openvino': the network was compiled for inputs "
-                             f"{compiled_keys}, and this batch has {keys}")
+    def _build(self, path):
+        ov_core = core()
+        graph = ov_core.read_model(path)  # weights included: the file may go
+        config = {
+            "INFERENCE_PRECISION_HINT": "bf16" if self.amp_dtype == torch.bfloat16 else "f32",
+            # The same CPU threads as the torch runtime, so runtimes compare alike.
+            "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+            "PERFORMANCE_HINT": "LATENCY",
+        }
+        model = ov_core.compile_model(graph, "CPU", config)
+        return model, [port.get_any_name() for port in model.inputs]
+
+    def _run(self, built, given):
+        model, names = built
         request = getattr(self._requests, "request", None)
         if request is None or self._requests.model is not model:
             request = model.create_infer_request()
             self._requests.request, self._requests.model = request, model
-        given = dict(zip(_input_names(keys), tensors))
         # The exporter drops inputs the graph does not read (token_type_ids
         # of a model that ignores them): feed the ones it kept.
-        feed = {name: _np(given[name]) for name in names}
-        result = request.infer(feed)
+        result = request.infer({name: _np(given[name]) for name in names})
         # A copy: the request's output buffer is reused by its next call.
         return torch.from_numpy(np.array(result[model.output(0)], copy=True))
-
-    def _compile(self, keys, tensors):
-        ov_core = core()
-        with tempfile.TemporaryDirectory(prefix="sktransfer-openvino-") as folder:
-            path = os.path.join(folder, "model.onnx")
-            try:
-                program = export_program(self.module, keys, tensors)
-            except Exception as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                raise RuntimeError(
-                    f"runtime='openvino': torch's ONNX exporter could not export {self.name} "
-                    f"({type(exc).__name__}: {first}); use runtime='torch' or "
-                    f"runtime='compile'.") from exc
-            program.save(path)
-            # Read into memory (weights included) before the folder goes.
-            graph = ov_core.read_model(path)
-            config = {
-                "INFERENCE_PRECISION_HINT": "bf16" if self.amp_dtype == torch.bfloat16
-                else "f32",
-                # The same CPU threads as the torch runtime, so runtimes compare alike.
-                "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-                "PERFORMANCE_HINT": "LATENCY",
-            }
-            model = ov_core.compile_model(graph, "CPU", config)
-        names = [port.get_any_name() for port in model.inputs]
-        return model, keys, names
 
 
 def _np(tensor):
