@@ -26,7 +26,7 @@ from sktransfer.engine import resident
 from sktransfer.engine import runtimes
 from sktransfer.engine import snapshot as engine_snapshot
 from sktransfer.engine.module import InferenceModule
-from sktransfer.engine.onnx import OnnxEngine
+from sktransfer.engine.onnx import ExportedEngine, OnnxEngine
 
 
 class Scaled(nn.Module):
@@ -183,10 +183,10 @@ def test_a_thread_never_sees_a_half_published_onnx_engine():
 
     def tracer(frame, event, _arg):
         code = frame.f_code
-        if event == "return" and code is OnnxEngine._export.__code__:
+        if event == "return" and code is ExportedEngine._exported.__code__:
             exported.set()
         if (event == "line" and exported.is_set() and not paused.is_set()
-                and code is OnnxEngine.__call__.__code__):
+                and code is ExportedEngine.__call__.__code__):
             paused.set()
             other_done.wait(timeout=1.0)  # the other thread waits for the lock, or is done
         return tracer

@@ -71,7 +71,8 @@ def started(request, demo_out):
     """
     names = [item.callspec.params["name"] if hasattr(item, "callspec") else "demo.py"
              for item in request.session.items
-             if item.module is request.module and "started" in item.fixturenames]
+             if getattr(item, "module", None) is request.module
+             and "started" in getattr(item, "fixturenames", ())]
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
     yield {name: pool.submit(run_example, name,
                              *(["--out", str(demo_out)] if name == "demo.py" else []))

@@ -396,8 +396,7 @@ def test_minilm_with_logistic_regression_float_and_int8(minilm_path, tmp_path):
 
 @pytest.mark.slow
 def test_a_wav2vec2_model_and_a_classifier_serve_waveforms_of_another_length(tmp_path):
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "audio"))
-    import tiny
+    from audio import tiny  # tests/audio: a package beside this file
 
     path = tiny.build("wav2vec2-layer", tmp_path / "w2v")
     X = np.stack([tiny.tone(f, 0.5, phase=p) for f in (200, 300, 400, 500) for p in (0, 1)])
@@ -415,8 +414,7 @@ def test_a_wav2vec2_model_and_a_classifier_serve_waveforms_of_another_length(tmp
 def test_a_log_mel_extractor_is_refused_by_name(tmp_path):
     from sktransfer.backbones.onnx_audio import audio_graph
 
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "audio"))
-    import tiny
+    from audio import tiny
 
     prep = load_backbone("hf:" + tiny.build("whisper", tmp_path / "whisper")).preprocess
     with pytest.raises(UnsupportedPreprocessing, match="WhisperFeatureExtractor"):

@@ -136,7 +136,8 @@ def reference(backbone, base):
     taken now, from ``base`` itself.
     """
     found = backbone.origin
-    if found is None or backbone.adapter_config is None or _SELF_CONTAINED.get():
+    if (found is None or backbone.loaded_state is None or backbone.adapter_config is None
+            or _SELF_CONTAINED.get()):
         return None
     if tensors_state(backbone.module, skip=_adapter_names(backbone)) != backbone.loaded_state:
         return None
