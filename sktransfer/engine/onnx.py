@@ -10,6 +10,7 @@ Nothing here writes a graph by hand, and nothing is kept on disk: the graph
 lives in the session, in memory, for as long as the engine does.
 """
 
+import abc
 import contextlib
 import logging
 import os
@@ -53,7 +54,7 @@ class _FlatInputs(nn.Module):
         return self.module(dict(zip(self.keys, tensors)))
 
 
-class ExportedEngine:
+class ExportedEngine(abc.ABC):
     """Base of the engines that run the network as torch's exporter captured it.
 
     The export happens at the first call, from that batch (the engine does
@@ -105,13 +106,13 @@ class ExportedEngine:
             # Read into memory before the folder goes: the runtime owns the graph.
             return self._build(path)
 
+    @abc.abstractmethod
     def _build(self, path):
         """What runs the graph file at ``path`` (read whole before the file goes)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _run(self, runner, given):
         """The ``(B, F)`` output of ``runner`` for the named input tensors ``given``."""
-        raise NotImplementedError
 
 
 class OnnxEngine(ExportedEngine):
