@@ -5,7 +5,10 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-PYTEST_ARGS ?=
+# One test worker per core (at most four): the suite's tests are mostly
+# single-threaded, and each worker runs on one torch thread (tests/conftest.py).
+# `make test PYTEST_ARGS=` runs it in one process.
+PYTEST_ARGS ?= -n auto --maxprocesses 4 --dist worksteal
 
 .PHONY: demo test docs bench clean
 

@@ -3,6 +3,7 @@ and small real backbones."""
 
 import contextlib
 import os
+import sys
 
 # The suite runs offline: Hugging Face libraries must not try the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,6 +17,47 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+
+
+# Under pytest-xdist (``make test`` runs one worker per core) each worker is one
+# process on one torch thread: two workers of two threads each on two cores
+# would fight for them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+
+def stable_checks(estimators, **kwargs):
+    """``parametrize_with_checks`` with test ids that are the same in every process.
+
+    The estimators' reprs name a function's address and a temporary folder, which
+    differ between pytest-xdist's workers; every worker must collect the same ids.
+    """
+    import re
+
+    from sklearn.utils.estimator_checks import parametrize_with_checks
+
+    mark = parametrize_with_checks(estimators, **kwargs).mark
+    ids = mark.kwargs.get("ids")
+
+    def stable(obj):
+        text = ids(obj) if callable(ids) else None
+        if text is None:
+            return None
+        text = re.sub(r"at0x[0-9a-fA-F]+", "", text)
+        return re.sub(r"sktransfer-checks-\w+", "sktransfer-checks", text)
+
+    return pytest.mark.parametrize(*mark.args, **{**mark.kwargs, "ids": stable})
+
+
+def pytest_collection_finish(session):
+    # Test modules import their helpers as ``conftest``. Collecting the doctests
+    # of sktransfer/ puts the repository root first on sys.path, and its
+    # conftest.py is another module: joblib's worker processes, which import a
+    # test module to unpickle a function of it, would find that one.
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here in sys.path:
+        sys.path.remove(here)
+    sys.path.insert(0, here)
 
 
 def pytest_collection_modifyitems(config, items):

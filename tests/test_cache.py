@@ -18,7 +18,6 @@ from safetensors.numpy import load_file
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.svm import SVC
-from sklearn.utils.estimator_checks import parametrize_with_checks
 from torch import nn
 
 from sktransfer import PretrainedFeatureTransformer
@@ -31,7 +30,7 @@ from sktransfer.feature_cache import store as cache_store
 from sktransfer.feature_cache.keys import weights_digest
 from sktransfer.inputs import as_samples
 
-from conftest import tiny_mlp  # noqa: E402
+from conftest import stable_checks, tiny_mlp  # noqa: E402
 
 # Rows each forward pass of a CountingNet saw, across every copy of it.
 SEEN = []
@@ -749,7 +748,7 @@ _CHECKS_CACHE = tempfile.mkdtemp(prefix="sktransfer-checks-")
 atexit.register(shutil.rmtree, _CHECKS_CACHE, True)
 
 
-@parametrize_with_checks([PretrainedFeatureTransformer(tiny_mlp, random_state=0,
-                                                       cache=_CHECKS_CACHE)])
+@stable_checks([PretrainedFeatureTransformer(tiny_mlp, random_state=0,
+                                             cache=_CHECKS_CACHE)])
 def test_sklearn_estimator_checks_with_a_cache(estimator, check):
     check(estimator)

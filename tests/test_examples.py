@@ -59,24 +59,44 @@ def demo_out(tmp_path_factory):
     return tmp_path_factory.mktemp("demo")
 
 
+class _OnDemand(dict):
+    """``started[name]`` run when first asked for: pytest-xdist's workers already
+    run tests side by side, and each worker runs only some of the examples."""
+
+    def __init__(self, submit):
+        super().__init__()
+        self._submit = submit
+
+    def __missing__(self, name):
+        self[name] = future = self._submit(name)
+        return future
+
+
 @pytest.fixture(scope="module")
 def started(request, demo_out):
     """``started[name]``: the future of ``run_example(name)`` (``demo.py`` writes
     to ``demo_out``).
 
-    Every example selected in this session is started here, in the order its
-    test runs, two at a time: each is one process on one thread, and the CI
-    machine has two cores, so the second would otherwise stay idle while this
-    process waits. Each still runs alone in its own fresh process.
+    Without pytest-xdist, every example selected in this session is started here,
+    in the order its test runs, two at a time: each is one process on one thread,
+    and the CI machine has two cores, so the second would otherwise stay idle
+    while this process waits. Under pytest-xdist an example starts when its test
+    runs. Each still runs alone in its own fresh process.
     """
-    names = [item.callspec.params["name"] if hasattr(item, "callspec") else "demo.py"
-             for item in request.session.items
-             if getattr(item, "module", None) is request.module
-             and "started" in getattr(item, "fixturenames", ())]
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
-    yield {name: pool.submit(run_example, name,
-                             *(["--out", str(demo_out)] if name == "demo.py" else []))
-           for name in dict.fromkeys(names)}
+    def submit(name):
+        return pool.submit(run_example, name,
+                           *(["--out", str(demo_out)] if name == "demo.py" else []))
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        yield _OnDemand(submit)
+    else:
+        names = [item.callspec.params["name"] if hasattr(item, "callspec") else "demo.py"
+                 for item in request.session.items
+                 if getattr(item, "module", None) is request.module
+                 and "started" in getattr(item, "fixturenames", ())]
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+        yield {name: submit(name) for name in dict.fromkeys(names)}
     pool.shutdown(wait=True, cancel_futures=True)
 
 

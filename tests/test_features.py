@@ -13,9 +13,8 @@ from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
-from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from conftest import saved_as_if_on_cuda, tiny_mlp
+from conftest import saved_as_if_on_cuda, stable_checks, tiny_mlp
 from sktransfer import PretrainedFeatureTransformer
 from sktransfer.inputs import Collate, as_samples
 
@@ -29,7 +28,7 @@ def resnet(**kwargs):
 
 # A factory (not a module instance) is the parameter: joblib.hash, which the
 # checks use to prove parameters are untouched, hashes tensors by address.
-@parametrize_with_checks([PretrainedFeatureTransformer(tiny_mlp, random_state=0)])
+@stable_checks([PretrainedFeatureTransformer(tiny_mlp, random_state=0)])
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 

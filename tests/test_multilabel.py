@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from skorch.callbacks import Callback
+from sklearn.exceptions import NotFittedError
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
@@ -308,3 +309,12 @@ def test_dask_predicts_the_indicator_matrix_lazily(task, fitted):
     np.testing.assert_array_equal(lazy.compute(), fitted.predict(X[240:]))
     proba = fitted.predict_proba(da.from_array(X[240:], chunks=40)).compute()
     np.testing.assert_allclose(proba, fitted.predict_proba(X[240:]), atol=1e-6)
+
+
+def test_multilabel_flag_is_public_and_needs_a_fit(fitted, task):
+    assert fitted.multilabel_ is True
+    X, Y = task
+    single = FineTunedClassifier(tiny_mlp, **FIT).fit(X[:60], Y[:60, 0])
+    assert single.multilabel_ is False
+    with pytest.raises(NotFittedError):
+        FineTunedClassifier(tiny_mlp).multilabel_

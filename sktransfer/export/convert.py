@@ -76,8 +76,7 @@ def _integer_labels(model):
 
 
 def _multilabel(model):
-    # The fitted classifier's own flag (what its predict switches on).
-    return bool(getattr(model, "_multilabel", False))
+    return model.multilabel_
 
 
 def _rows(operator):
@@ -155,8 +154,8 @@ def _classifier_outputs(scope, operator, container, model, logits):
 def _regressor_outputs(scope, operator, container, model, scaled):
     """``predict``: the network's outputs in the scale of the targets fitted."""
     # The fitted target scaling (what the regressor's predict applies).
-    scale = np.asarray(model._y_scale, np.float32).reshape(1, -1)
-    mean = np.asarray(model._y_mean, np.float32).reshape(1, -1)
+    scale = np.asarray(model.target_scale_, np.float32).reshape(1, -1)
+    mean = np.asarray(model.target_mean_, np.float32).reshape(1, -1)
     times = scope.get_unique_variable_name("times_scale")
     container.add_node("Mul", [scaled, _const(scope, container, "scale", scale)], [times],
                        name=scope.get_unique_operator_name("Mul"))

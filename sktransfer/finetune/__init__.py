@@ -327,6 +327,12 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
         # Multilabel rows have no single class to stratify by: an unstratified split.
         return None if getattr(self, "_multilabel", False) else stratification(target, n_valid)
 
+    @property
+    def multilabel_(self):
+        """bool: whether ``fit`` saw a multilabel indicator ``y`` (sigmoid outputs)."""
+        check_is_fitted(self, "classes_")
+        return bool(getattr(self, "_multilabel", False))  # files saved before multilabel
+
 
 class FineTunedRegressor(RegressorMixin, _FineTuned):
     __doc__ = f"""Fine-tune a pretrained backbone with a new regression head.
@@ -459,6 +465,18 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
 
     def _n_outputs(self):
         return self.n_outputs_
+
+    @property
+    def target_mean_(self):
+        """ndarray of shape (n_outputs,): the target mean ``predict`` adds back."""
+        check_is_fitted(self, "n_outputs_")
+        return self._y_mean
+
+    @property
+    def target_scale_(self):
+        """ndarray of shape (n_outputs,): the target scale ``predict`` multiplies by."""
+        check_is_fitted(self, "n_outputs_")
+        return self._y_scale
 
     def _criterion(self):
         return torch.nn.MSELoss()
