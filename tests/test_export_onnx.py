@@ -54,14 +54,54 @@ np.savez(out, **dict(zip(names, session.run(None, {"X": X}))))
 """
 
 
-def serve_without_torch(path, X, tmp_path):
-    """The graph's outputs, computed in a fresh process that cannot import torch."""
+# What the serving environment holds: the versions of this one, so pip finds
+# them where this environment's came from.
+SERVING_PACKAGES = ("numpy", "onnxruntime", "onnxruntime-extensions")
+
+
+@pytest.fixture(scope="session")
+def serving_python(tmp_path_factory):
+    """The Python of a separate environment built with pip that holds only numpy,
+    onnxruntime and onnxruntime-extensions (and what they need): no torch, no
+    scikit-learn, no sktransfer. Built once per session, shared by pytest-xdist's
+    workers."""
+    import importlib.metadata
+
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # the same for every xdist worker
+    env = shared / "serving-env"
+    python = env / "bin" / "python"
+    with FileLock(str(shared / "serving-env.lock")):
+        if not (env / "ready").exists():
+            subprocess.run([sys.executable, "-m", "venv", str(env)], check=True, timeout=300)
+            pins = [f"{name}=={importlib.metadata.version(name)}" for name in SERVING_PACKAGES]
+            subprocess.run([str(python), "-m", "pip", "install", "--quiet",
+                            "--disable-pip-version-check", *pins],
+                           check=True, timeout=900, capture_output=True)
+            (env / "ready").touch()
+    return python
+
+
+def serve_without_torch(python, path, X, tmp_path):
+    """The graph's outputs, computed by ``python`` (the serving environment's), in a
+    process where importing torch or sktransfer fails even if they were there."""
     inputs, out = tmp_path / "inputs.npz", tmp_path / "outputs.npz"
     np.savez(inputs, X=X)
-    subprocess.run([sys.executable, "-c", SERVE, str(path), str(inputs), str(out)],
+    # -I: isolated from this checkout (the current folder) and PYTHON* variables.
+    subprocess.run([str(python), "-I", "-c", SERVE, str(path), str(inputs), str(out)],
                    check=True, timeout=300, capture_output=True)
     with np.load(out, allow_pickle=True) as outputs:
         return dict(outputs)
+
+
+def test_the_serving_environment_holds_no_torch_and_no_sktransfer(serving_python):
+    proc = subprocess.run(
+        [str(serving_python), "-I", "-c",
+         "import importlib.util as u; print([m for m in ('torch', 'sktransfer', 'sklearn', "
+         "'onnxruntime', 'onnxruntime_extensions') if u.find_spec(m)])"],
+        check=True, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "['onnxruntime', 'onnxruntime_extensions']"
 
 
 def mlp(width=64):
@@ -109,15 +149,15 @@ def classifier(rows, tmp_path_factory):
     [SVC(probability=True, random_state=0)],
     [RandomForestClassifier(n_estimators=5, max_depth=4, random_state=0)],
 ], ids=["scaler-pca-logreg", "svc", "forest"])
-def test_a_pipeline_with_scikit_learn_heads_serves_without_torch(rows, transformer, head,
-                                                                tmp_path):
+def test_a_pipeline_with_scikit_learn_heads_serves_without_torch(serving_python, rows,
+                                                                transformer, head, tmp_path):
     X, y = rows
     pipe = fitted_pipeline(transformer, X, y, *head)
     path = tmp_path / "pipe.onnx"
     check = export_onnx(pipe, path, X[:20])
     assert check.outputs == ["label", "probabilities"]
     if isinstance(head[0], StandardScaler):
-        served = serve_without_torch(path, X[20:], tmp_path)
+        served = serve_without_torch(serving_python, path, X[20:], tmp_path)
     else:  # served in this process (a fresh one costs seconds)
         names = ["label", "probabilities"]
         served = dict(zip(names, inference_session(str(path)).run(names, {"X": X[20:]})))
@@ -126,11 +166,12 @@ def test_a_pipeline_with_scikit_learn_heads_serves_without_torch(rows, transform
     np.testing.assert_allclose(served["probabilities"], pipe.predict_proba(X[20:]), atol=1e-4)
 
 
-def test_a_fine_tuned_classifier_gives_labels_and_probabilities(classifier, rows, tmp_path):
+def test_a_fine_tuned_classifier_gives_labels_and_probabilities(serving_python, classifier,
+                                                                rows, tmp_path):
     clf, path, check = classifier
     X, _ = rows
     assert check.label_agreement == 1.0 and check.max_abs_difference["probabilities"] < 1e-4
-    served = serve_without_torch(path, X, tmp_path)
+    served = serve_without_torch(serving_python, path, X, tmp_path)
     assert served["label"].dtype == object  # the classes are strings: so are the labels
     np.testing.assert_array_equal(served["label"], clf.predict(X))
     np.testing.assert_allclose(served["probabilities"], clf.predict_proba(X), atol=1e-4)
@@ -280,7 +321,8 @@ def smooth_images(digits, n, h, w, channels=3):
 
 
 @pytest.mark.slow
-def test_resnet18_and_logistic_regression_serve_raw_images_of_any_size(digits, tmp_path):
+def test_resnet18_and_logistic_regression_serve_raw_images_of_any_size(serving_python, digits,
+                                                                         tmp_path):
     X, y = smooth_images(digits, 24, 40, 48), digits[1][:24] % 3
     pipe = make_pipeline(PretrainedFeatureTransformer("torchvision:resnet18", weights=None,
                                                       image_size=32, random_state=0),
@@ -293,6 +335,9 @@ def test_resnet18_and_logistic_regression_serve_raw_images_of_any_size(digits, t
         label, proba = session.run(None, {"X": Z})
         np.testing.assert_array_equal(label, pipe.predict(Z))
         np.testing.assert_allclose(proba, pipe.predict_proba(Z), atol=1e-3)
+    served = serve_without_torch(serving_python, tmp_path / "resnet.onnx", Z, tmp_path)
+    np.testing.assert_array_equal(served["label"], pipe.predict(Z))
+    np.testing.assert_allclose(served["probabilities"], pipe.predict_proba(Z), atol=1e-3)
 
 
 # -- text: strings in, tokenized in the graph -----------------------------------------
@@ -357,7 +402,8 @@ def test_a_tokenizer_the_extensions_cannot_express_is_refused_by_name(tiny_rober
 
 
 @pytest.mark.slow
-def test_a_bert_pipeline_on_raw_strings_serves_without_torch(tiny_bert_path, tmp_path):
+def test_a_bert_pipeline_on_raw_strings_serves_without_torch(serving_python, tiny_bert_path,
+                                                              tmp_path):
     texts = ["the cat sat on the mat", "a dog ran far", "the big red dog", "a small blue cat",
              "the cat ran", "a dog sat on a mat", "big cat", "small dog"] * 2
     y = np.arange(len(texts)) % 2
@@ -366,13 +412,14 @@ def test_a_bert_pipeline_on_raw_strings_serves_without_torch(tiny_bert_path, tmp
     check = export_onnx(pipe, tmp_path / "bert.onnx", texts)
     assert check.max_abs_difference["probabilities"] < 1e-4
     new = ["red cat sat far", "a", "dog dog dog on the big small mat"]
-    served = serve_without_torch(tmp_path / "bert.onnx", np.array(new, dtype=object), tmp_path)
+    served = serve_without_torch(serving_python, tmp_path / "bert.onnx",
+                                 np.array(new, dtype=object), tmp_path)
     np.testing.assert_array_equal(served["label"], pipe.predict(new))
     np.testing.assert_allclose(served["probabilities"], pipe.predict_proba(new), atol=1e-4)
 
 
 @pytest.mark.slow
-def test_minilm_with_logistic_regression_float_and_int8(minilm_path, tmp_path):
+def test_minilm_with_logistic_regression_float_and_int8(serving_python, minilm_path, tmp_path):
     texts = ["the market rallied today", "stocks fell sharply", "my cat likes fish",
              "the dog sleeps all day", "rain is expected tomorrow", "sunny and warm weather",
              "investors sold their shares", "a kitten chased the ball"] * 3
@@ -382,8 +429,8 @@ def test_minilm_with_logistic_regression_float_and_int8(minilm_path, tmp_path):
     check = export_onnx(pipe, tmp_path / "minilm.onnx", texts)
     assert check.label_agreement == 1.0
     assert check.max_abs_difference["probabilities"] < 1e-4
-    served = serve_without_torch(tmp_path / "minilm.onnx", np.array(TRICKY, dtype=object),
-                                 tmp_path)
+    served = serve_without_torch(serving_python, tmp_path / "minilm.onnx",
+                                 np.array(TRICKY, dtype=object), tmp_path)
     np.testing.assert_array_equal(served["label"], pipe.predict(TRICKY))
     np.testing.assert_allclose(served["probabilities"], pipe.predict_proba(TRICKY), atol=1e-4)
     quantized = export_onnx(pipe, tmp_path / "minilm8.onnx", texts, quantize="int8")
@@ -395,7 +442,8 @@ def test_minilm_with_logistic_regression_float_and_int8(minilm_path, tmp_path):
 # -- speech: float32 waveforms (N, T) at the model's rate --------------------------------
 
 @pytest.mark.slow
-def test_a_wav2vec2_model_and_a_classifier_serve_waveforms_of_another_length(tmp_path):
+def test_a_wav2vec2_model_and_a_classifier_serve_waveforms_of_another_length(serving_python,
+                                                                             tmp_path):
     from audio import tiny  # tests/audio: a package beside this file
 
     path = tiny.build("wav2vec2-layer", tmp_path / "w2v")
@@ -406,7 +454,7 @@ def test_a_wav2vec2_model_and_a_classifier_serve_waveforms_of_another_length(tmp
     check = export_onnx(pipe, tmp_path / "speech.onnx", X)
     assert check.max_abs_difference["probabilities"] < 1e-4
     Z = np.stack([tiny.tone(f, 0.3) for f in (250, 450, 650)])  # one length per call
-    served = serve_without_torch(tmp_path / "speech.onnx", Z, tmp_path)
+    served = serve_without_torch(serving_python, tmp_path / "speech.onnx", Z, tmp_path)
     np.testing.assert_array_equal(served["label"], pipe.predict(Z))
     np.testing.assert_allclose(served["probabilities"], pipe.predict_proba(Z), atol=1e-4)
 
