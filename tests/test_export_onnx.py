@@ -418,6 +418,24 @@ def test_a_bert_pipeline_on_raw_strings_serves_without_torch(serving_python, tin
     np.testing.assert_allclose(served["probabilities"], pipe.predict_proba(new), atol=1e-4)
 
 
+@pytest.mark.parametrize("n", [1, 5, 11])
+def test_texts_run_in_length_sorted_chunks_and_come_back_in_order(tiny_bert_path, tmp_path, n):
+    """More texts than ``batch_size``, of very different lengths: each chunk is cut to
+    its own longest text, and every row comes back where it was."""
+    rng = np.random.RandomState(n)
+    words = "the cat dog sat ran on a mat big small red blue far".split()
+    texts = [" ".join(rng.choice(words, rng.randint(1, 30))) for _ in range(n)]
+    transformer = PretrainedFeatureTransformer("hf:" + tiny_bert_path, batch_size=4).fit(texts)
+    export_onnx(transformer, tmp_path / "chunks.onnx", texts)
+    graph = onnx.load(str(tmp_path / "chunks.onnx")).graph
+    assert [n.op_type for n in graph.node if n.output[0].endswith("ck_chunk_outputs")] == ["Loop"]
+    session = inference_session(str(tmp_path / "chunks.onnx"))
+    served = session.run(None, {"X": np.array(texts, dtype=object)})[0]
+    np.testing.assert_allclose(served, transformer.transform(texts), atol=1e-5)
+    np.testing.assert_allclose(session.run(None, {"X": np.array(texts[::-1], dtype=object)})[0],
+                               served[::-1], atol=1e-5)
+
+
 @pytest.mark.slow
 def test_minilm_with_logistic_regression_float_and_int8(serving_python, minilm_path, tmp_path):
     texts = ["the market rallied today", "stocks fell sharply", "my cat likes fish",

@@ -29,6 +29,7 @@ from ..engine.snapshot import ModelSnapshot
 from ..finetune import FineTunedClassifier, FineTunedRegressor
 from ..inputs.audio import audio_rule
 from ..training.heads import BackboneWithHead
+from .chunks import in_chunks
 
 #: Strings the exporter traces a text network with: two rows of different lengths,
 #: so that the padding and the attention mask take part in the graph.
@@ -75,6 +76,9 @@ def estimator_graphs(estimator, input_shape=None, quantize=None):
     model = _float_network(estimator, keys, tensors)
     if quantize == "int8":
         model = _int8(model)
+    if backbone.modality == "text":
+        # Texts of a call in length-sorted chunks, as the estimator's own engine runs them.
+        model = in_chunks(model, estimator.batch_size)
     example = tensors[0] if keys == (None,) else dict(zip(keys, tensors))
     try:
         pre, serving = preprocess_graph(backbone, example, _max_samples(estimator))
