@@ -155,3 +155,24 @@ def test_threads_share_a_feature_transformer_on_cuda(digits):
     # The weights stay on the CPU, the same objects, between and during calls.
     assert model_state(module) == before
     assert all(p.device.type == "cpu" for p in module.parameters())
+
+
+def test_copies_of_a_text_encoder_share_its_tokenizer_safely(minilm_path):
+    """Each fit copies the backbone; the copies share one tokenizer (no copy of its
+    vocabulary per fit) and its lock, so estimators with different prompts used
+    at once from threads still tokenize with their own."""
+    words = "the quick brown fox jumps over a lazy dog near our quiet river bank".split()
+    rng = np.random.RandomState(1)
+    texts = np.array([" ".join(rng.choice(words, rng.randint(1, 40))) for _ in range(24)])
+    short = PretrainedFeatureTransformer("hf:" + minilm_path, prompt="a long prompt: " * 6,
+                                         batch_size=4, device="cpu").fit(texts[:2])
+    full = PretrainedFeatureTransformer("hf:" + minilm_path, batch_size=3,
+                                        device="cpu").fit(texts[:2])
+    assert short.backbone_.preprocess.tokenizer is full.backbone_.preprocess.tokenizer
+    expected = {"short": short.transform(texts), "full": full.transform(texts)}
+    assert not np.allclose(expected["short"], expected["full"], atol=1e-3)
+    with ThreadPoolExecutor(4) as pool:
+        futures = [(name, pool.submit(est.transform, texts))
+                   for _ in range(4) for name, est in (("short", short), ("full", full))]
+        for name, future in futures:
+            np.testing.assert_allclose(future.result(), expected[name], atol=1e-5)

@@ -13,7 +13,6 @@ Which embedding a text model gives (the Backbones page says the same):
 keeps its ``Dense`` and ``Normalize`` after it).
 """
 
-import copy
 import os
 import threading
 
@@ -212,12 +211,15 @@ class Tokenize:
         return self.state()
 
     def __deepcopy__(self, memo):
-        # Copy the tokenizer object itself: the same result as going through
-        # the files above, without writing and reading them per copy.
-        clone = copy.copy(self)
-        clone.tokenizer = copy.deepcopy(self.tokenizer, memo)
+        # The copies share the tokenizer and its lock: it is only read, its
+        # per-call settings are switched under the lock, and every fit copies
+        # the backbone (a copy of a large vocabulary each time is memory).
+        # (Not copy.copy: it would go through the pickle form, the files.)
+        clone = type(self).__new__(type(self))
+        clone.__dict__.update(self.__dict__)
         clone.prompts = dict(self.prompts)
-        clone._lock = threading.Lock()
+        if hasattr(self, "_files"):
+            clone._files = dict(self._files)
         return clone
 
     def __setstate__(self, state):
