@@ -119,15 +119,17 @@ def image_graph(prep):
             for axis in (2, 3)}
     new_side = {axis: g.node("Slice", [new_hw, g.const([axis - 2]), g.const([axis - 1])])
                 for axis in (2, 3)}
-    for axis in (3, 2):
-        x = resize_axis(g, x, axis, side[axis], new_side[axis], prep.interpolation)
     crop = prep.crop_size
     spare = g.node("Cast", [g.node("Sub", [new_hw, g.const([crop])])], to=TensorProto.FLOAT)
     # Round is half to even, as Python's round() in torchvision's center_crop.
     start = g.node("Cast", [g.node("Round", [g.node("Div", [spare, g.const(
         np.array([2, 2], np.float32))])])], to=TensorProto.INT64)
-    end = g.node("Add", [start, g.const([crop])])
-    x = g.node("Slice", [x, start, end, g.const([2, 3])])
+    first = {axis: g.node("Slice", [start, g.const([axis - 2]), g.const([axis - 1])])
+             for axis in (2, 3)}
+    # The center crop is part of each pass: only the pixels it keeps are computed.
+    for axis in (3, 2):
+        x = resize_axis(g, x, axis, side[axis], new_side[axis], prep.interpolation,
+                        first=first[axis], count=g.const([crop]))
     x = g.node("Div", [x, g.const(np.float32(255))])
     mean = np.array(prep.mean, np.float32).reshape(1, -1, 1, 1)
     std = np.array(prep.std, np.float32).reshape(1, -1, 1, 1)

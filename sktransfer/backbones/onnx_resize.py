@@ -9,11 +9,11 @@ differs by one level on a fifth of the pixels, which a sensitive head turns
 into probabilities 1e-3 apart; this graph computes what torch computes:
 the same windows, weights (in double), precision and rounding, on any
 input and output size given at run time. The weighted sums are of integers
-below 2**24, exact in float32.
+below 2**24, exact in float32 in any order of summation.
 """
 
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 #: Filter support (taps at scale 1) of each interpolation.
 INTERP_SIZE = {"bilinear": 2, "bicubic": 4}
@@ -21,10 +21,13 @@ INTERP_SIZE = {"bilinear": 2, "bicubic": 4}
 CUBIC_A = -0.5
 
 
-def resize_axis(g, x, axis, in_size, out_size, interpolation):
+def resize_axis(g, x, axis, in_size, out_size, interpolation, first=None, count=None):
     """``x`` (float32 holding uint8 values) resized along ``axis`` (2: height, 3: width).
 
     ``in_size`` and ``out_size`` are one-element int64 tensors of the graph.
+    ``first`` and ``count`` (the same kind) keep only the output pixels
+    ``first`` to ``first + count`` (a crop that follows the resize), computed
+    alone; by default all ``out_size``.
     """
     double = TensorProto.DOUBLE
     n_in = g.node("Cast", [in_size], to=double)
@@ -62,14 +65,28 @@ def resize_axis(g, x, axis, in_size, out_size, interpolation):
     # Taps past the window read the last pixel with weight 0.
     last = g.node("Sub", [n_in, one])
     index = g.node("Cast", [g.node("Min", [index, last])], to=TensorProto.INT64)
-    window = g.node("Gather", [x, index], axis=axis)  # axis becomes (out, K)
-    if axis == 2:
-        weights = g.node("Unsqueeze", [weights, g.const([2])])  # (out, K, 1) against W
-    summed = g.node("ReduceSum", [g.node("Mul", [window, weights]), g.const([axis + 1])],
-                    keepdims=0)
-    # (sum + 2**(p-1)) >> p, then clamped to 8 bits.
-    rounded = g.node("Floor", [g.node("Div", [g.node("Add", [
-        summed, g.node("Mul", [precision, g.const(np.float32(0.5))])]), precision])])
+    if first is not None:
+        # The rows of the kept pixels (the precision above is the whole axis's, as torch's).
+        end = g.node("Add", [first, count])
+        weights = g.node("Slice", [weights, first, end, g.const([0])])
+        index = g.node("Slice", [index, first, end, g.const([0])])
+    else:
+        count = out_size
+    # The windows' weights as one (out, in) matrix, zero outside each window: the
+    # pass is then one matrix product (a gather of every window, multiplied and
+    # summed, moves several times the image through memory).
+    size = g.node("Concat", [count, in_size], axis=0)
+    zeros = g.node("ConstantOfShape", [size], value=helper.make_tensor(
+        "zero", TensorProto.FLOAT, [1], [0.0]))
+    dense = g.node("ScatterElements", [zeros, index, weights], axis=1, reduction="add")
+    if axis == 3:  # (N, C, H, in) @ (in, out)
+        summed = g.node("MatMul", [x, g.node("Transpose", [dense], perm=[1, 0])])
+    else:  # (out, in) @ (N, C, in, W)
+        summed = g.node("MatMul", [dense, x])
+    # (sum + 2**(p-1)) >> p (times 2**-p: exact, and cheaper than dividing), clamped to 8 bits.
+    rounded = g.node("Floor", [g.node("Mul", [g.node("Add", [
+        summed, g.node("Mul", [precision, g.const(np.float32(0.5))])]),
+        g.node("Reciprocal", [precision])])])
     return g.node("Clip", [rounded, g.const(np.float32(0)), g.const(np.float32(255))])
 
 
