@@ -51,8 +51,9 @@ def in_chunks(model, batch_size):
         helper.make_node("Shape", [MASK], ["ck_n"], start=0, end=1),
         helper.make_node("TopK", ["ck_lengths", "ck_n"], ["ck_sorted_lengths", "ck_order"], axis=0,
                          largest=1, sorted=1),
-        # chunks = ceil(n / batch); per chunk = ceil(n / chunks): equal chunks, and
-        # the last positions (at most chunks - 1) repeat the first rows.
+        # chunks = ceil(n / batch); per chunk = ceil(n / chunks): equal chunks; the
+        # positions past n (at most chunks - 1) repeat the shortest row, so that the
+        # last chunk stays as short as its texts.
         helper.make_node("Sub", ["ck_batch", "ck_one"], ["ck_batch_less_one"]),
         helper.make_node("Add", ["ck_n", "ck_batch_less_one"], ["ck_n_up"]),
         helper.make_node("Div", ["ck_n_up", "ck_batch"], ["ck_chunks"]),
@@ -64,8 +65,9 @@ def in_chunks(model, batch_size):
         helper.make_node("Squeeze", ["ck_n"], ["ck_n_s"]),
         helper.make_node("Squeeze", ["ck_chunks"], ["ck_chunks_s"]),
         helper.make_node("Range", ["ck_zero_s", "ck_total_s", "ck_one_s"], ["ck_positions"]),
-        helper.make_node("Mod", ["ck_positions", "ck_n_s"], ["ck_wrapped"]),
-        helper.make_node("Gather", ["ck_order", "ck_wrapped"], ["ck_padded_order"], axis=0),
+        helper.make_node("Sub", ["ck_n_s", "ck_one_s"], ["ck_last"]),
+        helper.make_node("Min", ["ck_positions", "ck_last"], ["ck_clamped"]),
+        helper.make_node("Gather", ["ck_order", "ck_clamped"], ["ck_padded_order"], axis=0),
         helper.make_node("Loop", ["ck_chunks_s", "ck_true"], ["ck_chunk_outputs"],
                          body=_body(model, inputs)),
         # (chunks, per, ...) -> (chunks * per, ...): rows in sorted order.
