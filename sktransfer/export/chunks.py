@@ -68,6 +68,8 @@ def in_chunks(model, batch_size):
         helper.make_node("Sub", ["ck_n_s", "ck_one_s"], ["ck_last"]),
         helper.make_node("Min", ["ck_positions", "ck_last"], ["ck_clamped"]),
         helper.make_node("Gather", ["ck_order", "ck_clamped"], ["ck_padded_order"], axis=0),
+        helper.make_node("Gather", ["ck_sorted_lengths", "ck_clamped"], ["ck_padded_lengths"],
+                         axis=0),
         helper.make_node("Loop", ["ck_chunks_s", "ck_true"], ["ck_chunk_outputs"],
                          body=_body(model, inputs)),
         # (chunks, per, ...) -> (chunks * per, ...): rows in sorted order.
@@ -103,15 +105,13 @@ def _body(model, inputs):
         helper.make_node("Slice", ["ck_padded_order", "ck_start", "ck_end", "ck_zero"],
                          ["ck_rows"]),
     ]
+    # Rows are longest first: the chunk's first row is its longest.
+    nodes.append(helper.make_node("Slice", ["ck_padded_lengths", "ck_start", "ck_end", "ck_zero"],
+                                  ["ck_chunk_lengths"]))
+    nodes.append(helper.make_node("Slice", ["ck_chunk_lengths", "ck_zero", "ck_one", "ck_zero"],
+                                  ["ck_longest"]))
     for name in inputs:
         nodes.append(helper.make_node("Gather", [name, "ck_rows"], [f"ck_rows_{name}"], axis=0))
-    nodes += [
-        helper.make_node("Cast", [f"ck_rows_{MASK}"], ["ck_rows_mask_i64"],
-                         to=TensorProto.INT64),
-        helper.make_node("ReduceSum", ["ck_rows_mask_i64", "ck_axis_1"], ["ck_rows_lengths"],
-                         keepdims=0),
-        helper.make_node("ReduceMax", ["ck_rows_lengths"], ["ck_longest"], keepdims=1),
-    ]
     for name in inputs:
         nodes.append(helper.make_node(
             "Slice", [f"ck_rows_{name}", "ck_zero", "ck_longest", "ck_axis_1"], [local[name]]))
