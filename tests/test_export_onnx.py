@@ -296,10 +296,12 @@ def test_the_image_graph_is_the_torch_preprocessing_within_one_level(interpolati
 
     rng = np.random.default_rng(0)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    for resize, crop in [(36, 32), (40, 32), (16, 16)]:
+    # A crop of 72 is three blocks of output pixels (32, 32 and a short one of 8).
+    for resize, crop in [(36, 32), (40, 32), (16, 16), (80, 72)]:
         prep = ImagePreprocess(resize, crop, mean, std, interpolation=interpolation)
         session = onnxruntime.InferenceSession(image_graph(prep)[0].SerializeToString())
-        for h, w, c in [(32, 32, 3), (40, 48, 3), (64, 50, 3), (37, 91, 3), (20, 20, 1)]:
+        for h, w, c in [(32, 32, 3), (40, 48, 3), (64, 50, 3), (37, 91, 3), (20, 20, 1),
+                        (130, 97, 3), (300, 41, 3)]:
             X = rng.integers(0, 256, (2, h, w, c), dtype=np.uint8)
             expected = prep(torch.from_numpy(X).permute(0, 3, 1, 2).contiguous()).numpy()
             got = session.run(None, {"X": X})[0]

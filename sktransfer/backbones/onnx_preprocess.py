@@ -108,7 +108,6 @@ def image_graph(prep):
     if prep.channels == 3:
         # Grayscale (C == 1) is repeated to RGB, as the torch preprocessing does.
         x = g.node("Expand", [x, g.const(np.array([1, 3, 1, 1], np.int64))])
-    x = g.node("Cast", [x], to=TensorProto.FLOAT)
     shape = g.node("Shape", [x])
     hw = g.node("Slice", [shape, g.const([2]), g.const([4])])
     short = g.node("ReduceMin", [hw], keepdims=1)
@@ -128,8 +127,8 @@ def image_graph(prep):
              for axis in (2, 3)}
     # The center crop is part of each pass: only the pixels it keeps are computed.
     for axis in (3, 2):
-        x = resize_axis(g, x, axis, side[axis], new_side[axis], prep.interpolation,
-                        first=first[axis], count=g.const([crop]))
+        x = resize_axis(g, x, axis - 4, side[axis], new_side[axis], prep.interpolation,
+                        first=first[axis], count=crop, uint8=axis == 3)
     x = g.node("Div", [x, g.const(np.float32(255))])
     mean = np.array(prep.mean, np.float32).reshape(1, -1, 1, 1)
     std = np.array(prep.std, np.float32).reshape(1, -1, 1, 1)

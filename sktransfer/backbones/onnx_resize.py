@@ -8,8 +8,10 @@ the sum rounded back to 8 bits. ONNX's ``Resize`` computes in float and
 differs by one level on a fifth of the pixels, which a sensitive head turns
 into probabilities 1e-3 apart; this graph computes what torch computes:
 the same windows, weights (in double), precision and rounding, on any
-input and output size given at run time. The weighted sums are of integers
-below 2**24, exact in float32 in any order of summation.
+input and output size given at run time. The weights are those integers
+times ``2**-p``: a power of two, so float32 sums keep torch's integer sums
+(below 2**24, exact in any order of summation) and the rounding shift is
+a floor of the sum plus one half.
 """
 
 import numpy as np
@@ -19,15 +21,78 @@ from onnx import TensorProto, helper
 INTERP_SIZE = {"bilinear": 2, "bicubic": 4}
 #: PIL's (and torch's antialiased) bicubic coefficient.
 CUBIC_A = -0.5
+#: Output pixels per block of :func:`resize_axis` (one small matrix product each).
+BLOCK = 32
 
 
-def resize_axis(g, x, axis, in_size, out_size, interpolation, first=None, count=None):
-    """``x`` (float32 holding uint8 values) resized along ``axis`` (2: height, 3: width).
+def resize_axis(g, x, axis, in_size, out_size, interpolation, first, count, uint8=False):
+    """``x`` (float32 holding uint8 values; uint8 itself if ``uint8``) resized along
+    ``axis`` (-1 or -2) and cropped, as float32.
 
-    ``in_size`` and ``out_size`` are one-element int64 tensors of the graph.
-    ``first`` and ``count`` (the same kind) keep only the output pixels
-    ``first`` to ``first + count`` (a crop that follows the resize), computed
-    alone; by default all ``out_size``.
+    ``in_size``, ``out_size`` and ``first`` are one-element int64 tensors of
+    the graph; ``count`` (an int) output pixels are kept from ``first`` on (a
+    crop that follows the resize), and computed alone.
+
+    The kept pixels go in blocks of at most :data:`BLOCK`: each block reads
+    only the slab of input pixels its windows cover and is one small matrix
+    product, so the work grows with the filter's support, not with the
+    input's size (one dense (out, in) matrix multiplies mostly zeros: 7 in 8
+    for 224 -> 256 px). The blocks are unrolled (``count`` is known when the
+    graph is built); their slab offsets are computed at run time.
+    """
+    weights, index = _windows(g, in_size, out_size, interpolation, first, count)
+    int64 = np.int64
+    blocks = -(-count // BLOCK)
+    padded = blocks * BLOCK
+    # Rows past ``count`` repeat the last window with weight 0 (never multiplied).
+    pad = g.const(np.array([0, 0, padded - count, 0], int64))
+    index = g.node("Pad", [index, pad], mode="edge")
+    weights = g.node("Pad", [weights, pad])
+    by_block = g.node("Reshape", [index, g.const(np.array([blocks, BLOCK, -1], int64))])
+    start = g.node("ReduceMin", [by_block, g.const([1, 2])], keepdims=0)
+    stop = g.node("ReduceMax", [by_block, g.const([1, 2])], keepdims=0)
+    slab = g.node("Add", [g.node("ReduceMax", [g.node("Sub", [stop, start])], keepdims=1),
+                          g.const(np.array([1], int64))])
+    # A slab that would run past the input starts earlier (its windows still fit).
+    start = g.node("Min", [start, g.node("Sub", [in_size, slab])])
+    # Each window's taps as positions in its block's slab: a dense (BLOCK, slab)
+    # matrix per block.
+    row_start = g.node("Reshape", [g.node("Expand", [
+        g.node("Unsqueeze", [start, g.const([1])]), g.const(np.array([blocks, BLOCK], int64))]),
+        g.const(np.array([-1, 1], int64))])
+    size = g.node("Concat", [g.const(np.array([padded], int64)), slab], axis=0)
+    zeros = g.node("ConstantOfShape", [size], value=helper.make_tensor(
+        "zero", TensorProto.FLOAT, [1], [0.0]))
+    dense = g.node("ScatterElements", [zeros, g.node("Sub", [index, row_start]), weights],
+                   axis=1, reduction="add")
+    if axis == -1:  # (R, in) @ (in, out): the weights as (slab, BLOCK) blocks
+        dense = g.node("Transpose", [dense], perm=[1, 0])
+    parts = []
+    for b in range(blocks):
+        keep = min(BLOCK, count - b * BLOCK)
+        rows = g.const(np.array([b * BLOCK], int64)), g.const(np.array([b * BLOCK + keep], int64))
+        begin = g.node("Slice", [start, g.const([b]), g.const([b + 1])])
+        piece = g.node("Slice", [x, begin, g.node("Add", [begin, slab]), g.const([axis])])
+        if uint8:  # each slab is cast alone: the slicing moves a quarter of the bytes
+            piece = g.node("Cast", [piece], to=TensorProto.FLOAT)
+        if axis == -1:
+            w = g.node("Slice", [dense, *rows, g.const([1])])
+            parts.append(g.node("MatMul", [piece, w]))
+        else:
+            w = g.node("Slice", [dense, *rows, g.const([0])])
+            parts.append(g.node("MatMul", [w, piece]))
+    summed = parts[0] if blocks == 1 else g.node("Concat", parts, axis=axis)
+    # The weights carry 2**-p (exact), so this is (sum + 2**(p-1)) >> p, clamped to 8 bits.
+    rounded = g.node("Floor", [g.node("Add", [summed, g.const(np.float32(0.5))])])
+    return g.node("Clip", [rounded, g.const(np.float32(0)), g.const(np.float32(255))])
+
+
+def _windows(g, in_size, out_size, interpolation, first, count):
+    """Each kept output pixel's window: ``(weights, index)``.
+
+    ``weights`` (float32, the fixed-point integers times ``2**-p``) and
+    ``index`` (int64) are ``(count, K)``, ``K`` the widest window; taps past a
+    window read its last pixel with weight 0.
     """
     double = TensorProto.DOUBLE
     n_in = g.node("Cast", [in_size], to=double)
@@ -61,33 +126,13 @@ def resize_axis(g, x, axis, in_size, out_size, interpolation, first=None, count=
     total = g.node("ReduceSum", [weights, g.const([1])], keepdims=1)
     weights = g.node("Div", [weights, g.node("Where", [
         g.node("Equal", [total, zero]), one, total])])
-    weights, precision = _fixed_point(g, weights)
-    # Taps past the window read the last pixel with weight 0.
+    weights = _fixed_point(g, weights)
     last = g.node("Sub", [n_in, one])
     index = g.node("Cast", [g.node("Min", [index, last])], to=TensorProto.INT64)
-    if first is not None:
-        # The rows of the kept pixels (the precision above is the whole axis's, as torch's).
-        end = g.node("Add", [first, count])
-        weights = g.node("Slice", [weights, first, end, g.const([0])])
-        index = g.node("Slice", [index, first, end, g.const([0])])
-    else:
-        count = out_size
-    # The windows' weights as one (out, in) matrix, zero outside each window: the
-    # pass is then one matrix product (a gather of every window, multiplied and
-    # summed, moves several times the image through memory).
-    size = g.node("Concat", [count, in_size], axis=0)
-    zeros = g.node("ConstantOfShape", [size], value=helper.make_tensor(
-        "zero", TensorProto.FLOAT, [1], [0.0]))
-    dense = g.node("ScatterElements", [zeros, index, weights], axis=1, reduction="add")
-    if axis == 3:  # (N, C, H, in) @ (in, out)
-        summed = g.node("MatMul", [x, g.node("Transpose", [dense], perm=[1, 0])])
-    else:  # (out, in) @ (N, C, in, W)
-        summed = g.node("MatMul", [dense, x])
-    # (sum + 2**(p-1)) >> p (times 2**-p: exact, and cheaper than dividing), clamped to 8 bits.
-    rounded = g.node("Floor", [g.node("Mul", [g.node("Add", [
-        summed, g.node("Mul", [precision, g.const(np.float32(0.5))])]),
-        g.node("Reciprocal", [precision])])])
-    return g.node("Clip", [rounded, g.const(np.float32(0)), g.const(np.float32(255))])
+    # The rows of the kept pixels (the precision above is the whole axis's, as torch's).
+    end = g.node("Add", [first, g.const(np.array([count], np.int64))])
+    return (g.node("Slice", [weights, first, end, g.const([0])]),
+            g.node("Slice", [index, first, end, g.const([0])]))
 
 
 def _filter(g, x, interpolation):
@@ -111,8 +156,9 @@ def _filter(g, x, interpolation):
 
 
 def _fixed_point(g, weights):
-    """``(weights as float32 integers, 2**precision as float32)``, as torch rounds them:
-    the largest precision below 22 bits at which twice the largest weight fits in int16."""
+    """The weights as torch rounds them to fixed point, as float32 ``integer * 2**-p``:
+    ``p`` the largest precision below 22 bits at which twice the largest weight fits in
+    int16 (scaling by a power of two is exact, so sums keep torch's integers)."""
     largest = g.node("ReduceMax", [weights], keepdims=0)
     steps = g.const(2.0 ** np.arange(1, 23))
     fits = g.node("Less", [g.node("Floor", [g.node("Add", [
@@ -124,5 +170,4 @@ def _fixed_point(g, weights):
     # Rounded half away from zero (torch: (int)(w * 2**p +- 0.5)).
     integer = g.node("Mul", [g.node("Sign", [scaled]), g.node("Floor", [g.node("Add", [
         g.node("Abs", [scaled]), g.const(np.array(0.5))])])])
-    return (g.node("Cast", [integer], to=TensorProto.FLOAT),
-            g.node("Cast", [unit], to=TensorProto.FLOAT))
+    return g.node("Cast", [g.node("Div", [integer, unit])], to=TensorProto.FLOAT)
