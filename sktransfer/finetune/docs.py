@@ -176,7 +176,8 @@ PARAMS_DOC = """
         matches the covariances of the source and target embeddings (Deep
         CORAL), ``"mmd"`` their multi-kernel maximum mean discrepancy (DAN),
         ``"dann"`` trains a domain classifier through gradient reversal
-        (DANN, its weight warmed up over the steps of the ``fit`` call). Each
+        (DANN; the MMD and DANN weights warm up over the steps of the ``fit``
+        call). Each
         training batch pairs ``batch_size`` labelled samples with as many
         target samples; the unlabelled ones enter only the adaptation term,
         labelled target samples also the supervised loss. Early stopping
@@ -186,7 +187,7 @@ PARAMS_DOC = """
     adaptation_weight : float or None, default=None
         lambda, the weight of the adaptation term in the training loss.
         None: the method's default, ``300`` for ``"coral"`` (its term is
-        divided by ``4 d^2``), ``0.1`` for ``"mmd"``, ``0.1`` for ``"dann"``
+        divided by ``4 d^2``), ``0.3`` for ``"mmd"``, ``0.1`` for ``"dann"``
         (``sktransfer.training.adaptation.DEFAULT_WEIGHTS``), set on the
         benchmark's shifts so that the default does not do worse than
         source-only training there. These are cautious starting points: on a
