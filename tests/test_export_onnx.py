@@ -302,7 +302,12 @@ def test_the_image_graph_is_the_torch_preprocessing_within_one_level(interpolati
         session = onnxruntime.InferenceSession(image_graph(prep)[0].SerializeToString())
         for h, w, c in [(32, 32, 3), (40, 48, 3), (64, 50, 3), (37, 91, 3), (20, 20, 1),
                         (130, 97, 3), (300, 41, 3)]:
-            X = rng.integers(0, 256, (2, h, w, c), dtype=np.uint8)
+            # Random pixels, and the extremes: white (the largest sums; a bilinear
+            # graph does not clamp) and a 0/255 checkerboard (bicubic overshoots).
+            checker = (np.indices((h, w)).sum(0) % 2 * 255).astype(np.uint8)
+            X = np.stack([rng.integers(0, 256, (h, w, c), dtype=np.uint8),
+                          np.full((h, w, c), 255, np.uint8),
+                          np.repeat(checker[..., None], c, axis=2)])
             expected = prep(torch.from_numpy(X).permute(0, 3, 1, 2).contiguous()).numpy()
             got = session.run(None, {"X": X})[0]
             assert got.shape == expected.shape

@@ -128,11 +128,13 @@ def image_graph(prep):
     # The center crop is part of each pass: only the pixels it keeps are computed.
     for axis in (3, 2):
         x = resize_axis(g, x, axis - 4, side[axis], new_side[axis], prep.interpolation,
-                        first=first[axis], count=crop, uint8=axis == 3)
-    x = g.node("Div", [x, g.const(np.float32(255))])
-    mean = np.array(prep.mean, np.float32).reshape(1, -1, 1, 1)
-    std = np.array(prep.std, np.float32).reshape(1, -1, 1, 1)
-    g.node("Div", [g.node("Sub", [x, g.const(mean)]), g.const(std)], output="input")
+                        first=first[axis], count=crop, to_uint8=axis == 3)
+    # (x / 255 - mean) / std as one multiply and one subtraction: within a float32
+    # rounding of torch's three steps.
+    mean = np.array(prep.mean, np.float64).reshape(1, -1, 1, 1)
+    std = np.array(prep.std, np.float64).reshape(1, -1, 1, 1)
+    g.node("Sub", [g.node("Mul", [x, g.const((1 / (255 * std)).astype(np.float32))]),
+                   g.const((mean / std).astype(np.float32))], output="input")
     c = prep.channels
     model = g.model(helper.make_tensor_value_info("X", TensorProto.UINT8,
                                                   ["N", "H", "W", "C"]), ["input"])

@@ -25,9 +25,9 @@ CUBIC_A = -0.5
 BLOCK = 32
 
 
-def resize_axis(g, x, axis, in_size, out_size, interpolation, first, count, uint8=False):
-    """``x`` (float32 holding uint8 values; uint8 itself if ``uint8``) resized along
-    ``axis`` (-1 or -2) and cropped, as float32.
+def resize_axis(g, x, axis, in_size, out_size, interpolation, first, count, to_uint8=False):
+    """``x`` (uint8, ``(..., H, W)``) resized along ``axis`` (-1 or -2) and cropped:
+    uint8 if ``to_uint8``, else float32 holding the uint8 values.
 
     ``in_size``, ``out_size`` and ``first`` are one-element int64 tensors of
     the graph; ``count`` (an int) output pixels are kept from ``first`` on (a
@@ -38,7 +38,8 @@ def resize_axis(g, x, axis, in_size, out_size, interpolation, first, count, uint
     product, so the work grows with the filter's support, not with the
     input's size (one dense (out, in) matrix multiplies mostly zeros: 7 in 8
     for 224 -> 256 px). The blocks are unrolled (``count`` is known when the
-    graph is built); their slab offsets are computed at run time.
+    graph is built); their slab offsets are computed at run time. Slabs are
+    cast to float32 one by one, so slicing moves bytes, not floats.
     """
     weights, index = _windows(g, in_size, out_size, interpolation, first, count)
     int64 = np.int64
@@ -67,24 +68,43 @@ def resize_axis(g, x, axis, in_size, out_size, interpolation, first, count, uint
                    axis=1, reduction="add")
     if axis == -1:  # (R, in) @ (in, out): the weights as (slab, BLOCK) blocks
         dense = g.node("Transpose", [dense], perm=[1, 0])
+        rows_shape = g.node("Concat", [g.const(np.array([-1], int64)), slab], axis=0)
+    half = g.const(np.float32(0.5))
     parts = []
     for b in range(blocks):
         keep = min(BLOCK, count - b * BLOCK)
         rows = g.const(np.array([b * BLOCK], int64)), g.const(np.array([b * BLOCK + keep], int64))
         begin = g.node("Slice", [start, g.const([b]), g.const([b + 1])])
         piece = g.node("Slice", [x, begin, g.node("Add", [begin, slab]), g.const([axis])])
-        if uint8:  # each slab is cast alone: the slicing moves a quarter of the bytes
-            piece = g.node("Cast", [piece], to=TensorProto.FLOAT)
+        piece = g.node("Cast", [piece], to=TensorProto.FLOAT)
         if axis == -1:
+            # One (N * C * H, slab) @ (slab, keep) product, the rounding's half as its bias.
             w = g.node("Slice", [dense, *rows, g.const([1])])
-            parts.append(g.node("MatMul", [piece, w]))
+            part = g.node("Gemm", [g.node("Reshape", [piece, rows_shape]), w, half])
         else:
             w = g.node("Slice", [dense, *rows, g.const([0])])
-            parts.append(g.node("MatMul", [w, piece]))
-    summed = parts[0] if blocks == 1 else g.node("Concat", parts, axis=axis)
-    # The weights carry 2**-p (exact), so this is (sum + 2**(p-1)) >> p, clamped to 8 bits.
-    rounded = g.node("Floor", [g.node("Add", [summed, g.const(np.float32(0.5))])])
-    return g.node("Clip", [rounded, g.const(np.float32(0)), g.const(np.float32(255))])
+            part = g.node("Add", [g.node("MatMul", [w, piece]), half])
+        # uint8 blocks are rounded before they are joined (a quarter of the bytes to move).
+        parts.append(_rounded(g, part, interpolation, to_uint8) if to_uint8 else part)
+    out = parts[0] if blocks == 1 else g.node("Concat", parts, axis=axis)
+    if axis == -1:
+        out = g.node("Reshape", [out, g.node("Concat", [
+            g.node("Slice", [g.node("Shape", [x]), g.const([0]), g.const([-1])]),
+            g.const(np.array([count], int64))], axis=0)])
+    return out if to_uint8 else _rounded(g, out, interpolation, to_uint8)
+
+
+def _rounded(g, halved, interpolation, to_uint8):
+    """The weighted sums plus 1/2 (the weights carry 2**-p, exact) floored to 8 bits:
+    ``(sum + 2**(p-1)) >> p``, as torch rounds."""
+    if interpolation != "bilinear":
+        # Bicubic's negative lobes overshoot: clamp to 8 bits, as torch does. A
+        # bilinear sum never leaves [0, 255.5]: its weights are positive, and
+        # rounding them adds at most K/2 units of 2**-p, K < 2**p / 255.
+        halved = g.node("Clip", [halved, g.const(np.float32(0)), g.const(np.float32(255))])
+    if to_uint8:  # truncation is the floor of a non-negative value
+        return g.node("Cast", [halved], to=TensorProto.UINT8)
+    return g.node("Floor", [halved])
 
 
 def _windows(g, in_size, out_size, interpolation, first, count):
