@@ -85,13 +85,13 @@ def resize_axis(g, x, axis, in_size, out_size, interpolation, first, count, to_u
             w = g.node("Slice", [dense, *rows, g.const([0])])
             part = g.node("Add", [g.node("MatMul", [w, piece]), half])
         # uint8 blocks are rounded before they are joined (a quarter of the bytes to move).
-        parts.append(_rounded(g, part, interpolation, to_uint8) if to_uint8 else part)
+        parts.append(_rounded(g, part, interpolation, to_uint8=True) if to_uint8 else part)
     out = parts[0] if blocks == 1 else g.node("Concat", parts, axis=axis)
     if axis == -1:
         out = g.node("Reshape", [out, g.node("Concat", [
             g.node("Slice", [g.node("Shape", [x]), g.const([0]), g.const([-1])]),
             g.const(np.array([count], int64))], axis=0)])
-    return out if to_uint8 else _rounded(g, out, interpolation, to_uint8)
+    return out if to_uint8 else _rounded(g, out, interpolation, to_uint8=False)
 
 
 def _rounded(g, halved, interpolation, to_uint8):
