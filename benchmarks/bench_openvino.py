@@ -9,7 +9,14 @@ Three comparisons, timed in one run with the contenders taking turns
    own ``encode`` (torch backend; its OpenVINO backend when ``optimum-intel``
    is installed);
 2. the same on one sentence per call (latency);
-3. resnet18 (random weights) on 64 images of 224 px: sktransfer's runtimes.
+3. resnet18 (random weights) on 64 images of 224 px: sktransfer's runtimes;
+4. downstream accuracy of float32 and of the int8 runtimes (a logistic
+   regression on the embeddings): all-MiniLM-L6-v2 on three-topic texts,
+   resnet18 (random weights) on scikit-learn's digits.
+
+The int8 OpenVINO contender (``quantize="int8"``: NNCF, calibrated at fit)
+is fitted on separate samples of the same kind (300 sentences, 64 images),
+so its calibration never sees the measured inputs.
 
 Every contender's agreement with sktransfer's torch fp32 output is reported
 as the minimum cosine similarity over the rows. The CPU's model and ISA
@@ -43,7 +50,8 @@ def _contenders(spec, fit_on, bf16, extra=()):
     settings = {"sktransfer torch fp32 (default)": {},
                 "sktransfer onnx": {"runtime": "onnx"},
                 "sktransfer onnx int8": {"runtime": "onnx", "quantize": "int8"},
-                "sktransfer openvino": {"runtime": "openvino"}}
+                "sktransfer openvino": {"runtime": "openvino"},
+                "sktransfer openvino int8": {"runtime": "openvino", "quantize": "int8"}}
     if bf16:
         settings["sktransfer torch bf16"] = {"precision": "bf16"}
         settings["sktransfer openvino bf16"] = {"runtime": "openvino", "precision": "bf16"}
@@ -97,7 +105,8 @@ def run(settings):
     notes = [f"{cpu_line()}; ONNX Runtime and OpenVINO get {threads} threads too. "
              f"bf16 units (OpenVINO's CPU capabilities): "
              f"{'yes' if bf16 else 'no'}."]
-    text = _contenders("hf:" + path, texts[:8], bf16)
+    calibration = [" ".join(rng.choice(WORDS, 8)) for _ in range(64 if quick else 300)]
+    text = _contenders("hf:" + path, calibration, bf16)
     peers = _peers(path)
     bulk = {**{k: (lambda f=f: f(texts)) for k, f in text.items()},
             **{k: (lambda f=f: f(texts)) for k, f in peers.items()}}
@@ -109,13 +118,56 @@ def run(settings):
     tables.append(_table("OpenVINO: all-MiniLM-L6-v2, one sentence per call", "ms", 1, one,
                          reference, 10 if quick else 40, notes[:1]))
     images = rng.randint(0, 256, (16 if quick else 64, 224, 224, 3), dtype=np.uint8)
-    vision = _contenders("torchvision:resnet18", images[:2], bf16,
-                         extra={"weights": None, "random_state": 0}.items())
+    vision = _contenders("torchvision:resnet18",
+                         rng.randint(0, 256, (16 if quick else 64, 224, 224, 3), dtype=np.uint8),
+                         bf16, extra={"weights": None, "random_state": 0}.items())
     calls = {k: (lambda f=f: f(images)) for k, f in vision.items()}
     tables.append(_table(f"OpenVINO: resnet18 (random weights), {len(images)} images of 224 px "
                          "per call", "images", len(images), calls, reference,
                          2 if quick else 4, notes[:1]))
+    tables.append(_downstream(path, quick, notes[:1]))
     return tables
+
+
+def _downstream(path, quick, notes):
+    """Accuracy of a logistic regression on each runtime's embeddings, and label agreement."""
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from bench_export_onnx import topic_texts
+    from sktransfer import PretrainedFeatureTransformer
+
+    rng = np.random.RandomState(1)
+    texts, topics = topic_texts(rng, 160 if quick else 812)
+    digits = load_digits()
+    order = rng.permutation(len(digits.target))[:200 if quick else 600]
+    pixels = (digits.images[order] * (255 / 16)).astype(np.uint8)
+    images = np.repeat(pixels[..., None], 3, axis=3)
+    n_text, n_image = (64, 100) if quick else (300, 300)
+    tasks = {"all-MiniLM-L6-v2, three topics": ("hf:" + path, {}, texts, topics, n_text),
+             "resnet18 (random weights), digits": ("torchvision:resnet18",
+                                                  {"weights": None, "random_state": 0},
+                                                  images, digits.target[order], n_image)}
+    runtimes = {"torch fp32": {}, "onnx int8": {"runtime": "onnx", "quantize": "int8"},
+                "openvino int8": {"runtime": "openvino", "quantize": "int8"}}
+    rows = []
+    for task, (spec, extra, X, y, n_fit) in tasks.items():
+        predicted = {}
+        for name, params in runtimes.items():
+            model = make_pipeline(PretrainedFeatureTransformer(spec, **params, **extra),
+                                  StandardScaler(), LogisticRegression(max_iter=2000))
+            # The transformer's fit calibrates int8 on the training samples.
+            predicted[name] = model.fit(X[:n_fit], y[:n_fit]).predict(X[n_fit:])
+        for name, labels in predicted.items():
+            rows.append([task, name, np.mean(labels == y[n_fit:]),
+                         np.mean(labels == predicted["torch fp32"])])
+    return Table("OpenVINO: downstream accuracy of int8 (logistic regression on the embeddings)",
+                 ["task", "runtime", "accuracy (held out)", "labels as torch fp32's"], rows,
+                 notes + [f"Fitted on {n_text} texts / {n_image} digits (int8 calibrated on "
+                          f"them), tested on the rest ({len(texts) - n_text} / "
+                          f"{len(images) - n_image})."])
 
 
 if __name__ == "__main__":

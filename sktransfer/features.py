@@ -11,10 +11,9 @@ from ._utils.signature import positional_deprecated
 from ._utils.validation import (BACKBONE_CONSTRAINTS, Checked, InvalidParameterError, Options,
                                 validate_params)
 from .backbones import POOLINGS, load_backbone_cached
-from .feature_cache import FeatureCache, output_key
+from .feature_cache import FeatureCache, output_key, snapshots_key
 from .chaining import KeepsTrainedBackbone
-from .engine.resident import (ENGINE_CONSTRAINTS, PRECISION_PROBE, ServesFromEngine,
-                              features_agree)
+from .engine.resident import ENGINE_CONSTRAINTS, FIT_PROBE, ServesFromEngine, features_agree
 from .inference import predict_batches
 from .inputs import Collate, estimator_samples
 from .persistence.modules import pack_modules, unpack_modules
@@ -122,10 +121,11 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
         ``precision="bf16"`` where the CPU has bf16 units). See
         :doc:`/speed` for which to pick.
     quantize : {None, "int8"}, default=None
-        ``"int8"`` quantizes the exported ONNX graph dynamically (int8
-        weights, activations quantized per batch): several times faster on
-        the CPU, embeddings a little less exact. Needs ``runtime="onnx"`` and
-        the CPU.
+        ``"int8"``: with ``runtime="onnx"``, ONNX Runtime's dynamic
+        quantization of the exported graph (int8 weights, activations
+        quantized per batch); with ``runtime="openvino"``, NNCF's static
+        quantization, calibrated in ``fit`` on at most 300 of its samples.
+        Faster on the CPU, embeddings a little less exact. The CPU only.
     sampling_rate : int, optional
         For audio backbones, the sampling rate (Hz) of array inputs; every
         clip is resampled to the model's own rate. Required for arrays (a
@@ -147,6 +147,12 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
         precision the fit's probe chose; ``precision_agreement_`` (where the
         probe ran: on CPUs with bf16 units) is the least cosine similarity
         between bf16 and fp32 embeddings it measured.
+    int8_networks_ : dict
+        With ``runtime="openvino"`` and ``quantize="int8"`` only: the network
+        NNCF calibrated at ``fit`` (OpenVINO's format, with the settings and
+        weights it holds for); ``int8_agreement_`` is the least cosine
+        similarity between its embeddings and float32's on the calibration
+        samples.
     n_features_in_ : int
         Columns seen in ``fit`` (tensor backbones given 2-D input only).
 
@@ -241,6 +247,9 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
                 raise ValueError(f"layers {missing} are not modules of {backbone.spec}; "
                                  f"its layers are {backbone.layer_names}")
             _initialize_lazy_layers(backbone, samples)
+            # Before the width probe: the engines it builds are then the fitted ones.
+            probe = samples.subset(np.arange(min(FIT_PROBE, len(samples))))
+            self._settle_engines(lambda purpose: self._embed(probe), features_agree)
             if self.layers or backbone.out_dim is None:
                 # One tiny forward pass tells the output width (through the
                 # cache when there is one, so a cached refit embeds nothing).
@@ -249,8 +258,6 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
             else:
                 self.n_features_out_ = backbone.out_dim
             self._fitted_output = _output_settings(self.layers, self.pooling)
-        probe = samples.subset(np.arange(min(PRECISION_PROBE, len(samples))))
-        self._choose_precision(lambda: self._embed(probe), features_agree)
         return self
 
     def transform(self, X):
@@ -324,6 +331,8 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
                 f"get_feature_names_out() describe the fit; call fit again to use the new "
                 f"{name}.")
 
+    _network_identity = staticmethod(snapshots_key)
+
     def _samples(self, X, reset):
         # getattr: transformers pickled before audio support have neither parameter.
         return estimator_samples(self, X, self.backbone_, reset=reset,
@@ -341,7 +350,8 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
         snapshot = self._model_snapshot(module)
         key = output_key(self.backbone_, layers=self.layers, pooling=self.pooling,
                          precision=self._check_engine_params(), runtime=self.runtime,
-                         quantize=self.quantize, snapshot=snapshot)
+                         quantize=self.quantize, snapshot=snapshot,
+                         calibration=self._int8_digest("transform"))
 
         def compute(part):
             features = self._embed(part)

@@ -88,7 +88,6 @@ def test_the_feature_cache_keys_name_the_runtime(tmp_path, images):
 
 
 @pytest.mark.parametrize("args,match", [
-    (("openvino", "int8", CPU, "auto"), "runtime='onnx' with quantize='int8'"),
     (("openvino", None, torch.device("cuda"), "auto"), "compiles the network for the CPU"),
     (("openvino", None, CPU, "fp16"), "precision='fp16' applies to GPUs"),
 ])

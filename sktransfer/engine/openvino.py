@@ -7,7 +7,8 @@ itself: no conversion tool, whose usage telemetry stays out of the picture)
 and compiled for the CPU, in memory: nothing is kept on disk. With bf16
 asked (``precision="bf16"``) and a CPU that has bf16 matrix units (AMX or
 AVX512-BF16, as OpenVINO reports them), OpenVINO runs the network in bf16;
-otherwise in float32.
+otherwise in float32. With ``quantize="int8"`` it runs the network NNCF
+quantized at ``fit`` (see :mod:`.calibration`).
 """
 
 import threading
@@ -16,6 +17,7 @@ import warnings
 import numpy as np
 import torch
 
+from .calibration import Recorder, quantized_graph, read_record, require_nncf, to_record
 from .onnx import ExportedEngine
 
 INSTALL = "pip install \"sktransfer[openvino]\""
@@ -49,6 +51,8 @@ def cpu_has_bf16():
 def check_openvino(device, quantize, precision):
     """Refuse what the OpenVINO engine cannot do; return the autocast-style dtype it uses.
 
+    ``quantize="int8"`` needs NNCF (an ImportError naming the extra otherwise).
+
     Returns
     -------
     torch.dtype or None
@@ -58,9 +62,7 @@ def check_openvino(device, quantize, precision):
         raise ValueError(f"runtime='openvino' compiles the network for the CPU; on {device} "
                          "use runtime='torch', 'compile' or 'onnx', or device='cpu'.")
     if quantize is not None:
-        raise ValueError(f"quantize={quantize!r} is ONNX Runtime's dynamic quantization; "
-                         "runtime='openvino' runs float32 or bf16. Use runtime='onnx' with "
-                         "quantize='int8', or quantize=None.")
+        require_nncf()
     if precision == "fp16":
         raise ValueError("runtime='openvino' runs float32, or bf16 where the CPU has bf16 "
                          "units; precision='fp16' applies to GPUs. Use precision='bf16', "
@@ -101,13 +103,21 @@ class OpenVinoEngine(ExportedEngine):
         ``torch.bfloat16``: OpenVINO's bf16 inference precision; None: f32.
     name : str
         The network's name, for error messages.
+    int8 : None, "record" or dict
+        None: the float network. ``"record"``: the float network, keeping
+        the inputs of its calls for :meth:`calibrate`. A dict (see
+        :func:`~sktransfer.engine.calibration.to_record`): the int8 network
+        calibrated at fit, run as stored (nothing is exported).
     """
 
     runtime = "openvino"
 
-    def __init__(self, module, device, amp_dtype=None, name="the network"):
+    def __init__(self, module, device, amp_dtype=None, name="the network", int8=None):
         super().__init__(module, device, name)
         self.amp_dtype = amp_dtype
+        self.int8 = int8
+        self._recorder = Recorder() if int8 == "record" else None
+        self._float_graph = None
         self._requests = threading.local()
 
     @property
@@ -118,16 +128,47 @@ class OpenVinoEngine(ExportedEngine):
             return None
         return str(built[0][0].get_property("INFERENCE_PRECISION_HINT")).lower()
 
+    def _exported(self, keys, tensors):
+        if not isinstance(self.int8, dict):
+            return super()._exported(keys, tensors)
+        stored = tuple(self.int8["inputs"])
+        if keys != stored:
+            raise ValueError(f"runtime='openvino': the int8 network was calibrated for inputs "
+                             f"{stored}, and this batch has {keys}")
+        return self._compiled(read_record(core(), self.int8))
+
     def _build(self, path):
-        ov_core = core()
-        graph = ov_core.read_model(path)  # weights included: the file may go
+        graph = core().read_model(path)  # weights included: the file may go
+        if self._recorder is not None:
+            self._float_graph = graph
+        return self._compiled(graph)
+
+    def calibrate(self, settings, identity):
+        """Quantize the float network on the inputs recorded so far; serve it from now on.
+
+        Returns
+        -------
+        dict
+            The stored form (:func:`~sktransfer.engine.calibration.to_record`).
+        """
+        if self._recorder is None or self._float_graph is None:
+            raise RuntimeError("calibrate() needs an engine built with int8='record' that "
+                               "has run")
+        graph = quantized_graph(self._float_graph, self._recorder.samples)
+        keys = self._built[1]
+        record = to_record(graph, keys, settings, identity)
+        self._recorder = self._float_graph = None
+        self._built = (self._compiled(graph), keys)
+        return record
+
+    def _compiled(self, graph):
         config = {
             "INFERENCE_PRECISION_HINT": "bf16" if self.amp_dtype == torch.bfloat16 else "f32",
             # The same CPU threads as the torch runtime, so runtimes compare alike.
             "INFERENCE_NUM_THREADS": torch.get_num_threads(),
             "PERFORMANCE_HINT": "LATENCY",
         }
-        model = ov_core.compile_model(graph, "CPU", config)
+        model = core().compile_model(graph, "CPU", config)
         return model, [port.get_any_name() for port in model.inputs]
 
     def _run(self, built, given):
@@ -138,7 +179,10 @@ class OpenVinoEngine(ExportedEngine):
             self._requests.request, self._requests.model = request, model
         # The exporter drops inputs the graph does not read (token_type_ids
         # of a model that ignores them): feed the ones it kept.
-        result = request.infer({name: _np(given[name]) for name in names})
+        feed = {name: _np(given[name]) for name in names}
+        if self._recorder is not None:
+            self._recorder.add(feed)
+        result = request.infer(feed)
         # A copy: the request's output buffer is reused by its next call.
         return torch.from_numpy(np.array(result[model.output(0)], copy=True))
 

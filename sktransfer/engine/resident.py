@@ -30,10 +30,14 @@ import torch
 
 from .._utils.device import resolve_device
 from .._utils.validation import Options
+from .calibration import record_digest
 from .merge import merged_network
 from .module import InferenceModule, private_copy, uses_convolutions
 from .runtimes import QUANTIZATIONS, RUNTIMES, Engine, build_engine, check_runtime
 from .snapshot import ModelSnapshot
+
+#: The estimators whose int8 OpenVINO engines are being calibrated (in their fit).
+_CALIBRATING = weakref.WeakSet()
 
 #: The constraints of ``runtime`` and ``quantize`` (see sktransfer._utils.validation).
 ENGINE_CONSTRAINTS = {
@@ -57,6 +61,7 @@ class _Held:
         self.snapshots = {}  # id(fitted module) -> ModelSnapshot (which holds the module)
         self.resident = None
         self.lock = threading.Lock()
+        self.int8_digests = {}  # purpose -> (int8 record, its digest)
 
     def snapshot(self, module):
         """The current snapshot of ``module``, taken anew if it changed. Called under ``lock``."""
@@ -102,8 +107,9 @@ def engine_purposes(estimator):
     return [] if held is None else sorted(held.engines)
 
 
-#: Fit samples the precision probe runs on (at most).
-PRECISION_PROBE = 256
+#: Fit samples the precision probe and the int8 calibration run over (at
+#: most): NNCF's default calibration subset.
+FIT_PROBE = 300
 #: The agreement bf16 must show with float32 on the fit samples before
 #: ``precision="auto"`` uses it: the least cosine similarity of embeddings...
 FEATURE_COSINE = 0.9999
@@ -176,6 +182,93 @@ class ServesFromEngine:
             return "bf16" if self.__dict__.get("precision_") == "bf16" else "fp32"
         return self.precision
 
+    #: The kinds of call the estimator serves; the first is what the precision probe runs.
+    _served_purposes = ("transform",)
+
+    def _network_identity(self, snapshots):
+        """Plain values naming what the snapshots' modules compute (structure and
+        weights, by value): the estimators use the feature cache's
+        :func:`~sktransfer.feature_cache.keys.snapshots_key`."""
+        raise NotImplementedError
+
+    def _settle_engines(self, run, agree):
+        """At the end of fit: calibrate int8, then settle ``precision="auto"``.
+
+        ``run(purpose)`` runs the fitted model over some fit samples (at most
+        :data:`FIT_PROBE`) for calls of kind ``purpose``.
+        """
+        for name in ("precision_", "precision_agreement_"):
+            self.__dict__.pop(name, None)
+        self._calibrate_int8(run, agree)
+        self._choose_precision(lambda: run(self._served_purposes[0]), agree)
+
+    def _calibrate_int8(self, run, agree):
+        """Under ``runtime="openvino", quantize="int8"``: quantize each served network with NNCF.
+
+        Each purpose's network runs in float32 over the samples ``run``
+        gives, its engine recording the inputs; NNCF quantizes it on them.
+        The results are ``int8_networks_`` (see
+        :mod:`~sktransfer.engine.calibration`): fitted state that pickles and
+        model files carry, so that no later engine calibrates again.
+        ``int8_agreement_`` is what ``agree(float32 outputs, int8 outputs)``
+        measures on the same samples, for the first served purpose.
+        """
+        for name in ("int8_networks_", "int8_agreement_"):
+            self.__dict__.pop(name, None)
+        if self.runtime != "openvino" or self.quantize != "int8":
+            return
+        self.release_engine()
+        networks, first = {}, self._served_purposes[0]
+        _CALIBRATING.add(self)
+        try:
+            for purpose in self._served_purposes:
+                reference = run(purpose)
+                key, snapshots, engine = _held(self).engines[purpose]
+                networks[purpose] = engine.calibrate(_calibrated_for(key),
+                                                     self._network_identity(snapshots))
+                if purpose == first:
+                    measured = agree(reference, run(purpose))[1]
+        finally:
+            _CALIBRATING.discard(self)
+        self.int8_networks_ = networks
+        self.int8_agreement_ = float(measured)
+
+    def _int8_network(self, purpose, key, snapshots):
+        """What the OpenVINO engine of ``purpose`` runs as int8: ``"record"`` while
+        calibrating, else the network calibrated at fit for the same settings and weights."""
+        if self.runtime != "openvino" or self.quantize != "int8":
+            return None
+        if self in _CALIBRATING:
+            return "record"
+        record = self.__dict__.get("int8_networks_", {}).get(purpose)
+        fix = ("quantize='int8' with runtime='openvino' runs the network NNCF calibrated at "
+               "fit")
+        if record is None:
+            raise ValueError(f"{fix}, and this estimator holds none for this call (fitted "
+                             f"with another runtime or quantize): call fit again.")
+        if record["settings"] != _calibrated_for(key):
+            raise ValueError(f"{fix} for the settings {record['settings']}; this call asks "
+                             f"for {_calibrated_for(key)}: call fit again.")
+        if record["identity"] != self._network_identity(snapshots):
+            raise ValueError(f"{fix}, and the network changed since (its weights, "
+                             f"submodules or attributes): call fit again.")
+        return record
+
+    def _int8_digest(self, purpose):
+        """The digest of the int8 network calibrated for ``purpose`` calls, or None.
+
+        None where the engines run no calibrated network (another runtime or
+        quantize, or none calibrated). Hashed once per record.
+        """
+        record = self.__dict__.get("int8_networks_", {}).get(purpose)
+        if record is None or self.runtime != "openvino" or self.quantize != "int8":
+            return None
+        held = _held(self)
+        kept = held.int8_digests.get(purpose)
+        if kept is None or kept[0] is not record:
+            kept = held.int8_digests[purpose] = (record, record_digest(record))
+        return kept[1]
+
     def _choose_precision(self, run, agree):
         """Settle ``precision="auto"`` under ``runtime="openvino"`` (at fit).
 
@@ -185,8 +278,6 @@ class ServesFromEngine:
         is ``precision_`` (``"fp32"`` or ``"bf16"``), the agreement measured
         ``precision_agreement_``. Other settings record nothing.
         """
-        for name in ("precision_", "precision_agreement_"):
-            self.__dict__.pop(name, None)
         if self.runtime != "openvino" or self.precision != "auto":
             return
         from .openvino import cpu_has_bf16
@@ -252,7 +343,8 @@ class ServesFromEngine:
                 body = merged_network(body)
                 module = InferenceModule(body, layers, output, channels_last=channels_last)
                 engine = build_engine(module, device, self.runtime, self.quantize, amp_dtype,
-                                      name=_name(self))
+                                      name=_name(self),
+                                      int8=self._int8_network(purpose, key, snapshots))
                 held.engines[purpose] = (key, snapshots, engine)
         return engine
 
@@ -321,6 +413,12 @@ def _resident_copies(held, snapshots, device, channels_last):
                                    if s.source is not snapshot.source] + [(snapshot, copy)]
         copies.append(copy)
     return copies
+
+
+def _calibrated_for(key):
+    """The call settings of an engine ``key`` that an int8 calibration holds for."""
+    layers, settings = key[4], key[5]
+    return repr((list(layers), list(settings)))
 
 
 def _name(estimator):

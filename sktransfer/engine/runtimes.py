@@ -57,7 +57,7 @@ def check_runtime(runtime, quantize, device, precision):
     >>> check_runtime("compile", "int8", torch.device("cpu"), "auto")
     Traceback (most recent call last):
     ...
-    ValueError: quantize='int8' quantizes the exported ONNX graph, so it needs runtime='onnx'; got runtime='compile'. Use runtime='onnx', or quantize=None.
+    ValueError: quantize='int8' quantizes the exported graph, so it needs runtime='onnx' or 'openvino'; got runtime='compile'. Use one of them, or quantize=None.
     """
     if runtime not in RUNTIMES:
         raise InvalidParameterError(f"runtime must be one of {RUNTIMES}; "
@@ -66,9 +66,9 @@ def check_runtime(runtime, quantize, device, precision):
         raise InvalidParameterError(f"quantize must be None or one of {QUANTIZATIONS}; "
                                     f"quantize={quantize!r} is not one of them")
     if quantize is not None and runtime not in ("onnx", "openvino"):
-        raise ValueError(f"quantize={quantize!r} quantizes the exported ONNX graph, so it "
-                         f"needs runtime='onnx'; got runtime={runtime!r}. Use "
-                         f"runtime='onnx', or quantize=None.")
+        raise ValueError(f"quantize={quantize!r} quantizes the exported graph, so it needs "
+                         f"runtime='onnx' or 'openvino'; got runtime={runtime!r}. Use one "
+                         f"of them, or quantize=None.")
     if runtime == "openvino":
         from .openvino import check_openvino
         return check_openvino(device, quantize, precision)
@@ -234,8 +234,12 @@ def _is_compile_error(exc):
     return base is not None and isinstance(exc, base)
 
 
-def build_engine(module, device, runtime, quantize=None, amp_dtype=None, name="the network"):
+def build_engine(module, device, runtime, quantize=None, amp_dtype=None, name="the network",
+                 int8=None):
     """The engine of ``runtime`` for ``module`` (an :class:`InferenceModule`).
+
+    ``int8`` is the OpenVINO engine's (see
+    :class:`~sktransfer.engine.openvino.OpenVinoEngine`).
 
     Examples
     --------
@@ -252,5 +256,5 @@ def build_engine(module, device, runtime, quantize=None, amp_dtype=None, name="t
         return OnnxEngine(module, device, quantize=quantize, name=name)
     if runtime == "openvino":
         from .openvino import OpenVinoEngine
-        return OpenVinoEngine(module, device, amp_dtype, name=name)
+        return OpenVinoEngine(module, device, amp_dtype, name=name, int8=int8)
     return Engine(module, device, amp_dtype)

@@ -30,9 +30,9 @@ wrongly.
 from .cache import BLOCK_SIZE, FeatureCache
 from .encoding import UnkeyableValueError
 from .keys import (FORMAT, model_key, module_fingerprint, output_key, sample_digests,
-                   weights_digest)
+                   snapshots_key, weights_digest)
 from .store import NAMESPACE, STALE_AFTER
 
 __all__ = ["BLOCK_SIZE", "FORMAT", "NAMESPACE", "STALE_AFTER", "FeatureCache",
            "UnkeyableValueError", "model_key", "module_fingerprint", "output_key",
-           "sample_digests", "weights_digest"]
+           "sample_digests", "snapshots_key", "weights_digest"]

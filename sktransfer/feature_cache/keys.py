@@ -70,7 +70,7 @@ def hash_of(parts):
 
 
 def output_key(backbone, *, layers, pooling, precision, runtime="torch", quantize=None,
-               snapshot=None):
+               snapshot=None, calibration=None):
     """Hash of everything that changes the embeddings a backbone gives.
 
     Parameters
@@ -93,6 +93,10 @@ def output_key(backbone, *, layers, pooling, precision, runtime="torch", quantiz
         embeddings is built from (see :mod:`sktransfer.engine.snapshot`):
         the key then describes that snapshot, computed once for it, and not
         the live module, which may have changed since.
+    calibration : str, optional
+        The digest of the int8 network an OpenVINO engine runs (calibrated
+        at fit, on that fit's samples): numbers of another calibration, or
+        of a network a file planted, are never served under this one's key.
 
     Returns
     -------
@@ -116,11 +120,7 @@ def output_key(backbone, *, layers, pooling, precision, runtime="torch", quantiz
     """
     preprocess = backbone.preprocess
     config = preprocess.config() if hasattr(preprocess, "config") else preprocess
-    if snapshot is None:
-        model = model_key(backbone.module)
-    else:
-        model = snapshot.memo("feature cache key",
-                              functools.partial(model_key, source=snapshot.source))
+    model = model_key(backbone.module) if snapshot is None else snapshots_key([snapshot])[0]
     return joblib.hash({
         "format": FORMAT,
         "spec": backbone.spec,
@@ -136,7 +136,15 @@ def output_key(backbone, *, layers, pooling, precision, runtime="torch", quantiz
         # Only when not eager torch, so the keys of earlier entries hold.
         **({} if runtime == "torch" and quantize is None
            else {"runtime": runtime, "quantize": quantize}),
+        **({} if calibration is None else {"calibration": calibration}),
     })
+
+
+def snapshots_key(snapshots):
+    """:func:`model_key` of each :class:`~sktransfer.engine.snapshot.ModelSnapshot`'s module,
+    computed once per snapshot."""
+    return [s.memo("feature cache key", functools.partial(model_key, source=s.source))
+            for s in snapshots]
 
 
 def model_key(module, *, source=None):

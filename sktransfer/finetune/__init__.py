@@ -106,6 +106,7 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
     """
 
     _score_name = "accuracy"
+    _served_purposes = ("proba", "transform")
     # Domain-aware pipelines and scorers (skada's) pass sample_domain to
     # prediction; request it by default, as skada's own estimators do.
     __metadata_request__predict = {"sample_domain": True}
@@ -319,9 +320,9 @@ class FineTunedClassifier(ClassifierMixin, _FineTuned):
     def _probabilities(self):
         return _sigmoid if getattr(self, "_multilabel", False) else super()._probabilities()
 
-    def _precision_probe(self, X, purpose="proba", agree=probabilities_agree):
+    def _fit_probe(self, X, agree=probabilities_agree):
         # A classifier's bf16 must give the same labels and near probabilities.
-        return super()._precision_probe(X, purpose, agree)
+        return super()._fit_probe(X, agree)
 
     def _stratify(self, target, n_valid):
         # Multilabel rows have no single class to stratify by: an unstratified split.
@@ -373,6 +374,7 @@ class FineTunedRegressor(RegressorMixin, _FineTuned):
     """
 
     _score_name = "r2"
+    _served_purposes = ("transform", "raw")
     __metadata_request__predict = {"sample_domain": True}
     __metadata_request__score = {"sample_domain": True}
 

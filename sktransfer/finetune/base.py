@@ -24,8 +24,8 @@ from .._utils.validation import (BACKBONE_CONSTRAINTS, AnyOf, Boolean, Checked, 
                                 Interval, Options, validate_params)
 from ..backbones import attach_adapter, check_adapter, load_backbone_cached
 from ..chaining import KeepsTrainedBackbone
-from ..engine.resident import (ENGINE_CONSTRAINTS, PRECISION_PROBE, ServesFromEngine,
-                               features_agree)
+from ..engine.resident import ENGINE_CONSTRAINTS, FIT_PROBE, ServesFromEngine, features_agree
+from ..feature_cache import snapshots_key
 from ..inference import predict_batches
 from ..inputs import estimator_samples, split_domains
 from ..training.distributed import shared_random_state, training_group
@@ -212,7 +212,7 @@ class _FineTuned(EmbedsWithBackbone, PicklesPlainly, KeepsTrainedBackbone, Serve
                 train, valid = self._split(domains.labelled_samples(samples))
                 self._train(plan, group, train, valid, plan.max_epochs, first=True,
                             target=domains.target_rows(samples))
-        self._choose_precision(*self._precision_probe(X))
+        self._settle_engines(*self._fit_probe(X))
         return self
 
     def _partial_fit(self, X, y, sample_weight):
@@ -233,14 +233,16 @@ class _FineTuned(EmbedsWithBackbone, PicklesPlainly, KeepsTrainedBackbone, Serve
                 samples = self._start(X, target, random_state)
                 with seeded(random_state):
                     self._train(self._training_plan(), group, samples, None, 1, first=True)
-                return self
-            samples = self._samples(X, reset=False, target=target)
-            # A different seed per call: the same seed would repeat the same
-            # shuffling and dropout masks every epoch.
-            seed = None if random_state is None else (
-                seed_from(random_state) + len(self.history_)) % (2**31 - 1)
-            with seeded(seed):
-                self._train(self._training_plan(), group, samples, None, 1, first=False)
+            else:
+                samples = self._samples(X, reset=False, target=target)
+                # A different seed per call: the same seed would repeat the same
+                # shuffling and dropout masks every epoch.
+                seed = None if random_state is None else (
+                    seed_from(random_state) + len(self.history_)) % (2**31 - 1)
+                with seeded(seed):
+                    self._train(self._training_plan(), group, samples, None, 1, first=False)
+        # The weights changed: an int8 network is calibrated anew, on this batch.
+        self._calibrate_int8(*self._fit_probe(X))
         return self
 
     def _train(self, plan, group, train, valid, epochs, first, target=None):
@@ -475,11 +477,15 @@ class _FineTuned(EmbedsWithBackbone, PicklesPlainly, KeepsTrainedBackbone, Serve
                                verbose=self.verbose >= 2 and is_main_process())
 
 
-    def _precision_probe(self, X, purpose="transform", agree=features_agree):
-        """``(run, agree)``: the outputs on ``X`` the fit's precision probe compares."""
-        samples = self._samples(X, reset=False)
-        probe = samples.subset(np.arange(min(PRECISION_PROBE, len(samples))))
-        return (lambda: self._predict(purpose, probe)), agree
+    def _fit_probe(self, X, agree=features_agree):
+        """``(run, agree)``: ``run(purpose)`` gives the outputs on some of ``X`` that the
+        precision probe compares and the int8 calibration runs over."""
+        def run(purpose):  # the samples are read only when it runs
+            samples = self._samples(X, reset=False)
+            return self._predict(purpose, samples.subset(np.arange(min(FIT_PROBE, len(samples)))))
+        return run, agree
+
+    _network_identity = staticmethod(snapshots_key)
 
     def _probabilities(self):
         """The function of the model's outputs that gives ``predict_proba``."""

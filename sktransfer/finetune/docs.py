@@ -167,8 +167,10 @@ PARAMS_DOC = """
         "sktransfer[openvino]"``; float32, or bf16 with ``precision="bf16"``
         where the CPU has bf16 units). See :doc:`/speed`.
     quantize : {None, "int8"}, default=None
-        ``"int8"``: dynamic int8 quantization of the exported ONNX graph, on
-        the CPU (needs ``runtime="onnx"``).
+        ``"int8"``, on the CPU: with ``runtime="onnx"``, dynamic int8
+        quantization of the exported graph; with ``runtime="openvino"``,
+        NNCF's static quantization, calibrated at the end of ``fit`` (and of
+        each ``partial_fit``) on at most 300 of its samples.
     adaptation : {None, "coral", "mmd", "dann"}, default=None
         Unsupervised domain adaptation from the target domain's samples
         given to ``fit`` without labels (``y = -1`` for a classifier, NaN for
@@ -247,6 +249,12 @@ ATTRIBUTES_DOC = """
         ``precision_agreement_`` (where the probe ran: on CPUs with bf16
         units) the largest probability difference (classifier) or least
         embedding cosine similarity (regressor) it measured.
+    int8_networks_ : dict
+        With ``runtime="openvino"`` and ``quantize="int8"`` only: the networks
+        NNCF calibrated for predictions and ``transform``;
+        ``int8_agreement_`` the largest probability difference (classifier)
+        or least embedding cosine similarity (regressor) from float32 on the
+        calibration samples.
     n_features_in_ : int
         Columns seen in ``fit`` (tensor backbones only).
     feature_names_in_ : ndarray of str

@@ -301,7 +301,7 @@ class _Reader:
             setattr(est, attr, None if config is None else module_from_state(
                 config, self.prefixed(f"{number}/{attr}/"), trusted=self.trusted))
         for key, value in entry["attributes"].items():
-            value = from_json(value)
+            value = tensors_to_bytes(from_json(value), self.tensors)
             if key == "history_":
                 from skorch.history import History
 

@@ -236,7 +236,9 @@ class _Writer:
             if key == "history_":
                 value = list(value)  # a skorch History is a list of dicts
             try:
-                attributes[key] = to_json(value)
+                # Bytes (a calibrated int8 network) go into the tensors.
+                attributes[key] = to_json(bytes_to_tensors(value, f"{number}/attr.{key}/",
+                                                           self.tensors))
             except TypeError as exc:
                 raise TypeError(f"{type(est).__name__}'s fitted attribute {key} cannot be "
                                 f"written to a model file ({exc})") from None
