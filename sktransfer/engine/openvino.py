@@ -182,8 +182,9 @@ class OpenVinoEngine(ExportedEngine):
         feed = {name: _np(given[name]) for name in names}
         if self._recorder is not None:
             self._recorder.add(feed)
-        result = request.infer(feed)
-        # A copy: the request's output buffer is reused by its next call.
+        # Shared: the request reads the arrays in place and returns a view of
+        # its own output buffer, which the next call reuses: hence the copy.
+        result = request.infer(feed, share_inputs=True, share_outputs=True)
         return torch.from_numpy(np.array(result[model.output(0)], copy=True))
 
 
