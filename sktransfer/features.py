@@ -349,7 +349,7 @@ class PretrainedFeatureTransformer(KeepsTrainedBackbone, ServesFromEngine,
         module = self.backbone_.module
         snapshot = self._model_snapshot(module)
         key = output_key(self.backbone_, layers=self.layers, pooling=self.pooling,
-                         precision=self._check_engine_params(), runtime=self.runtime,
+                         precision=self._check_engine_params(fit=False), runtime=self.runtime,
                          quantize=self.quantize, snapshot=snapshot,
                          calibration=self._int8_digest("transform"))
 

@@ -182,3 +182,79 @@ def test_without_nncf_the_error_names_the_extra(monkeypatch, images):
     monkeypatch.setitem(sys.modules, "nncf", None)
     with pytest.raises(ImportError, match=r"sktransfer\[openvino\]"):
         PretrainedFeatureTransformer(tiny_cnn(), runtime="openvino", quantize="int8").fit(images)
+
+
+def _onnx_reading(path, size):
+    """ONNX bytes whose one weight is the file at ``path`` (ONNX's external data)."""
+    from onnx import TensorProto, helper
+
+    weight = TensorProto(name="w", data_type=TensorProto.UINT8, dims=[size],
+                         data_location=TensorProto.EXTERNAL)
+    entry = weight.external_data.add()
+    entry.key, entry.value = "location", str(path)
+    graph = helper.make_graph([helper.make_node("Identity", ["w"], ["output"])], "g", [],
+                              [helper.make_tensor_value_info("output", TensorProto.UINT8,
+                                                             [size])], initializer=[weight])
+    return helper.make_model(graph).SerializeToString()
+
+
+def test_a_stored_graph_of_another_format_is_never_read(fitted, images, tmp_path):
+    from sktransfer.persistence.trust import UntrustedContentError
+
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"API_KEY=hunter2")
+    crafted = pickle.loads(pickle.dumps(fitted[1]))
+    crafted.int8_networks_["transform"]["graph"] = _onnx_reading(secret, 15)
+    # A pickle (the user's own) is refused at the call, a model file at load.
+    with pytest.raises(ValueError, match="not an OpenVINO IR graph"):
+        crafted.transform(images)
+    path = str(tmp_path / "crafted.skt")
+    sktransfer.save(crafted, path)
+    with pytest.raises(UntrustedContentError, match="int8_networks_.*OpenVINO IR"):
+        sktransfer.load(path)
+    crafted.int8_networks_["transform"] = {"graph": b"<?xml"}
+    sktransfer.save(crafted, path)
+    with pytest.raises(UntrustedContentError, match="keys"):
+        sktransfer.load(path)
+
+
+def test_a_failed_calibration_leaves_no_float_engine_behind(images, monkeypatch):
+    from sktransfer.engine.resident import engine_purposes
+
+    def failing(graph, samples):
+        raise RuntimeError("NNCF failed")
+
+    monkeypatch.setattr("sktransfer.engine.openvino.quantized_graph", failing)
+    int8 = PretrainedFeatureTransformer(tiny_cnn(), runtime="openvino", quantize="int8")
+    with pytest.raises(RuntimeError, match="NNCF failed"):
+        int8.fit(images)
+    assert engine_purposes(int8) == []
+    with pytest.raises(ValueError, match="holds none"):  # no float32 numbers as int8
+        int8.transform(images)
+
+
+def test_quieting_nncf_touches_no_stream_and_restores_after_overlapping_calls():
+    import logging
+    import threading
+
+    import rich
+
+    logger, console = logging.getLogger("nncf"), rich.get_console()
+    before = (logger.level, console.quiet, sys.stdout, sys.stderr)
+    entered, release = threading.Barrier(2), threading.Event()
+
+    def calibrating(wait):
+        with calibration._quiet():
+            assert (sys.stdout, sys.stderr) == before[2:]
+            assert console.quiet and logger.level == logging.ERROR
+            entered.wait()
+            if wait:
+                release.wait()
+
+    first = threading.Thread(target=calibrating, args=(True,))
+    first.start()
+    calibrating(False)  # ends while the first is still inside
+    assert console.quiet
+    release.set()
+    first.join()
+    assert (logger.level, console.quiet, sys.stdout, sys.stderr) == before

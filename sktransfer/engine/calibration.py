@@ -15,19 +15,29 @@ other fitted attribute; an engine built later (after loading, on a Dask
 worker) reads it back (:func:`read_record`) instead of calibrating again,
 and is refused when the estimator's network changed since.
 
-Reading an OpenVINO graph runs no code of the file's: it is a graph of
-OpenVINO's own operations (no extension library is ever loaded), like an
-ONNX graph.
+A stored record is read as OpenVINO's own format only (:func:`check_record`):
+OpenVINO's ``read_model`` guesses the format of bytes it is given, and an
+ONNX graph may name files of the reading machine as its external weights,
+which would turn a crafted model file into a way to read them. An IR graph
+holds its weights in the blob beside it, and no extension library is ever
+loaded.
 """
 
 import contextlib
 import hashlib
-import io
 import logging
 import os
 import tempfile
+import threading
 
 import numpy as np
+
+#: The most fit samples a calibration keeps (NNCF's default subset).
+CALIBRATION_SAMPLES = 300
+
+#: The keys of a stored record, and the type of each value.
+RECORD_FIELDS = {"inputs": list, "settings": str, "identity": list, "graph": bytes,
+                 "weights": bytes}
 
 INSTALL = "pip install \"sktransfer[openvino]\""
 
@@ -43,14 +53,15 @@ def require_nncf():
 
 
 class Recorder:
-    """The inputs a float engine is given, one sample at a time (NNCF's calibration items)."""
+    """The inputs a float engine is given, one sample at a time (NNCF's calibration items),
+    up to :data:`CALIBRATION_SAMPLES`."""
 
     def __init__(self):
         self.samples = []
 
     def add(self, feed):
-        """Keep the samples of one batch (``{input name: array}``)."""
-        rows = len(next(iter(feed.values())))
+        """Keep the samples of one batch (``{input name: array}``) while there is room."""
+        rows = min(len(next(iter(feed.values()))), CALIBRATION_SAMPLES - len(self.samples))
         self.samples.extend({name: array[i:i + 1].copy() for name, array in feed.items()}
                             for i in range(rows))
 
@@ -131,12 +142,39 @@ def to_record(model, keys, settings, identity):
             "graph": graph, "weights": weights}
 
 
+def check_record(record, where="int8_networks_"):
+    """Raise a ValueError naming what is wrong with a stored record, else return it.
+
+    A record is a dict of exactly :data:`RECORD_FIELDS`, and its graph is an
+    OpenVINO IR (XML whose root is ``<net>``): nothing else is ever given to
+    OpenVINO's reader.
+    """
+    if not isinstance(record, dict) or set(record) != set(RECORD_FIELDS):
+        raise ValueError(f"{where} is not a calibrated int8 network: a dict with the keys "
+                         f"{sorted(RECORD_FIELDS)} is expected")
+    for key, kind in RECORD_FIELDS.items():
+        if not isinstance(record[key], kind):
+            raise ValueError(f"{where}[{key!r}] must be a {kind.__name__}; got "
+                             f"{type(record[key]).__name__}")
+    head = record["graph"][:256].lstrip()
+    if not (head.startswith(b"<?xml") and b"<net " in head):
+        raise ValueError(f"{where}['graph'] is not an OpenVINO IR graph (XML with a <net> "
+                         f"root); no other format is read")
+    return record
+
+
 def read_record(core, record):
     """The ``openvino.Model`` of a stored record (read from memory: nothing touches disk)."""
     import openvino
 
+    check_record(record)
     weights = np.frombuffer(record["weights"], dtype=np.uint8).copy()
-    return core.read_model(model=record["graph"], weights=openvino.Tensor(weights))
+    try:
+        return core.read_model(model=record["graph"], weights=openvino.Tensor(weights))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+        raise ValueError(f"int8_networks_ holds a graph OpenVINO cannot read ({first}); "
+                         f"fit the estimator again") from exc
 
 
 def record_digest(record):
@@ -148,15 +186,37 @@ def record_digest(record):
     return digest.hexdigest()
 
 
+_QUIET_LOCK = threading.Lock()
+_QUIET = {"depth": 0, "saved": None}
+
+
 @contextlib.contextmanager
 def _quiet():
-    """Keep NNCF's progress bars and notes off the user's screen: the estimator's
-    ``fit`` is the step the user sees, not the calibration inside it."""
-    logger = logging.getLogger("nncf")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """Keep NNCF's notes (its logger) and progress bars (drawn on rich's shared
+    console) off the user's screen: ``fit`` is the step the user sees, not the
+    calibration inside it. Never by redirecting ``sys.stdout``, which would
+    swallow other threads' output; calibrations in several threads at once
+    restore the settings when the last one ends."""
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            yield
+        import rich
+        console = rich.get_console()
+    except ImportError:  # an NNCF without rich draws no bars
+        console = None
+    logger = logging.getLogger("nncf")
+    with _QUIET_LOCK:
+        if _QUIET["depth"] == 0:
+            _QUIET["saved"] = (logger.level, None if console is None else console.quiet)
+            logger.setLevel(logging.ERROR)
+            if console is not None:
+                console.quiet = True
+        _QUIET["depth"] += 1
+    try:
+        yield
     finally:
-        logger.setLevel(level)
+        with _QUIET_LOCK:
+            _QUIET["depth"] -= 1
+            if _QUIET["depth"] == 0:
+                level, quiet = _QUIET["saved"]
+                logger.setLevel(level)
+                if console is not None:
+                    console.quiet = quiet

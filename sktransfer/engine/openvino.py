@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import torch
 
-from .calibration import Recorder, quantized_graph, read_record, require_nncf, to_record
+from .calibration import Recorder, quantized_graph, read_record, to_record
 from .onnx import ExportedEngine
 
 INSTALL = "pip install \"sktransfer[openvino]\""
@@ -51,7 +51,8 @@ def cpu_has_bf16():
 def check_openvino(device, quantize, precision):
     """Refuse what the OpenVINO engine cannot do; return the autocast-style dtype it uses.
 
-    ``quantize="int8"`` needs NNCF (an ImportError naming the extra otherwise).
+    ``quantize="int8"`` runs the network NNCF calibrated at fit (NNCF itself
+    is needed only to calibrate).
 
     Returns
     -------
@@ -61,8 +62,6 @@ def check_openvino(device, quantize, precision):
     if device.type != "cpu":
         raise ValueError(f"runtime='openvino' compiles the network for the CPU; on {device} "
                          "use runtime='torch', 'compile' or 'onnx', or device='cpu'.")
-    if quantize is not None:
-        require_nncf()
     if precision == "fp16":
         raise ValueError("runtime='openvino' runs float32, or bf16 where the CPU has bf16 "
                          "units; precision='fp16' applies to GPUs. Use precision='bf16', "

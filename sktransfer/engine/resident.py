@@ -30,7 +30,7 @@ import torch
 
 from .._utils.device import resolve_device
 from .._utils.validation import Options
-from .calibration import record_digest
+from .calibration import CALIBRATION_SAMPLES, record_digest, require_nncf
 from .merge import merged_network
 from .module import InferenceModule, private_copy, uses_convolutions
 from .runtimes import QUANTIZATIONS, RUNTIMES, Engine, build_engine, check_runtime
@@ -109,7 +109,7 @@ def engine_purposes(estimator):
 
 #: Fit samples the precision probe and the int8 calibration run over (at
 #: most): NNCF's default calibration subset.
-FIT_PROBE = 300
+FIT_PROBE = CALIBRATION_SAMPLES
 #: The agreement bf16 must show with float32 on the fit samples before
 #: ``precision="auto"`` uses it: the least cosine similarity of embeddings...
 FEATURE_COSINE = 0.9999
@@ -170,8 +170,11 @@ class ServesFromEngine:
             torch.cuda.empty_cache()
         return self
 
-    def _check_engine_params(self):
-        """Refuse, at fit, a ``runtime``/``quantize``/device combination that cannot run."""
+    def _check_engine_params(self, fit=True):
+        """Refuse a ``runtime``/``quantize``/device combination that cannot run; return the
+        autocast dtype. At ``fit``, int8 under OpenVINO also needs NNCF to calibrate."""
+        if fit and self.runtime == "openvino" and self.quantize == "int8":
+            require_nncf()  # before training: the fit ends with a calibration
         return check_runtime(self.runtime, self.quantize, resolve_device(self.device),
                              self._engine_precision())
 
@@ -225,9 +228,14 @@ class ServesFromEngine:
                 reference = run(purpose)
                 key, snapshots, engine = _held(self).engines[purpose]
                 networks[purpose] = engine.calibrate(_calibrated_for(key),
-                                                     self._network_identity(snapshots))
+                                                     self._identity(snapshots))
                 if purpose == first:
                     measured = agree(reference, run(purpose))[1]
+        except BaseException:
+            # Interrupted or failed: no float engine left recording, or serving
+            # float32 numbers under quantize="int8".
+            self.release_engine()
+            raise
         finally:
             _CALIBRATING.discard(self)
         self.int8_networks_ = networks
@@ -249,10 +257,19 @@ class ServesFromEngine:
         if record["settings"] != _calibrated_for(key):
             raise ValueError(f"{fix} for the settings {record['settings']}; this call asks "
                              f"for {_calibrated_for(key)}: call fit again.")
-        if record["identity"] != self._network_identity(snapshots):
+        if record["identity"] != self._identity(snapshots):
             raise ValueError(f"{fix}, and the network changed since (its weights, "
                              f"submodules or attributes): call fit again.")
         return record
+
+    def _identity(self, snapshots):
+        """:meth:`_network_identity`, its refusal worded for int8."""
+        try:
+            return self._network_identity(snapshots)
+        except ValueError as exc:
+            raise ValueError(f"quantize='int8' with runtime='openvino' ties its calibrated "
+                             f"network to the network's weights and attributes, and one of "
+                             f"them has no stable identity: {exc}") from exc
 
     def _int8_digest(self, purpose):
         """The digest of the int8 network calibrated for ``purpose`` calls, or None.

@@ -134,6 +134,11 @@ def find_instances(obj, types):
     return found
 
 
+#: The fitted attributes that hold bytes (stored as uint8 tensors): the int8
+#: networks OpenVINO runs (see :mod:`sktransfer.engine.calibration`).
+BYTES_ATTRIBUTES = ("int8_networks_",)
+
+
 def bytes_to_tensors(value, prefix, tensors):
     """Move binary files (a tokenizer's model file) out of a config into ``tensors``.
 

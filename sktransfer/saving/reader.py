@@ -20,8 +20,10 @@ from ..persistence.modules import module_from_state
 from ..persistence.trust import (UntrustedContentError, UntrustedTypeError, check_attribute_key,
                                  class_names, is_trusted)
 from ..serialization import EstimatorSlot
-from .format import (ESTIMATORS, FORMAT_KEY, FORMAT_NAME, FORMAT_VERSION, MANIFEST, SKLEARN,
-                     SLOT_TYPE, checksum, find_instances, skops_io, tensors_to_bytes)
+from ..engine.calibration import check_record
+from .format import (BYTES_ATTRIBUTES, ESTIMATORS, FORMAT_KEY, FORMAT_NAME, FORMAT_VERSION,
+                     MANIFEST, SKLEARN, SLOT_TYPE, checksum, find_instances, skops_io,
+                     tensors_to_bytes)
 
 #: File kinds a library may unpickle when it reads them; carried files never are.
 _PICKLE_SUFFIXES = (".pkl", ".pickle", ".bin", ".pt", ".pth", ".ckpt", ".joblib", ".npy",
@@ -94,6 +96,7 @@ def load(path, trusted=None):
         # Tensors are read only now, after every check.
         tensors = _read_tensors(handle, manifest, path,
                                 [k for k in handle.keys() if k != SKLEARN])
+        _check_int8_networks(manifest, tensors)
     try:
         for alias, name in manifest.get("aliases", {}).items():
             # A copy: the two modules must not share memory (one may be trained).
@@ -230,6 +233,28 @@ def _check_fitted_keys(manifest):
                 raise UntrustedContentError(str(key), "a fitted network is head_ or l2sp_")
 
 
+def _check_int8_networks(manifest, tensors):
+    """Each stored int8 network is a well-formed record whose graph is OpenVINO's own IR.
+
+    Checked before any estimator is built: OpenVINO's reader guesses a
+    graph's format, and another format (ONNX) may name files of this
+    machine as its weights.
+    """
+    for entry in manifest.get("estimators", []):
+        stored = entry.get("attributes", {}).get("int8_networks_") if entry.get("fitted") \
+            else None
+        if stored is None:
+            continue
+        try:
+            networks = tensors_to_bytes(from_json(stored), tensors)
+            if not isinstance(networks, dict):
+                raise ValueError("int8_networks_ must be a dict of records")
+            for purpose, record in networks.items():
+                check_record(record, f"int8_networks_[{purpose!r}]")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UntrustedContentError("int8_networks_", str(exc).strip("'\"")) from None
+
+
 def _untrusted_names(manifest, sklearn_part, trusted, path):
     """Every class the file names that is not trusted (networks and skops part)."""
     untrusted = {n for n in class_names(manifest.get("estimators", []))
@@ -301,7 +326,9 @@ class _Reader:
             setattr(est, attr, None if config is None else module_from_state(
                 config, self.prefixed(f"{number}/{attr}/"), trusted=self.trusted))
         for key, value in entry["attributes"].items():
-            value = tensors_to_bytes(from_json(value), self.tensors)
+            value = from_json(value)
+            if key in BYTES_ATTRIBUTES:
+                value = tensors_to_bytes(value, self.tensors)
             if key == "history_":
                 from skorch.history import History
 

@@ -25,7 +25,8 @@ from ..persistence.modules import module_state
 from ..persistence.trust import UntrustedContentError, user_classes
 from ..serialization import EstimatorSlot
 from .format import (ESTIMATORS, FORMAT_KEY, FORMAT_NAME, FORMAT_VERSION, MANIFEST, SKLEARN,
-                     SKTRANSFER_BASES, bytes_to_tensors, checksum, find_instances, skops_io)
+                     SKTRANSFER_BASES, BYTES_ATTRIBUTES, bytes_to_tensors, checksum,
+                     find_instances, skops_io)
 
 # Fitted state that is not a plain attribute: networks go through their own
 # state functions, the skorch net is rebuilt when needed, and the optimizer
@@ -235,10 +236,10 @@ class _Writer:
                 continue
             if key == "history_":
                 value = list(value)  # a skorch History is a list of dicts
+            if key in BYTES_ATTRIBUTES:
+                value = bytes_to_tensors(value, f"{number}/attr.{key}/", self.tensors)
             try:
-                # Bytes (a calibrated int8 network) go into the tensors.
-                attributes[key] = to_json(bytes_to_tensors(value, f"{number}/attr.{key}/",
-                                                           self.tensors))
+                attributes[key] = to_json(value)
             except TypeError as exc:
                 raise TypeError(f"{type(est).__name__}'s fitted attribute {key} cannot be "
                                 f"written to a model file ({exc})") from None
