@@ -176,3 +176,23 @@ def test_copies_of_a_text_encoder_share_its_tokenizer_safely(minilm_path):
                    for _ in range(4) for name, est in (("short", short), ("full", full))]
         for name, future in futures:
             np.testing.assert_allclose(future.result(), expected[name], atol=1e-5)
+
+
+def test_estimators_exporting_in_threads_at_once_all_succeed():
+    # torch.export is not thread-safe: engines of different estimators exporting
+    # together (a threaded search, a server warming up) used to fail but one.
+    pytest.importorskip("onnxruntime")
+    X = np.random.RandomState(0).rand(6, 3, 12, 12).astype(np.float32)
+
+    def net(seed):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                             nn.Flatten())
+
+    nets = [net(seed) for seed in range(4)]  # torch's global seed is not per thread
+    expected = [PretrainedFeatureTransformer(n).fit(X).transform(X) for n in nets]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda n: PretrainedFeatureTransformer(n, runtime="onnx")
+                            .fit(X).transform(X), nets))
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)

@@ -24,6 +24,10 @@ from torch import nn
 
 INSTALL = "pip install \"sktransfer[onnx]\""
 
+#: torch.export traces under process-wide state (dispatch modes, the dynamo
+#: config): two exports at once in threads break each other, so they take turns.
+_EXPORT_LOCK = threading.Lock()
+
 
 def check_onnxruntime(device):
     """Raise an ImportError naming the fix when ONNX Runtime cannot serve ``device``."""
@@ -184,7 +188,7 @@ def export_program(module, keys, tensors, *, opset=None):
     wrapper = _FlatInputs(module, keys).eval()
     shapes = _dynamic_shapes(keys, example)
     names = _input_names(keys)
-    with warnings.catch_warnings(), torch.no_grad(), _quiet_exporter_ir():
+    with _EXPORT_LOCK, warnings.catch_warnings(), torch.no_grad(), _quiet_exporter_ir():
         warnings.simplefilter("ignore")
         return torch.onnx.export(
             wrapper, example, input_names=names, output_names=["output"],
