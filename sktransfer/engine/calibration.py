@@ -82,9 +82,10 @@ def quantized_graph(graph, samples):
 
     advanced = AdvancedQuantizationParameters(
         # 7-bit weights everywhere: CPUs without VNNI (AVX2 alone) saturate
-        # the 16-bit sums of 8-bit products, which put a small MLP's
-        # probabilities 0.15 to 0.45 off; the graph may be served on such a
-        # CPU whatever CPU calibrated it.
+        # the 16-bit sums of 8-bit products, which left a small MLP's
+        # probabilities 0.15 off even with the ranges below (0.010 with both;
+        # RESULTS.md); the graph may be served on such a CPU whatever CPU
+        # calibrated it.
         overflow_fix=OverflowFix.ENABLE,
         # The range of all the samples, not the mean of each sample's: a
         # sample of a few features (a row of a table) has a narrow range,

@@ -137,7 +137,16 @@ def probabilities_agree(reference, candidate):
 
 class ServesFromEngine:
     """Mixin: resident inference engines for an estimator with ``device``,
-    ``precision``, ``runtime`` and ``quantize`` parameters."""
+    ``precision``, ``runtime`` and ``quantize`` parameters.
+
+    An estimator using it sets ``_network_identity``: a function of a tuple
+    of :class:`~sktransfer.engine.snapshot.ModelSnapshot` giving plain values
+    that name what their modules compute (structure and weights, by value),
+    which ties an int8 network calibrated at fit to the network it was made
+    from. The estimators use the feature cache's
+    :func:`~sktransfer.feature_cache.keys.snapshots_key` (a room above this
+    one, hence not imported here).
+    """
 
     def release_engine(self):
         """Free what inference keeps between calls: device weights, compiled code, ONNX sessions.
@@ -187,12 +196,6 @@ class ServesFromEngine:
 
     #: The kinds of call the estimator serves; the first is what the precision probe runs.
     _served_purposes = ("transform",)
-
-    def _network_identity(self, snapshots):
-        """Plain values naming what the snapshots' modules compute (structure and
-        weights, by value): the estimators use the feature cache's
-        :func:`~sktransfer.feature_cache.keys.snapshots_key`."""
-        raise NotImplementedError
 
     def _settle_engines(self, run, agree):
         """At the end of fit: calibrate int8, then settle ``precision="auto"``.
@@ -263,7 +266,7 @@ class ServesFromEngine:
         return record
 
     def _identity(self, snapshots):
-        """:meth:`_network_identity`, its refusal worded for int8."""
+        """``_network_identity(snapshots)`` (see the class), its refusal worded for int8."""
         try:
             return self._network_identity(snapshots)
         except ValueError as exc:
