@@ -53,6 +53,15 @@ class GraphBuilder:
                                            **attrs))
         return names[0] if len(names) == 1 else names
 
+    def rename(self, name, new):
+        """Call the output ``name`` of an earlier node ``new`` (a graph output's name,
+        say) where nothing reads it yet: no copy, as an Identity node would make."""
+        for node in self.nodes:
+            assert name not in node.input, f"{name!r} is already read"
+            for i, out in enumerate(node.output):
+                if out == name:
+                    node.output[i] = new
+
     def model(self, graph_input, outputs, output_types=None):
         types = output_types or {}
         outs = [helper.make_tensor_value_info(o, types.get(o, helper.TensorProto.FLOAT), None)

@@ -104,10 +104,9 @@ def image_graph(prep):
             f"a center crop ({prep.crop_size}) larger than the resized image "
             f"({prep.resize_size}) pads in torchvision; the graph does not pad")
     g = GraphBuilder()
+    # Grayscale (C == 1) is repeated to RGB, as the torch preprocessing does, by
+    # the normalization's broadcasting at the end: the passes resize one channel.
     x = g.node("Transpose", ["X"], perm=[0, 3, 1, 2])
-    if prep.channels == 3:
-        # Grayscale (C == 1) is repeated to RGB, as the torch preprocessing does.
-        x = g.node("Expand", [x, g.const(np.array([1, 3, 1, 1], np.int64))])
     shape = g.node("Shape", [x])
     hw = g.node("Slice", [shape, g.const([2]), g.const([4])])
     short = g.node("ReduceMin", [hw], keepdims=1)
@@ -125,16 +124,25 @@ def image_graph(prep):
         np.array([2, 2], np.float32))])])], to=TensorProto.INT64)
     first = {axis: g.node("Slice", [start, g.const([axis - 2]), g.const([axis - 1])])
              for axis in (2, 3)}
-    # The center crop is part of each pass: only the pixels it keeps are computed.
-    for axis in (3, 2):
-        x = resize_axis(g, x, axis - 4, side[axis], new_side[axis], prep.interpolation,
-                        first=first[axis], count=crop, to_uint8=axis == 3)
     # (x / 255 - mean) / std as one multiply and one subtraction: within a float32
-    # rounding of torch's three steps.
+    # rounding of torch's three steps. (1, 3, 1, 1) constants broadcast a
+    # grayscale (N, 1, ...) to RGB.
     mean = np.array(prep.mean, np.float64).reshape(1, -1, 1, 1)
     std = np.array(prep.std, np.float64).reshape(1, -1, 1, 1)
-    g.node("Sub", [g.node("Mul", [x, g.const((1 / (255 * std)).astype(np.float32))]),
-                   g.const((mean / std).astype(np.float32))], output="input")
+    shape = (1, 3, 1, 1) if prep.channels == 3 else mean.shape
+    scale = g.const(np.broadcast_to(1 / (255 * std), shape).astype(np.float32))
+    shift = g.const(np.broadcast_to(mean / std, shape).astype(np.float32))
+
+    def normalized(g, block):  # each block of the last pass, while it is in the cache
+        return g.node("Sub", [g.node("Mul", [g.node("Cast", [block], to=TensorProto.FLOAT),
+                                             scale]), shift])
+
+    # The center crop is part of each pass: only the pixels it keeps are computed.
+    x = resize_axis(g, x, -1, side[3], new_side[3], prep.interpolation, first=first[3],
+                    count=crop)
+    x = resize_axis(g, x, -2, side[2], new_side[2], prep.interpolation, first=first[2],
+                    count=crop, finish=normalized)
+    g.rename(x, "input")
     c = prep.channels
     model = g.model(helper.make_tensor_value_info("X", TensorProto.UINT8,
                                                   ["N", "H", "W", "C"]), ["input"])

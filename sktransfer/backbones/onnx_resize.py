@@ -25,9 +25,9 @@ CUBIC_A = -0.5
 BLOCK = 32
 
 
-def resize_axis(g, x, axis, in_size, out_size, interpolation, first, count, to_uint8=False):
-    """``x`` (uint8, ``(..., H, W)``) resized along ``axis`` (-1 or -2) and cropped:
-    uint8 if ``to_uint8``, else float32 holding the uint8 values.
+def resize_axis(g, x, axis, in_size, out_size, interpolation, first, count, finish=None):
+    """``x`` (uint8, ``(..., H, W)``) resized along ``axis`` (-1 or -2) and cropped (uint8),
+    or ``finish(g, block)`` of each uint8 block, joined.
 
     ``in_size``, ``out_size`` and ``first`` are one-element int64 tensors of
     the graph; ``count`` (an int) output pixels are kept from ``first`` on (a
@@ -39,7 +39,9 @@ def resize_axis(g, x, axis, in_size, out_size, interpolation, first, count, to_u
     input's size (one dense (out, in) matrix multiplies mostly zeros: 7 in 8
     for 224 -> 256 px). The blocks are unrolled (``count`` is known when the
     graph is built); their slab offsets are computed at run time. Slabs are
-    cast to float32 one by one, so slicing moves bytes, not floats.
+    cast to float32 one by one, so slicing moves bytes, not floats, and
+    ``finish`` (the normalization, say) runs on each block while it is still in
+    the cache: only the joined result crosses memory whole.
     """
     weights, index = _windows(g, in_size, out_size, interpolation, first, count)
     int64 = np.int64
@@ -84,27 +86,26 @@ def resize_axis(g, x, axis, in_size, out_size, interpolation, first, count, to_u
         else:
             w = g.node("Slice", [dense, *rows, g.const([0])])
             part = g.node("Add", [g.node("MatMul", [w, piece]), half])
-        # uint8 blocks are rounded before they are joined (a quarter of the bytes to move).
-        parts.append(_rounded(g, part, interpolation, to_uint8=True) if to_uint8 else part)
+        part = _rounded(g, part, interpolation)
+        parts.append(part if finish is None else finish(g, part))
     out = parts[0] if blocks == 1 else g.node("Concat", parts, axis=axis)
     if axis == -1:
         out = g.node("Reshape", [out, g.node("Concat", [
             g.node("Slice", [g.node("Shape", [x]), g.const([0]), g.const([-1])]),
             g.const(np.array([count], int64))], axis=0)])
-    return out if to_uint8 else _rounded(g, out, interpolation, to_uint8=False)
+    return out
 
 
-def _rounded(g, halved, interpolation, to_uint8):
-    """The weighted sums plus 1/2 (the weights carry 2**-p, exact) floored to 8 bits:
+def _rounded(g, halved, interpolation):
+    """The weighted sums plus 1/2 (the weights carry 2**-p, exact) floored to uint8:
     ``(sum + 2**(p-1)) >> p``, as torch rounds."""
     if interpolation != "bilinear":
         # Bicubic's negative lobes overshoot: clamp to 8 bits, as torch does. A
         # bilinear sum never leaves [0, 255.5]: its weights are positive, and
         # rounding them adds at most K/2 units of 2**-p, K < 2**p / 255.
         halved = g.node("Clip", [halved, g.const(np.float32(0)), g.const(np.float32(255))])
-    if to_uint8:  # truncation is the floor of a non-negative value
-        return g.node("Cast", [halved], to=TensorProto.UINT8)
-    return g.node("Floor", [halved])
+    # Casting truncates: the floor of a non-negative value.
+    return g.node("Cast", [halved], to=TensorProto.UINT8)
 
 
 def _windows(g, in_size, out_size, interpolation, first, count):
