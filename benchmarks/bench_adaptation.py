@@ -55,7 +55,7 @@ METHODS = ("coral", "mmd", "dann")
 #: here), so at lambda = 1 it is ~5e-5 against a cross-entropy of ~1: its
 #: useful weights are hundreds. MMD's term is ~0.3 at lambda = 1.
 WEIGHTS = {"coral": (30.0, 100.0, 300.0, 1000.0), "mmd": (0.03, 0.1, 0.3, 1.0),
-           "dann": (0.03, 0.1, 0.3, 1.0)}
+           "dann": (0.1, 0.3, 1.0, 3.0)}
 
 #: How each lambda is chosen: two scorers without target labels, and the oracle.
 CHOOSERS = {"entropy": "prediction entropy (no target labels)",

@@ -229,7 +229,7 @@ def test_default_weight_is_the_documented_one_per_method(shift):
     from sktransfer.training.adaptation import DEFAULT_WEIGHTS, DomainAdaptation
 
     # documented, in the parameter's docstring, as these values
-    assert DEFAULT_WEIGHTS == {"coral": 300.0, "mmd": 0.3, "dann": 0.1}
+    assert DEFAULT_WEIGHTS == {"coral": 300.0, "mmd": 0.3, "dann": 1.0}
     doc = " ".join(PARAMS_DOC.split("adaptation_weight :")[1].split())
     assert doc.startswith("float or None, default=None")
     for method, weight in DEFAULT_WEIGHTS.items():

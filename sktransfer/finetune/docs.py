@@ -189,12 +189,12 @@ PARAMS_DOC = """
     adaptation_weight : float or None, default=None
         lambda, the weight of the adaptation term in the training loss.
         None: the method's default, ``300`` for ``"coral"`` (its term is
-        divided by ``4 d^2``), ``0.3`` for ``"mmd"``, ``0.1`` for ``"dann"``
+        divided by ``4 d^2``), ``0.3`` for ``"mmd"``, ``1`` for ``"dann"``
         (``sktransfer.training.adaptation.DEFAULT_WEIGHTS``), set on the
         benchmark's shifts so that the default does not do worse than
         source-only training there. These are cautious starting points: on a
-        shift where a method helps, a larger weight often helps more (MMD and
-        DANN above all). The best weight depends on the shift and the network:
+        shift where a method helps, a larger weight often helps more (MMD
+        above all). The best weight depends on the shift and the network:
         choose it without target labels with
         :class:`~sktransfer.scorers.DeepEmbeddedValidation` in a search.
     gradient_accumulation_steps : int, default=1
