@@ -315,6 +315,18 @@ def test_the_image_graph_is_the_torch_preprocessing_within_one_level(interpolati
             assert levels.max() <= 1.0 + 1e-3, (resize, crop, h, w)
 
 
+def test_a_grayscale_network_gets_one_channel_from_the_image_graph():
+    import onnxruntime
+
+    prep = ImagePreprocess(20, 16, mean=(0.5,), std=(0.25,), channels=1)
+    session = onnxruntime.InferenceSession(image_graph(prep)[0].SerializeToString())
+    X = np.random.default_rng(1).integers(0, 256, (3, 30, 25, 1), dtype=np.uint8)
+    got = session.run(None, {"X": X})[0]
+    expected = prep(torch.from_numpy(X).permute(0, 3, 1, 2).contiguous()).numpy()
+    assert got.shape == expected.shape == (3, 1, 16, 16)
+    assert np.abs(got - expected).max() * 0.25 * 255 <= 1.0 + 1e-3
+
+
 def smooth_images(digits, n, h, w, channels=3):
     """Digits blown up to ``h x w`` (photographs are smooth: resizing noise would
     put every pixel at a rounding boundary)."""
