@@ -2,6 +2,7 @@
 and small real backbones."""
 
 import contextlib
+import importlib
 import os
 import sys
 
@@ -148,6 +149,24 @@ def tiny_cnn():
 def tiny_mlp():
     """A small tensor backbone that takes any input width (lazy first layer)."""
     return nn.Sequential(nn.LazyLinear(8), nn.Tanh(), nn.Linear(8, 6), nn.Tanh())
+
+
+def count_calls(monkeypatch, **targets):
+    """Count the calls of functions, still calling them: ``name=(owner, attribute)``
+    replaces ``owner.attribute`` (a module, or a dotted path string) for the test.
+    Returns the counts by name, updated as the calls happen."""
+    counts = dict.fromkeys(targets, 0)
+    for key, (owner, attribute) in targets.items():
+        if isinstance(owner, str):
+            owner = importlib.import_module(owner)
+        original = getattr(owner, attribute)
+
+        def counted(*args, _key=key, _original=original, **kwargs):
+            counts[_key] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, attribute, counted)
+    return counts
 
 
 @contextlib.contextmanager

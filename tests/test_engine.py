@@ -30,7 +30,7 @@ from sktransfer import FineTunedClassifier, FineTunedRegressor, PretrainedFeatur
 from sktransfer.engine import resident
 from sktransfer.engine.runtimes import check_runtime
 
-from conftest import tiny_cnn
+from conftest import count_calls, tiny_cnn
 from test_threads import assert_threads_match_single_thread
 
 RUNTIMES = ["torch", "compile", "onnx"]
@@ -54,20 +54,8 @@ def images():
 @pytest.fixture
 def builds(monkeypatch):
     """Count the engines built and the private copies of networks made."""
-    counts = {"engines": 0, "copies": 0}
-    build, copy_ = resident.build_engine, resident.private_copy
-
-    def counted_build(*args, **kwargs):
-        counts["engines"] += 1
-        return build(*args, **kwargs)
-
-    def counted_copy(*args, **kwargs):
-        counts["copies"] += 1
-        return copy_(*args, **kwargs)
-
-    monkeypatch.setattr(resident, "build_engine", counted_build)
-    monkeypatch.setattr(resident, "private_copy", counted_copy)
-    return counts
+    return count_calls(monkeypatch, engines=(resident, "build_engine"),
+                       copies=(resident, "private_copy"))
 
 
 # -- residency ---------------------------------------------------------------------------

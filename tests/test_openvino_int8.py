@@ -17,6 +17,7 @@ pytest.importorskip("nncf")
 
 from sktransfer.engine import calibration, onnx as onnx_engine  # noqa: E402
 from sktransfer.engine.calibration import has_attention  # noqa: E402
+from conftest import count_calls  # noqa: E402
 
 
 def tiny_cnn():
@@ -37,20 +38,8 @@ def images():
 @pytest.fixture
 def counted(monkeypatch):
     """How many times NNCF quantized a network and torch exported one."""
-    counts = {"quantized": 0, "exported": 0}
-    quantize, export = calibration.quantized_graph, onnx_engine.export_program
-
-    def counting_quantize(*args, **kwargs):
-        counts["quantized"] += 1
-        return quantize(*args, **kwargs)
-
-    def counting_export(*args, **kwargs):
-        counts["exported"] += 1
-        return export(*args, **kwargs)
-
-    monkeypatch.setattr("sktransfer.engine.openvino.quantized_graph", counting_quantize)
-    monkeypatch.setattr(onnx_engine, "export_program", counting_export)
-    return counts
+    return count_calls(monkeypatch, quantized=("sktransfer.engine.openvino", "quantized_graph"),
+                       exported=(onnx_engine, "export_program"))
 
 
 @pytest.fixture(scope="module")
