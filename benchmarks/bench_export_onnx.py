@@ -1,7 +1,8 @@
 """export_onnx: the exported graph served by ONNX Runtime against sktransfer's own runtime="onnx".
 
 For all-MiniLM-L6-v2 + LogisticRegression on raw strings and resnet18 (random
-weights, 224 px) + LogisticRegression on uint8 images: one-sample latency and
+weights) + LogisticRegression on uint8 images (224 px, upscaled to 256 and
+cropped, and 375 x 500 px photographs, downscaled): one-sample latency and
 bulk throughput of the exported graph (an ``InferenceSession`` with as many
 intra-op threads as torch has) against the fitted pipeline's
 ``predict_proba`` with ``runtime="onnx"`` (the same threads), timed side by
@@ -11,7 +12,8 @@ out. Also: the int8 graph's size and label agreement, and the installed size
 of what serving needs (numpy, onnxruntime, onnxruntime-extensions) against
 torch's.
 
-``BENCH_EXPORT_REPEATS=9`` times each bulk call 9 times (default 5).
+``BENCH_EXPORT_REPEATS=9`` times each bulk call 9 times (default 5); the notes
+give each bulk ratio's 95% bootstrap interval (meaningful from about 20 repeats).
 """
 
 import importlib.metadata
@@ -82,7 +84,16 @@ def installed_mb(*distributions):
     return total / 1e6
 
 
-def _case(name, pipe, X, Z, feed, repeats, threads, folder):
+def paired_interval(ratios, draws=2000, seed=0):
+    """The 95% bootstrap interval of the median of paired ratios: how far this
+    machine's noise leaves the median free to move."""
+    rng = np.random.RandomState(seed)
+    ratios = np.asarray(ratios)
+    medians = np.median(rng.choice(ratios, (draws, len(ratios))), axis=1)
+    return tuple(np.percentile(medians, [2.5, 97.5]))
+
+
+def _case(name, pipe, X, Z, feed, repeats, threads, folder, notes):
     path = os.path.join(folder, "graph.onnx")
     export_onnx(pipe, path, X)
     session = inference_session(path, threads=threads)
@@ -99,7 +110,11 @@ def _case(name, pipe, X, Z, feed, repeats, threads, folder):
     rate = {k: len(Z) / statistics.median(v) for k, v in wall_bulk.items()}
     # The median of the calls' paired ratios (each graph call against the engine
     # call beside it): steadier than a ratio of medians when the machine's load drifts.
-    paired = statistics.median(a / b for a, b in zip(wall_bulk[graph], wall_bulk[engine]))
+    ratios = [a / b for a, b in zip(wall_bulk[graph], wall_bulk[engine])]
+    paired = statistics.median(ratios)
+    low, high = paired_interval(ratios)
+    notes.append(f"{name}, {len(Z)} samples per call: paired ratio {paired:.3f}, 95% bootstrap "
+                 f"interval [{low:.3f}, {high:.3f}] over {len(ratios)} pairs.")
     return [[name, "one sample, median ms", median[graph] * 1e3, median[engine] * 1e3,
              median[graph] / median[engine]],
             [name, f"{len(Z)} samples per call, samples/s", rate[graph], rate[engine],
@@ -121,7 +136,7 @@ def run(settings):
         text = make_pipeline(PretrainedFeatureTransformer(spec, runtime="onnx"),
                              LogisticRegression(max_iter=500)).fit(texts[:32], y)
         rows += _case("all-MiniLM-L6-v2 + LogisticRegression", text, texts[:32], texts[32:],
-                      lambda t: np.array(t, dtype=object), repeats, threads, folder)
+                      lambda t: np.array(t, dtype=object), repeats, threads, folder, notes)
         float_path, int8_path = (os.path.join(folder, f) for f in ("f.onnx", "q.onnx"))
         export_onnx(text, float_path, texts[:32])
         check = export_onnx(text, int8_path, texts[:32], quantize="int8")
@@ -141,7 +156,12 @@ def run(settings):
             "torchvision:resnet18", weights=None, random_state=0, runtime="onnx"),
             LogisticRegression(max_iter=500)).fit(images[:16], np.arange(16) % 3)
         rows += _case("resnet18 (224 px) + LogisticRegression", vision, images[:16],
-                      images[16:], lambda a: a, repeats, threads, folder)
+                      images[16:], lambda a: a, repeats, threads, folder, notes)
+        # Photographs are larger than the network's input: the resize then
+        # downscales (about 1.5x per side here), the costlier direction.
+        photos = rng.randint(0, 256, (n // 4, 375, 500, 3)).astype(np.uint8)
+        rows += _case("resnet18 (375 x 500 px photos) + LogisticRegression", vision,
+                      images[:16], photos, lambda a: a, repeats, threads, folder, notes)
     serving = installed_mb("numpy", "onnxruntime", "onnxruntime-extensions")
     with_torch = installed_mb("torch")
     notes.append(f"ratio: the graph's time over runtime='onnx''s (below 1: the graph is "
