@@ -202,6 +202,26 @@ def test_a_regressor_and_a_transformer_give_their_variable(rows, transformer, tm
     np.testing.assert_allclose(served, transformer.transform(X), atol=1e-5)
 
 
+def test_a_pooling_set_after_fit_is_the_one_exported(rows, tmp_path):
+    # pooling may change without refitting; the export kept from before must not serve.
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+
+    X, _ = rows
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 16), nn.Unflatten(1, (4, 4)), nn.Tanh(), nn.Flatten())
+    pft = PretrainedFeatureTransformer(net, layers=["2"], pooling="avg").fit(X)
+    export_onnx(pft, tmp_path / "avg.onnx", X[:10])
+    pft.set_params(pooling="max")
+    export_onnx(pft, tmp_path / "max.onnx", X[:10])
+    served = inference_session(str(tmp_path / "max.onnx")).run(None, {"X": X})[0]
+    np.testing.assert_allclose(served, pft.transform(X), atol=1e-5)
+    register_converters()
+    model = to_onnx(pft, initial_types=[("X", FloatTensorType([None, 64]))], target_opset=18)
+    served = inference_session(model.SerializeToString()).run(None, {"X": X})[0]
+    np.testing.assert_allclose(served, pft.transform(X), atol=1e-5)
+
+
 def test_a_multilabel_classifier_gives_an_indicator(rows, tmp_path):
     X, y = rows
     Y = np.c_[y == 0, y == 1, X[:, 10] > 0.3].astype(int)

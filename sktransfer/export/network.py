@@ -88,10 +88,11 @@ def estimator_graphs(estimator, input_shape=None, quantize=None):
 
 
 def _float_network(estimator, keys, tensors):
-    """The exported float network, exported once per estimator, input shape and
-    model state: a float and an int8 export of one model trace it once."""
+    """The exported float network, exported once per estimator, input shape,
+    network parameters and model state: a float and an int8 export of one
+    model trace it once."""
     sources = _sources(estimator)
-    shape_key = (keys, tuple(tuple(t.shape[1:]) for t in tensors))
+    shape_key = (keys, tuple(tuple(t.shape[1:]) for t in tensors), _network_params(estimator))
     kept = _EXPORTED.get(estimator)
     if kept is not None:
         snapshots, key, model = kept
@@ -115,6 +116,14 @@ def _sources(estimator):
     if isinstance(estimator, (FineTunedClassifier, FineTunedRegressor)):
         return (estimator.backbone_.module, estimator.head_)
     return (estimator.backbone_.module,)
+
+
+def _network_params(estimator):
+    """What :func:`_network` reads besides the modules: ``layers`` and ``pooling``
+    change what a transformer's network returns and may be set without refitting."""
+    if isinstance(estimator, (FineTunedClassifier, FineTunedRegressor)):
+        return ()
+    return (tuple(estimator.layers) if estimator.layers else None, estimator.pooling)
 
 
 def _network(estimator):
