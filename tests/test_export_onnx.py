@@ -18,7 +18,9 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
+from sklearn.cluster import KMeans
+from sklearn.compose import ColumnTransformer
+from sklearn.pipeline import make_pipeline, make_union
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.svm import SVC
 from torch import nn
@@ -220,6 +222,26 @@ def test_a_pooling_set_after_fit_is_the_one_exported(rows, tmp_path):
     model = to_onnx(pft, initial_types=[("X", FloatTensorType([None, 64]))], target_opset=18)
     served = inference_session(model.SerializeToString()).run(None, {"X": X})[0]
     np.testing.assert_allclose(served, pft.transform(X), atol=1e-5)
+
+
+def test_unions_column_transformers_and_clusterers_are_checked_by_their_outputs(
+        rows, transformer, tmp_path):
+    # skl2onnx names these outputs after the step ("union", "transformed_column",
+    # "label" and "scores"), not "variable".
+    X, _ = rows
+    torch.manual_seed(1)
+    other = PretrainedFeatureTransformer(nn.Sequential(nn.Linear(64, 5), nn.ReLU())).fit(X)
+    columns = ColumnTransformer([("net", transformer, list(range(64)))]).fit(X)
+    clusters = make_pipeline(transformer, KMeans(3, n_init=1, random_state=0)).fit(X)
+    for model in (make_union(transformer, other), columns):
+        check = export_onnx(model, tmp_path / "t.onnx", X[:10])
+        served = inference_session(str(tmp_path / "t.onnx")).run(None, {"X": X})[0]
+        np.testing.assert_allclose(served, model.transform(X), atol=1e-5)
+        assert list(check.max_abs_difference) == check.outputs[:1]
+    check = export_onnx(clusters, tmp_path / "k.onnx", X[:10])
+    label = inference_session(str(tmp_path / "k.onnx")).run(None, {"X": X})[0]
+    np.testing.assert_array_equal(label, clusters.predict(X))
+    assert check.label_agreement == 1.0
 
 
 def test_a_multilabel_classifier_gives_an_indicator(rows, tmp_path):

@@ -60,7 +60,9 @@ def export_onnx(model, path, X_sample, *, quantize=None):
     for text, float32 waveforms ``(N, T)`` at the model's rate for speech
     (one length per call), float32 rows for a module's tensors. Its outputs are
     skl2onnx's: ``label`` and ``probabilities`` for a classifier (plain
-    tensors, no ZipMap), ``variable`` for a regressor or a transformer. It
+    tensors, no ZipMap), ``variable`` for a regressor or a transformer
+    (a union or column transformer keeps skl2onnx's name for its output;
+    a clusterer gives ``label`` and ``scores``). It
     runs in ``onnxruntime`` alone (text graphs also need
     ``onnxruntime-extensions``' operators).
 
@@ -75,7 +77,9 @@ def export_onnx(model, path, X_sample, *, quantize=None):
         A fitted :class:`~sktransfer.PretrainedFeatureTransformer`,
         :class:`~sktransfer.FineTunedClassifier` or
         :class:`~sktransfer.FineTunedRegressor`, or a scikit-learn
-        ``Pipeline`` starting with one whose other steps skl2onnx converts.
+        ``Pipeline``, ``FeatureUnion`` or ``ColumnTransformer`` holding one
+        whose other steps skl2onnx converts. A fine-tuner must be its
+        pipeline's last step.
     path : str or os.PathLike
         The ``.onnx`` file to write (atomically: a failure leaves nothing).
     X_sample : array-like
@@ -229,11 +233,25 @@ def _check(serialized, model, X, modality, quantize):
                 raise ExportError(f"the graph's probabilities differ from the model's by "
                                   f"{diff:.2e} (> {tolerance:g}): nothing was written")
         return check
+    if "label" in got and not is_regressor(model) and hasattr(model, "predict"):
+        # A clusterer or another labelling model: its labels, exactly.
+        agreement = float(np.mean(got["label"].reshape(-1) == np.asarray(model.predict(X))))
+        check.label_agreement = agreement
+        if agreement < (INT8_AGREEMENT if quantize else 1.0):
+            raise ExportError(f"the graph gives a label other than the model's on "
+                              f"{1 - agreement:.0%} of X_sample: nothing was written")
+        return check
+    if not (is_regressor(model) or hasattr(model, "transform")):
+        raise ExportError(f"export_onnx checks classifiers, regressors, transformers and "
+                          f"labelling models; {type(model).__name__}'s graph gives {names}")
     expected = model.predict(X) if is_regressor(model) else model.transform(X)
     expected = np.asarray(expected, np.float64).reshape(len(X), -1)
-    out = got["variable"].reshape(len(X), -1)
+    # skl2onnx names a regressor's or transformer's output "variable", a
+    # union's or column transformer's after the step: the first output is it.
+    name = "variable" if "variable" in got else names[0]
+    out = got[name].reshape(len(X), -1)
     diff = _max_diff(out, expected)
-    check.max_abs_difference["variable"] = diff
+    check.max_abs_difference[name] = diff
     scale = max(1.0, float(np.abs(expected).max()))
     allowed = INT8_RELATIVE if quantize else tolerance
     if diff > allowed * scale:
