@@ -89,7 +89,22 @@ def _transformer_shape(operator):
                                                 operator.raw_operator.n_features_out_])
 
 
+def _only_as_last_step(operator):
+    """Refuse a fine-tuner whose outputs another step reads: there scikit-learn
+    calls its ``transform`` (the fine-tuned embeddings), and the converter gives
+    its predictions. Shapes are computed step by step, before the next step's."""
+    ours = {v.onnx_name for v in operator.outputs}
+    readers = [op.type for op in operator.scope_inst.operators.values()
+               if op is not operator and ours & {v.onnx_name for v in op.inputs}]
+    if readers:
+        raise ExportError(
+            f"{type(operator.raw_operator).__name__} feeds another step ({readers[0]}): "
+            f"scikit-learn calls its transform there, the fine-tuned embeddings, which "
+            f"are not exported; a fine-tuner must be its pipeline's last step")
+
+
 def _classifier_shape(operator):
+    _only_as_last_step(operator)
     model, n = operator.raw_operator, _rows(operator)
     k = len(model.classes_)
     label_shape = [n, k] if _multilabel(model) else [n]
@@ -99,6 +114,7 @@ def _classifier_shape(operator):
 
 
 def _regressor_shape(operator):
+    _only_as_last_step(operator)
     operator.outputs[0].type = FloatTensorType([_rows(operator),
                                                 operator.raw_operator.n_outputs_])
 
