@@ -17,7 +17,7 @@ import pytest
 import torch
 from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.cluster import KMeans
 from sklearn.compose import ColumnTransformer
 from sklearn.pipeline import make_pipeline, make_union
@@ -321,6 +321,28 @@ def test_a_graph_that_disagrees_with_the_model_is_not_written(classifier, rows, 
     assert os.listdir(tmp_path) == []
 
 
+def test_a_fine_tuner_before_another_step_is_refused_by_name(classifier, rows, transformer,
+                                                             tmp_path):
+    # There scikit-learn calls the fine-tuner's transform (its embeddings), not
+    # predict: a graph of its predictions would serve other numbers.
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+
+    X, y = rows
+    clf = classifier[0]
+    reg = FineTunedRegressor(mlp(), **FAST).fit(X, np.c_[y, -y] * 1.0)
+    register_converters()
+    for step in (clf, reg):
+        head = Ridge().fit(step.transform(X), y)
+        for model in (make_pipeline(step, head), make_union(step, transformer)):
+            with pytest.raises(ExportError, match="must be its pipeline's last step"):
+                export_onnx(model, tmp_path / "mid.onnx", X[:5])
+            with pytest.raises(ExportError, match="must be its pipeline's last step"):
+                to_onnx(model, initial_types=[("X", FloatTensorType([None, 64]))],
+                        target_opset=18)
+    assert os.listdir(tmp_path) == []
+
+
 def test_an_unserved_input_is_refused_by_name(rows, transformer, tmp_path):
     X, _ = rows
     pft = transformer
@@ -328,6 +350,10 @@ def test_an_unserved_input_is_refused_by_name(rows, transformer, tmp_path):
         export_onnx(pft, tmp_path / "a.onnx", X[:4], quantize="int4")
     with pytest.raises(ExportError, match="no fitted sktransfer estimator"):
         export_onnx(LogisticRegression().fit(X, rows[1]), tmp_path / "b.onnx", X[:4])
+    int8 = PretrainedFeatureTransformer(mlp(), runtime="onnx", quantize="int8").fit(X[:20])
+    with pytest.raises(ExportError, match="runs its network in int8.*quantize='int8'"):
+        export_onnx(int8, tmp_path / "c.onnx", X[:4])
+    assert os.listdir(tmp_path) == []
 
 
 # -- images: uint8 (N, H, W, C), resize, crop and normalize in the graph --------------
@@ -361,7 +387,9 @@ def test_a_grayscale_network_gets_one_channel_from_the_image_graph():
     import onnxruntime
 
     prep = ImagePreprocess(20, 16, mean=(0.5,), std=(0.25,), channels=1)
-    session = onnxruntime.InferenceSession(image_graph(prep)[0].SerializeToString())
+    model, serving = image_graph(prep)
+    assert serving.layout == "uint8 (N, H, W, 1), one channel, any H and W"
+    session = onnxruntime.InferenceSession(model.SerializeToString())
     X = np.random.default_rng(1).integers(0, 256, (3, 30, 25, 1), dtype=np.uint8)
     got = session.run(None, {"X": X})[0]
     expected = prep(torch.from_numpy(X).permute(0, 3, 1, 2).contiguous()).numpy()

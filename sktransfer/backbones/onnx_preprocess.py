@@ -143,11 +143,22 @@ def image_graph(prep):
     x = resize_axis(g, x, -2, side[2], new_side[2], prep.interpolation, first=first[2],
                     count=crop, finish=normalized)
     g.rename(x, "input")
-    c = prep.channels
     model = g.model(helper.make_tensor_value_info("X", TensorProto.UINT8,
                                                   ["N", "H", "W", "C"]), ["input"])
-    layout = f"uint8 (N, H, W, C), RGB, any H and W{' (C = 1 or 3)' if c == 3 else ''}"
-    return model, ServingInput(np.uint8, (None, None, None, None), layout)
+    return model, ServingInput(np.uint8, (None, None, None, None), image_layout(prep.channels))
+
+
+def image_layout(channels):
+    """What an image graph takes, in words (the graph's metadata records it).
+
+    Examples
+    --------
+    >>> image_layout(1)
+    'uint8 (N, H, W, 1), one channel, any H and W'
+    """
+    if channels == 3:
+        return "uint8 (N, H, W, C), RGB (C = 3) or grayscale (C = 1), any H and W"
+    return f"uint8 (N, H, W, {channels}), one channel, any H and W"
 
 
 def _tensor_graph(ndim):

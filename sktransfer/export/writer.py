@@ -17,6 +17,7 @@ from sklearn.base import is_classifier, is_regressor
 from .._utils.files import write_atomically
 from .._version import __version__
 from ..backbones.onnx_graph import OPSET
+from ..backbones.onnx_preprocess import image_layout
 from .convert import ALIASES, register_converters
 from .network import ExportError
 from .serving import inference_session, parts, sktransfer_steps
@@ -118,6 +119,10 @@ def export_onnx(model, path, X_sample, *, quantize=None):
     if not ours:
         raise ExportError(f"{type(model).__name__} holds no fitted sktransfer estimator; "
                           f"convert it with skl2onnx.to_onnx directly")
+    int8 = [type(s).__name__ for s in ours if getattr(s, "quantize", None) == "int8"]
+    if int8 and quantize is None:
+        raise ExportError(f"{int8[0]} runs its network in int8 (quantize='int8'), which a "
+                          f"float graph does not compute: export with quantize='int8'")
     modality = ours[0].backbone_.modality
     X, initial_type = _served_input(modality, X_sample)
     register_converters()
@@ -187,10 +192,12 @@ def _convert(model, initial_type, quantize):
 
 def _set_metadata(graph, model, ours, modality, initial_type):
     from skl2onnx.common.data_types import UInt8TensorType
-    layout = {"image": "uint8 (N, H, W, C), RGB (C = 3) or grayscale (C = 1), any H and W",
-              "text": "string (N,)",
-              "audio": "float32 (N, T) at the model's sampling rate, one length per call",
-              "tensor": f"float32 {tuple(initial_type.shape)}"}[modality]
+    if modality == "image":
+        layout = image_layout(ours[0].backbone_.preprocess.channels)
+    else:
+        layout = {"text": "string (N,)",
+                  "audio": "float32 (N, T) at the model's sampling rate, one length per call",
+                  "tensor": f"float32 {tuple(initial_type.shape)}"}[modality]
     props = {
         "sktransfer_version": __version__,
         "sktransfer_model": type(model).__name__,
