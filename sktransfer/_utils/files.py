@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import secrets
 import tempfile
 
 
@@ -22,7 +23,8 @@ def write_atomically(path, write, *, temporary=None, make_folder=True):
         Called with the temporary file's path; writes the whole content there.
     temporary : str, optional
         The temporary file's path, which must not exist (created exclusively).
-        By default a fresh name beside ``path``.
+        By default a fresh name beside ``path``. The file is created as
+        ``open`` creates one: mode 0o666 less the process's umask.
     make_folder : bool, default=True
         Create ``path``'s folder when missing; False raises
         ``FileNotFoundError`` instead (a mistyped destination is the caller's).
@@ -42,10 +44,17 @@ def write_atomically(path, write, *, temporary=None, make_folder=True):
     folder = os.path.dirname(path)
     if make_folder:
         os.makedirs(folder, exist_ok=True)
-    if temporary is None:
-        fd, temporary = tempfile.mkstemp(prefix=".sktransfer-", suffix=".tmp", dir=folder)
-    else:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    # Created as open() creates files (0o666 less the umask), not mkstemp's 0o600:
+    # the renamed file is the user's, readable by whom their umask says.
+    while True:
+        name = temporary or os.path.join(folder, f".sktransfer-{secrets.token_hex(8)}.tmp")
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            if temporary is not None:
+                raise
+    temporary = name
     os.close(fd)
     try:
         write(temporary)
