@@ -39,10 +39,13 @@ def audio_graph(prep, example, max_samples=None):
     if max_samples is not None:
         x = g.node("Slice", [x, g.const([0]), g.const([int(max_samples)]), g.const([1])])
     if normalize:
-        mean = g.node("ReduceMean", [x, g.const([1])], keepdims=1)
+        # numpy's float32 means (pairwise sums) are within a rounding of the
+        # exact mean; a float32 ReduceMean sums in order, far enough off on a
+        # near-constant clip that the tiny variance's division blows the error
+        # up to whole units. Means in double: numpy's result, to a rounding.
+        mean = _mean_in_double(g, x)
         centered = g.node("Sub", [x, mean])
-        var = g.node("ReduceMean", [g.node("Mul", [centered, centered]), g.const([1])],
-                     keepdims=1)
+        var = _mean_in_double(g, g.node("Mul", [centered, centered]))
         x = g.node("Div", [centered, g.node("Sqrt", [
             g.node("Add", [var, g.const(np.float32(EPSILON))])])])
     shape = g.node("Shape", [x])
@@ -65,6 +68,13 @@ def audio_graph(prep, example, max_samples=None):
                     outputs, types)
     layout = "float32 (N, T) at the model's sampling rate, clips of one length per call"
     return model, ServingInput(np.float32, (None, None), layout)
+
+
+def _mean_in_double(g, x):
+    """The mean of each row of float32 ``x``, summed in double, as float32 ``(N, 1)``."""
+    total = g.node("ReduceMean", [g.node("Cast", [x], to=TensorProto.DOUBLE), g.const([1])],
+                   keepdims=1)
+    return g.node("Cast", [total], to=TensorProto.FLOAT)
 
 
 def _ones(g, shape):
