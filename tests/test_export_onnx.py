@@ -446,6 +446,51 @@ def test_the_wordpiece_graph_tokenizes_as_minilm_does(minilm_path):
         np.testing.assert_array_equal(value, expected[key].numpy(), err_msg=key)
 
 
+#: Every character of these blocks that has a lower-case or upper-case form.
+CASED_BLOCKS = [(0x00C0, 0x0100), (0x0100, 0x0180), (0x0180, 0x0250), (0x0370, 0x0400),
+                (0x0400, 0x0530), (0x0530, 0x0590), (0x10A0, 0x1100), (0x13A0, 0x1400),
+                (0x1E00, 0x2000), (0x10400, 0x10450)]
+
+
+def cased_characters():
+    chars = [chr(c) for start, stop in CASED_BLOCKS for c in range(start, stop)]
+    return [c for c in chars if c.lower() != c or c.upper() != c] + ["İ", "ẞ", "K"]
+
+
+def casing_graph(casing):
+    """A graph of the casing step alone: strings -> strings."""
+    from onnx import TensorProto, helper
+
+    from sktransfer.backbones.onnx_casing import lowered_texts
+    from sktransfer.backbones.onnx_graph import GraphBuilder
+
+    g = GraphBuilder()
+    g.rename(lowered_texts(g, "X", casing), "Y")
+    model = g.model(helper.make_tensor_value_info("X", TensorProto.STRING, ["N"]), ["Y"],
+                    {"Y": TensorProto.STRING})
+    session = inference_session(model.SerializeToString())
+    return lambda texts: session.run(None, {"X": np.array(texts, dtype=object)})[0].tolist()
+
+
+def test_the_casing_graph_is_the_tokenizers_normalizer_on_every_cased_character(minilm_path):
+    """Character by character, where one becomes several (İ, ǰ, ΐ) or none."""
+    from sktransfer.backbones.onnx_casing import Casing
+
+    normalizer = load_backbone("hf:" + minilm_path).preprocess.tokenizer \
+        .backend_tokenizer.normalizer
+    chars = cased_characters()
+    got = casing_graph(Casing(strip_accents=True, lowercase=True))(chars)
+    assert got == [normalizer.normalize_str(c) for c in chars]
+
+
+def test_the_casing_graph_is_str_lower_with_its_final_sigma():
+    from sktransfer.backbones.onnx_casing import Casing
+
+    texts = cased_characters() + ["ΟΔΟΣ ΣΑΣ", "ΟΔΟΣ'", "ΑΣ\u0301Α", "Σ", "ΣΣ.", "1Σ", "ΑΣ ΣΑ",
+                                  "ǅΣ", ""]
+    assert casing_graph(Casing(python_lower=True))(texts) == [t.lower() for t in texts]
+
+
 @pytest.fixture(scope="module")
 def tiny_roberta_path(tmp_path_factory):
     """A one-layer RoBERTa with a byte-level BPE vocabulary trained here (offline)."""

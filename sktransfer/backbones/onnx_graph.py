@@ -48,7 +48,7 @@ class GraphBuilder:
     def node(self, op, inputs, output=None, domain="", outputs=None, **attrs):
         names = outputs or [output or self.name(op.lower())]
         if domain:
-            self.domains[domain] = 1
+            self.domains.setdefault(domain, 1)  # a version set beforehand stays
         self.nodes.append(helper.make_node(op, inputs, names, name=self.name(op), domain=domain,
                                            **attrs))
         return names[0] if len(names) == 1 else names
