@@ -446,6 +446,11 @@ def test_the_wordpiece_graph_tokenizes_as_minilm_does(minilm_path):
         np.testing.assert_array_equal(value, expected[key].numpy(), err_msg=key)
 
 
+#: Capitals BERT's normalizer lower-cases (and strips) beyond one character to one,
+#: or in scripts the extensions' BertTokenizer does not lower-case.
+CAPITALS = ["ΑΘΗΝΑ", "İSTANBUL", "ŁÓDŹ", "STRAẞE", "ΟΔΟΣ", "ՀԱՅԱՍՏԱՆ", "ᏣᎳᎩ", "Ǆ ǅ K Å",
+            "ÉCOLE МОСКВА"]
+
 #: Every character of these blocks that has a lower-case or upper-case form.
 CASED_BLOCKS = [(0x00C0, 0x0100), (0x0100, 0x0180), (0x0180, 0x0250), (0x0370, 0x0400),
                 (0x0400, 0x0530), (0x0530, 0x0590), (0x10A0, 0x1100), (0x13A0, 0x1400),
@@ -470,6 +475,16 @@ def casing_graph(casing):
                     {"Y": TensorProto.STRING})
     session = inference_session(model.SerializeToString())
     return lambda texts: session.run(None, {"X": np.array(texts, dtype=object)})[0].tolist()
+
+
+def test_the_wordpiece_graph_lower_cases_capitals_of_any_script_as_minilm_does(minilm_path):
+    """MiniLM's normalizer lower-cases and strips accents; the extensions' operator
+    alone made [UNK] of Greek, Turkish, Polish and German capitals."""
+    prep = load_backbone("hf:" + minilm_path).preprocess
+    graph, _ = text_graph(prep, prep(["a b"]))
+    ids = inference_session(graph.SerializeToString()).run(
+        None, {"X": np.array(CAPITALS, dtype=object)})[0]
+    np.testing.assert_array_equal(ids, prep(CAPITALS)["input_ids"].numpy())
 
 
 def test_the_casing_graph_is_the_tokenizers_normalizer_on_every_cased_character(minilm_path):

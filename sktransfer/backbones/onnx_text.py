@@ -21,6 +21,7 @@ import json
 import numpy as np
 from onnx import TensorProto, helper
 
+from .onnx_casing import Casing, lowered_texts
 from .onnx_graph import GraphBuilder, ServingInput, UnsupportedPreprocessing
 
 #: The operator domain of onnxruntime-extensions.
@@ -73,12 +74,16 @@ def _wordpiece(prep, description, keys):
     # placeholders that no text produces, so every line keeps its id.
     by_id = {i: t for t, i in tok.get_vocab().items()}
     vocab = "\n".join(by_id.get(i, f"[sktransfer-unused-{i}]") for i in range(max(by_id) + 1))
+    # The estimator's Tokenize lower-cases first for a pipeline that asks it; BERT's
+    # normalizer strips accents when it lower-cases, unless told otherwise. The
+    # operator's own lower-casing and stripping differ from both (one character to
+    # one, few scripts): the graph does them before it (onnx_casing).
+    casing = Casing(python_lower=prep.lowercase, lowercase=lowercase,
+                    strip_accents=lowercase if strip is None else bool(strip))
     attrs = {
         "vocab_file": vocab,
-        # The estimator's Tokenize lower-cases first for a pipeline that asks it.
-        "do_lower_case": int(lowercase or prep.lowercase),
-        # BERT's normalizer strips accents when it lower-cases, unless told otherwise.
-        "strip_accents": int(lowercase if strip is None else bool(strip)),
+        "do_lower_case": 0,
+        "strip_accents": 0,
         "tokenize_chinese_chars": int(bool(normalizer.get("handle_chinese_chars", True))),
         "max_length": int(prep.max_length),
     }
@@ -86,9 +91,10 @@ def _wordpiece(prep, description, keys):
         if getattr(tok, name, None):
             attrs[name] = str(getattr(tok, name))
     g = GraphBuilder()
+    texts = lowered_texts(g, "X", casing) if casing else "X"
     rows = g.node("Squeeze", [g.node("Shape", ["X"]), g.const([0])])
     true = g.const(np.array(True))
-    body = _one_text_body(attrs, prep.max_length, int(tok.pad_token_id or 0))
+    body = _one_text_body(texts, attrs, prep.max_length, int(tok.pad_token_id or 0))
     ids, types, mask = g.node("Loop", [rows, true], outputs=[
         g.name("ids"), g.name("types"), g.name("mask")], body=body)
     g.domains[CONTRIB] = 1
@@ -108,11 +114,11 @@ def _wordpiece(prep, description, keys):
     return model, _serving()
 
 
-def _one_text_body(attrs, max_length, pad_id):
-    """The Loop body: text ``i`` of the outer ``X`` -> three int64 rows of ``max_length``."""
+def _one_text_body(texts, attrs, max_length, pad_id):
+    """The Loop body: text ``i`` of the outer ``texts`` -> three int64 rows of ``max_length``."""
     b = GraphBuilder(prefix="text")
     i = b.node("Unsqueeze", ["i", b.const([0])])
-    text = b.node("Slice", ["X", i, b.node("Add", [i, b.const([1])])])
+    text = b.node("Slice", [texts, i, b.node("Add", [i, b.const([1])])])
     ids, types, mask = b.node("BertTokenizer", [text], domain=CONTRIB, outputs=[
         b.name("ids"), b.name("types"), b.name("mask")], **attrs)
     spare = b.node("Sub", [b.const([max_length]), b.node("Shape", [ids])])
