@@ -538,6 +538,38 @@ def test_the_byte_level_bpe_graph_tokenizes_as_roberta_does(tiny_roberta_path):
         np.testing.assert_array_equal(value, expected[key].numpy(), err_msg=key)
 
 
+@pytest.fixture(scope="module")
+def lowercasing_roberta_path(tiny_roberta_path, tmp_path_factory):
+    """The tiny RoBERTa in a sentence-transformers pipeline whose Transformer lower-cases."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("lowercasing_roberta") / "model"
+    shutil.copytree(tiny_roberta_path, folder)
+    modules = [{"idx": 0, "name": "0", "path": "",
+                "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling",
+                "type": "sentence_transformers.models.Pooling"}]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": 64, "do_lower_case": True}))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 32, "pooling_mode_mean_tokens": True}))
+    return str(folder)
+
+
+def test_the_byte_level_bpe_graph_lower_cases_as_the_pipeline_does(lowercasing_roberta_path):
+    prep = load_backbone("hf:" + lowercasing_roberta_path).preprocess
+    assert prep.lowercase
+    graph, _ = text_graph(prep, prep(["a b"]))
+    texts = ["The Cat SAT on the MAT", "HÉLLO WÖRLD", "ΟΔΟΣ", "İ", "a dog ran far"]
+    got = inference_session(graph.SerializeToString()).run(
+        None, {"X": np.array(texts, dtype=object)})
+    expected = prep(texts)
+    for key, value in zip(expected, got):
+        np.testing.assert_array_equal(value, expected[key].numpy(), err_msg=key)
+
+
 def test_a_tokenizer_the_extensions_cannot_express_is_refused_by_name(tiny_roberta_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast

@@ -145,7 +145,10 @@ def _byte_level_bpe(prep, description, keys):
     room = int(prep.max_length) - (2 if specials else 0)
     g = GraphBuilder()
     g.domains[CONTRIB] = 1
-    ids, mask = g.node("GPT2Tokenizer", ["X"], domain=CONTRIB, outputs=[
+    # A pipeline's do_lower_case: str.lower, which the operator does not do.
+    casing = Casing(python_lower=prep.lowercase)
+    texts = lowered_texts(g, "X", casing) if casing else "X"
+    ids, mask = g.node("GPT2Tokenizer", [texts], domain=CONTRIB, outputs=[
         g.name("ids"), g.name("mask")], vocab=vocab, merges=merges, padding_length=-1)
     ids = g.node("Slice", [ids, g.const([0]), g.const([room]), g.const([1])])
     mask = g.node("Slice", [mask, g.const([0]), g.const([room]), g.const([1])])
