@@ -73,12 +73,16 @@ class Casing:
 
 
 def lowered_texts(g, texts, casing):
-    """Apply ``casing`` to each text, in a Loop added to ``g``.
+    """Apply ``casing`` to each text: the steps below where a text of the call is
+    not ASCII, else the extensions' ``StringLower`` (all these steps do to ASCII).
+
+    The steps run one text at a time (a Loop), at a fraction of a millisecond
+    each; most calls hold ASCII only and skip them.
 
     Parameters
     ----------
     g : GraphBuilder
-        The graph the Loop is added to.
+        The graph the nodes are added to.
     texts : str
         The name of a string tensor ``(N,)`` in ``g``.
     casing : Casing
@@ -89,6 +93,32 @@ def lowered_texts(g, texts, casing):
     str
         The name of the cased texts ``(N,)``.
     """
+    # Beyond ASCII: what is left of the texts once their ASCII is removed.
+    rest = g.node("StringRegexReplace", [  # RE2: runs of ASCII at once
+        texts, g.const(np.array(["[\\x00-\\x7f]+"], object)), g.const(np.array([""], object))],
+        domain=CONTRIB)
+    longest = g.node("ReduceMax", [g.node("Concat", [
+        g.node("StringLength", [rest], domain=CONTRIB), g.const([0])], axis=0)], keepdims=0)
+    fast = GraphBuilder(prefix="casing_ascii")
+    fast_out = (fast.node("StringLower", [texts], domain=CONTRIB)
+                if casing.python_lower or casing.lowercase else fast.node("Identity", [texts]))
+    slow = GraphBuilder(prefix="casing_any")
+    slow_out = _each_text(slow, texts, casing)
+    g.domains[CONTRIB] = 1
+    g.domains[ML] = 2  # LabelEncoder with string keys
+    return g.node("If", [g.node("Greater", [longest, g.const(np.array(0))])],
+                  then_branch=_branch(slow, slow_out, "any_text_casing"),
+                  else_branch=_branch(fast, fast_out, "ascii_casing"))
+
+
+def _branch(b, out, name):
+    """``b``'s nodes as an If branch with one output, the string tensor ``out``."""
+    return helper.make_graph(b.nodes, name, [], [
+        helper.make_tensor_value_info(out, TensorProto.STRING, None)], b.initializers)
+
+
+def _each_text(g, texts, casing):
+    """The texts with ``casing`` applied, a Loop over them added to ``g``."""
     b = GraphBuilder(prefix="casing")
     i = b.node("Unsqueeze", ["i", b.const([0])])
     text = b.node("Slice", [texts, i, b.node("Add", [i, b.const([1])])])
@@ -101,9 +131,6 @@ def lowered_texts(g, texts, casing):
     body = helper.make_graph(b.nodes, "one_text_casing", inputs, outputs, b.initializers)
     rows = g.node("Squeeze", [g.node("Shape", [texts]), g.const([0])])
     rows_of_one = g.node("Loop", [rows, g.const(np.array(True))], body=body)
-    # The body's operators: their domains are declared by the outer graph.
-    g.domains[CONTRIB] = 1
-    g.domains[ML] = 2
     return g.node("Squeeze", [rows_of_one, g.const([1])])
 
 
