@@ -194,7 +194,9 @@ class Backbone:
         callable
         """
         prefix = self.module.prefix_tokens if isinstance(self.module, PoolingEncoder) else None
-        return functools.partial(pool_layers, list(layers), pooling, prefix_tokens=prefix)
+        known = getattr(self.module, "channels_first_layers", None)
+        return functools.partial(pool_layers, list(layers), pooling, prefix_tokens=prefix,
+                                 channels_first=None if known is None else known(layers))
 
     def copy(self, share_parameters=False):
         """A deep copy whose module shares no tensors with this one.

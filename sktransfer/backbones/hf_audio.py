@@ -121,6 +121,14 @@ class AudioEncoder(PoolingEncoder, nn.Module):
         model, as speech fine-tuning does."""
         return ("model.feature_extractor",) if hasattr(self.model, "feature_extractor") else ()
 
+    def channels_first_layers(self, layers):
+        """Those of ``layers`` that are the convolutional feature encoder or inside it:
+        their outputs are ``(B, C, T)``, the others' ``(B, T, D)``. Known by module,
+        not by shape: a clip of exactly C frames would look like the other layout."""
+        encoder = getattr(self.model, "feature_extractor", None)
+        inside = set() if encoder is None else {id(m) for m in encoder.modules()}
+        return frozenset(name for name in layers if id(self.get_submodule(name)) in inside)
+
     def forward(self, inputs):
         out = self.model(**{k: v for k, v in inputs.items() if k in _MODEL_INPUTS})
         if self._pooling == ("auto",) and getattr(out, "pooler_output", None) is not None:

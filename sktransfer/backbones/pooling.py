@@ -311,7 +311,7 @@ def pool_image_tokens(tokens, pooling, prefix_tokens, cls_norm=None):
     return out[0] if len(out) == 1 else torch.cat(out, dim=-1)
 
 
-def pool_layers(layers, pooling, outputs, inputs, prefix_tokens=None):
+def pool_layers(layers, pooling, outputs, inputs, prefix_tokens=None, channels_first=None):
     """The outputs of ``layers``, each pooled into ``(B, F)``, side by side.
 
     Parameters
@@ -328,6 +328,11 @@ def pool_layers(layers, pooling, outputs, inputs, prefix_tokens=None):
     prefix_tokens : int, optional
         For an image transformer, the class and register tokens before its
         patch tokens (pooled apart from them).
+    channels_first : set of str, optional
+        The layers whose three-axis outputs are a convolution's ``(B, C, T)``
+        (the others' are ``(B, T, D)``), when the backbone knows them; else a
+        three-axis output is ``(B, C, T)`` where its last axis alone matches
+        the mask's.
 
     Examples
     --------
@@ -337,11 +342,12 @@ def pool_layers(layers, pooling, outputs, inputs, prefix_tokens=None):
     """
     mask = (inputs.get("frame_mask", inputs.get("attention_mask"))
             if isinstance(inputs, dict) else None)
-    return torch.cat([_pool_layer(outputs[name], pooling, mask, prefix_tokens)
+    return torch.cat([_pool_layer(outputs[name], pooling, mask, prefix_tokens,
+                                  None if channels_first is None else name in channels_first)
                       for name in layers], dim=1)
 
 
-def _pool_layer(output, pooling, mask=None, prefix_tokens=None):
+def _pool_layer(output, pooling, mask=None, prefix_tokens=None, channels_first=None):
     """Pool one layer's output into ``(B, F)``.
 
     ``(B, C, H, W)`` maps pool over space; ``(B, T, D)`` token sequences pool
@@ -356,7 +362,11 @@ def _pool_layer(output, pooling, mask=None, prefix_tokens=None):
     if output.ndim == 3 and prefix_tokens is not None:
         return pool_image_tokens(output, pooling, prefix_tokens)
     if output.ndim == 3:
-        if mask is not None and output.shape[1] != mask.shape[1] == output.shape[2]:
+        if channels_first is None:
+            # Guessed from the shapes: wrong where C happens to equal T.
+            channels_first = mask is not None and output.shape[1] != mask.shape[1] == \
+                output.shape[2]
+        if channels_first:
             output = output.transpose(1, 2)  # a convolution's (B, C, T): pool its frames
         return pool_tokens(output, mask, pooling)
     if pooling not in ("avg", "mean", "max"):

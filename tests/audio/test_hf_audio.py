@@ -82,6 +82,28 @@ def test_frame_mask_follows_the_models_own_output_lengths(models):
     assert batch["frame_mask"].sum(1).tolist() == lengths.tolist()
 
 
+def test_the_conv_encoders_output_is_pooled_over_its_frames_at_any_length(models):
+    # A clip whose frame count equals the encoder's channel count looks like a
+    # (B, T, D) output; the layer's layout is known by module, not by shape.
+    import transformers as tf
+
+    from sktransfer import load_backbone
+
+    path = models("wav2vec2-layer")
+    pft = PretrainedFeatureTransformer(f"hf:{path}", sampling_rate=RATE,
+                                       layers=["model.feature_extractor"]).fit(clips())
+    model = tf.AutoModel.from_pretrained(path).eval()
+    channels = model.config.conv_dim[-1]
+    frames = model._get_feat_extract_output_lengths(torch.arange(200, 800))
+    length = 200 + int(np.flatnonzero(frames.numpy() == channels)[0])
+    clip = chirp(200, 900, 1.0)[:length]
+    values = load_backbone(f"hf:{path}").preprocess([clip])["input_values"]
+    with torch.no_grad():
+        expected = model.feature_extractor(values).mean(2).numpy()  # (1, C, T) over T
+    assert model.feature_extractor(values).shape[1:] == (channels, channels)
+    np.testing.assert_allclose(pft.transform([clip]), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["wav2vec2-layer", "whisper"])
 def test_the_same_sound_at_8_and_16_khz_gives_nearly_the_same_embedding(models, kind):
     # Band-limited sounds (below 4 kHz, the Nyquist frequency of 8 kHz) synthesized at each rate.
