@@ -658,6 +658,11 @@ def test_a_wav2vec2_model_and_a_classifier_serve_waveforms_of_another_length(ser
     served = serve_without_torch(serving_python, tmp_path / "speech.onnx", Z, tmp_path)
     np.testing.assert_array_equal(served["label"], pipe.predict(Z))
     np.testing.assert_allclose(served["probabilities"], pipe.predict_proba(Z), atol=1e-4)
+    with pytest.raises(ExportError, match="one length per call"):
+        export_onnx(pipe, tmp_path / "no.onnx", [X[0], X[1, :4000]])
+    with pytest.raises(ExportError, match="int16 samples"):
+        export_onnx(pipe, tmp_path / "no.onnx", (X * 32767).astype(np.int16))
+    assert not os.path.exists(tmp_path / "no.onnx")
     # A clip with a DC offset and little signal: its variance is tiny, so a mean
     # off by float32 summation order (0.15 in probability before) is blown up.
     session = inference_session(str(tmp_path / "speech.onnx"))

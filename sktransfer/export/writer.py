@@ -160,7 +160,17 @@ def _served_input(modality, X):
         X = np.asarray(X, dtype=np.float32)
         return X, FloatTensorType([None, *X.shape[1:]])
     if modality == "audio":
-        X = np.asarray(X, dtype=np.float32)
+        lengths = {len(clip) for clip in X} if isinstance(X, (list, tuple)) else set()
+        if len(lengths) > 1:
+            raise ExportError(f"a speech model's graph takes float32 waveforms (N, T) of one "
+                              f"length per call; X_sample holds clips of {sorted(lengths)} "
+                              f"samples")
+        X = np.asarray(X)
+        if X.dtype.kind in "iub":
+            raise ExportError(f"a speech model's graph takes float32 waveforms in [-1, 1]; "
+                              f"X_sample holds {X.dtype} samples (16-bit PCM: divide by "
+                              f"32768)")
+        X = X.astype(np.float32)
         if X.ndim != 2:
             raise ExportError(f"a speech model's graph takes float32 waveforms (N, T) of one "
                               f"length; X_sample has shape {X.shape}")
