@@ -18,6 +18,8 @@ from .onnx_graph import GraphBuilder, ServingInput, UnsupportedPreprocessing
 
 #: The variance floor of transformers' zero-mean unit-variance normalization.
 EPSILON = 1e-7
+#: What an audio graph takes, in words (the graph's metadata records it).
+AUDIO_LAYOUT = "float32 (N, T) at the model's sampling rate, clips of one length per call"
 
 
 def audio_graph(prep, example, max_samples=None):
@@ -66,8 +68,7 @@ def audio_graph(prep, example, max_samples=None):
              for k, o in zip(keys, outputs)}
     model = g.model(helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", "T"]),
                     outputs, types)
-    layout = "float32 (N, T) at the model's sampling rate, clips of one length per call"
-    return model, ServingInput(np.float32, (None, None), layout)
+    return model, ServingInput(np.float32, (None, None), AUDIO_LAYOUT)
 
 
 def _mean_in_double(g, x):

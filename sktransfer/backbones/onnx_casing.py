@@ -76,8 +76,8 @@ def lowered_texts(g, texts, casing):
     """Apply ``casing`` to each text: the steps below where a text of the call is
     not ASCII, else the extensions' ``StringLower`` (all these steps do to ASCII).
 
-    The steps run one text at a time (a Loop), at a fraction of a millisecond
-    each; most calls hold ASCII only and skip them.
+    The steps run one text at a time (a Loop over the call's texts): a call of
+    ASCII texts skips them.
 
     Parameters
     ----------

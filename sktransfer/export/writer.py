@@ -16,6 +16,7 @@ from sklearn.base import is_classifier, is_regressor
 
 from .._utils.files import write_atomically
 from .._version import __version__
+from ..backbones.onnx_audio import AUDIO_LAYOUT
 from ..backbones.onnx_graph import OPSET
 from ..backbones.onnx_preprocess import image_layout
 from .convert import ALIASES, register_converters
@@ -206,7 +207,7 @@ def _set_metadata(graph, model, ours, modality, initial_type):
         layout = image_layout(ours[0].backbone_.preprocess.channels)
     else:
         layout = {"text": "string (N,)",
-                  "audio": "float32 (N, T) at the model's sampling rate, one length per call",
+                  "audio": AUDIO_LAYOUT,
                   "tensor": f"float32 {tuple(initial_type.shape)}"}[modality]
     props = {
         "sktransfer_version": __version__,
@@ -235,14 +236,7 @@ def _check(serialized, model, X, modality, quantize):
     check = ExportCheck(path="", outputs=names)
     tolerance = TOLERANCE[modality]
     if is_classifier(model):
-        expected = np.asarray(model.predict(X))
-        agreement = float(np.mean(np.all(
-            got["label"].reshape(len(X), -1) == expected.reshape(len(X), -1), axis=1)))
-        check.label_agreement = agreement
-        needed = INT8_AGREEMENT if quantize else 1.0
-        if agreement < needed:
-            raise ExportError(f"the graph gives a label other than the model's on "
-                              f"{1 - agreement:.0%} of X_sample: nothing was written")
+        _check_labels(check, got["label"], model.predict(X), quantize)
         if hasattr(model, "predict_proba") and "probabilities" in got:
             diff = _max_diff(got["probabilities"], model.predict_proba(X))
             check.max_abs_difference["probabilities"] = diff
@@ -252,11 +246,7 @@ def _check(serialized, model, X, modality, quantize):
         return check
     if "label" in got and not is_regressor(model) and hasattr(model, "predict"):
         # A clusterer or another labelling model: its labels, exactly.
-        agreement = float(np.mean(got["label"].reshape(-1) == np.asarray(model.predict(X))))
-        check.label_agreement = agreement
-        if agreement < (INT8_AGREEMENT if quantize else 1.0):
-            raise ExportError(f"the graph gives a label other than the model's on "
-                              f"{1 - agreement:.0%} of X_sample: nothing was written")
+        _check_labels(check, got["label"], model.predict(X), quantize)
         return check
     if not (is_regressor(model) or hasattr(model, "transform")):
         raise ExportError(f"export_onnx checks classifiers, regressors, transformers and "
@@ -275,6 +265,19 @@ def _check(serialized, model, X, modality, quantize):
         raise ExportError(f"the graph's outputs differ from the model's by {diff:.2e} "
                           f"(> {allowed:g} x {scale:.3g}): nothing was written")
     return check
+
+
+def _check_labels(check, served, expected, quantize):
+    """Record the share of samples (rows, for a multilabel indicator) given the
+    model's labels; an ExportError below all of them (95% for an int8 graph)."""
+    n = len(served)
+    expected = np.asarray(expected)
+    agreement = float(np.mean(np.all(served.reshape(n, -1) == expected.reshape(n, -1),
+                                     axis=1)))
+    check.label_agreement = agreement
+    if agreement < (INT8_AGREEMENT if quantize else 1.0):
+        raise ExportError(f"the graph gives a label other than the model's on "
+                          f"{1 - agreement:.0%} of X_sample: nothing was written")
 
 
 def _max_diff(a, b):
